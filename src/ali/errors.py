@@ -1,0 +1,24 @@
+"""User-facing errors.
+
+Anything the user can cause (a typo in a config key, a missing file, an impossible value) is
+raised as an :class:`AliError`. The command line prints its message as one line on stderr and
+exits non-zero; it never shows a traceback for these.
+"""
+
+from __future__ import annotations
+
+
+class AliError(Exception):
+    """An error caused by the user's input, reported as one clear line."""
+
+
+class ConfigError(AliError, ValueError):
+    """An invalid configuration name, key, type or value."""
+
+
+class DataError(AliError):
+    """A dataset that is missing, truncated or malformed."""
+
+
+class CheckpointError(AliError):
+    """A checkpoint or run folder that cannot be used."""

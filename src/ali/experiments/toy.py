@@ -1,0 +1,243 @@
+"""Section 4.5: the importance of learning inference jointly with generation.
+
+Five models share the toy networks of the original code: ``ali``, ``gan``, ``gan_inverse``
+(GAN + learned inverse mapping), ``gan_posthoc`` (GAN + post-hoc learned inference) and ``vae``.
+Each is trained ``runs`` times and scored by :mod:`ali.eval.toy`.
+
+Two protocols:
+
+- ``tuned`` (default): our settings (:data:`TUNED`), seeds ``0..N-1``; the N runs of a model
+  train side by side as one batched computation (``model.runs = N``).
+- ``paper``: as the paper, each run draws its own learning rate, Adam beta1 and init std
+  (ranges in :func:`paper_draw`; the paper does not give them), batch 100, constant learning
+  rate. The paper trained 200 epochs (200,000 steps) per run; our default budget is smaller
+  (``--steps``) so that the protocol runs on a laptop.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from ..config import Config, get_config
+from ..data import Dataset, load_dataset
+from ..eval.toy import mode_metrics, recon_mode
+from ..model import GenerativeModel
+from ..train import train
+
+MODELS = ("ali", "gan", "gan_inverse", "gan_posthoc", "vae")
+METRICS = ("modes", "modes_hq", "hq", "recon_mode", "seconds")
+N_EVAL = 10_000
+
+# The paper's figures (section 4.5) on its own counting protocol.
+PAPER_MODES = {"ali": {"mean": 13.4, "std": 5.8, "min": 8, "max": 25},
+               "gan": {"mean": 10.4, "std": 9.2, "min": 1, "max": 22}}
+
+# Our tuned protocol. Why these values: see the README's "2-D experiment" section.
+TUNED: tuple[str, ...] = (
+    "train.steps=3000", "train.batch_size=100", "train.lr=1e-3", "train.lr_schedule=linear",
+    "train.beta1=0.5", "train.log_every=500",
+)
+QUICK: tuple[str, ...] = (
+    "train.steps=1500", "train.batch_size=100", "train.lr=1e-3", "train.lr_schedule=linear",
+    "train.beta1=0.5", "train.log_every=500",
+)
+PAPER_STEPS = 5000
+
+
+def model_overrides(kind: str) -> tuple[str, ...]:
+    """The overrides that turn the ``toy`` preset into model ``kind``."""
+    encoder = "gaussian" if kind == "vae" else "noise"
+    return (f"model.kind={kind}", f"model.encoder={encoder}")
+
+
+def paper_draw(run: int) -> dict[str, float]:
+    """The paper's per-run random hyper-parameters (ranges are ours: the paper gives none)."""
+    rng = random.Random(run)
+    return {"lr": 10 ** rng.uniform(-5, -3), "beta1": rng.uniform(0.0, 0.9),
+            "init_std": 10 ** rng.uniform(-2.3, -1)}
+
+
+@dataclass
+class ModelRuns:
+    """Scores of one model's runs, and run 0's points for the figure."""
+
+    metrics: dict[str, list[float]] = field(default_factory=lambda: {m: [] for m in METRICS})
+    figure: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+@torch.no_grad()
+def evaluate(model: GenerativeModel, data: Dataset, seconds: float,
+             n: int = N_EVAL) -> tuple[dict[str, list[float]], dict[str, np.ndarray]]:
+    """Score every run of a (possibly run-batched) trained model, and keep run 0's points."""
+    model.eval()
+    device = next(model.parameters()).device
+    runs = model.runs
+    samples = model.sample(n).cpu().view(n, runs, 2)                    # (N, R, 2)
+    x = data.test[:n].to(device)                                        # (N, 2)
+    xr = x.unsqueeze(1).expand(n, runs, 2) if runs > 1 else x
+    has_encoder = model.encoder is not None
+    if has_encoder:
+        z_hat = model.encode(xr).cpu().view(n, runs, -1)
+        recon = model.decode(model.encode(xr)).cpu().view(n, runs, 2)
+    out: dict[str, list[float]] = {m: [] for m in METRICS}
+    for r in range(runs):
+        for k, v in mode_metrics(samples[:, r], data.centres, data.std).items():
+            out[k].append(v)
+        out["recon_mode"].append(recon_mode(x.cpu(), recon[:, r], data.centres)
+                                 if has_encoder else None)
+        out["seconds"].append(seconds / runs)
+    fig = {"x": x.cpu().numpy(), "labels": data.test_labels[:n].numpy(),
+           "samples": samples[:, 0].numpy()}
+    if has_encoder:
+        fig["z_hat"] = z_hat[:, 0].numpy()
+        fig["recon"] = recon[:, 0].numpy()
+    return out, fig
+
+
+def _train_and_score(cfg: Config, data: Dataset) -> tuple[dict[str, list[float]], dict]:
+    t0 = time.perf_counter()
+    result = train(cfg, dataset=data, quiet=True)
+    return evaluate(result.model, data, time.perf_counter() - t0)
+
+
+def run(dataset: str = "grid", protocol: str = "tuned", runs: int = 10, quick: bool = False,
+        models: tuple[str, ...] = MODELS, steps: int | None = None, device: str = "auto",
+        log: Callable[[str], None] = print) -> tuple[dict[str, Any], dict[str, dict]]:
+    """Train and score every model; returns (results.json content, run 0's figure points)."""
+    base = ("model.runs=1", f"data.name={dataset}", f"train.device={device}")
+    data = load_dataset(get_config("toy", base).data)
+    results: dict[str, Any] = {"dataset": dataset, "protocol": protocol, "runs": runs,
+                               "models": {}}
+    figures: dict[str, dict] = {}
+    for kind in models:
+        t0 = time.perf_counter()
+        if protocol == "tuned":
+            over = [*(QUICK if quick else TUNED), *base, *model_overrides(kind),
+                    f"model.runs={runs}", "train.seed=0"]
+            if steps is not None:
+                over.append(f"train.steps={steps}")
+            scores, fig = _train_and_score(get_config("toy", over), data)
+        else:
+            scores, fig = {m: [] for m in METRICS}, {}
+            for r in range(runs):
+                h = paper_draw(r)
+                over = [*base, *model_overrides(kind), "train.batch_size=100",
+                        f"train.steps={steps or PAPER_STEPS}", "train.lr_schedule=constant",
+                        f"train.lr={h['lr']}", f"train.beta1={h['beta1']}",
+                        f"model.init_std={h['init_std']}", f"train.seed={r}"]
+                s, f = _train_and_score(get_config("toy", over), data)
+                for m in METRICS:
+                    scores[m] += s[m]
+                fig = fig or f
+        results["models"][kind] = scores
+        figures[kind] = fig
+        log(f"{kind:12s} {_summary(scores)}  ({time.perf_counter() - t0:.0f} s)")
+    return results, figures
+
+
+def _summary(scores: dict[str, list[float]]) -> str:
+    parts = []
+    for m in ("modes", "modes_hq", "hq", "recon_mode"):
+        v = [s for s in scores[m] if s is not None]
+        if v:
+            parts.append(f"{m}={np.mean(v):.3g}")
+    return " ".join(parts)
+
+
+def _stat(values: list[float | None], fmt: str) -> str:
+    v = [x for x in values if x is not None]
+    if not v:
+        return "n/a"
+    a = np.asarray(v, dtype=float)
+    return (f"{a.mean():{fmt}} ± {a.std():{fmt}} "
+            f"(min {a.min():{fmt}}, max {a.max():{fmt}})")
+
+
+def table(results: dict[str, Any]) -> str:
+    """A Markdown table in the style of the paper: mean ± std (min, max) over runs."""
+    lines = [
+        f"# 2-D experiment: {results['dataset']}, protocol {results['protocol']}, "
+        f"{results['runs']} runs per model",
+        "",
+        "| model | modes | modes_hq | hq | recon_mode | seconds/run |",
+        "|---|---|---|---|---|---|",
+    ]
+    for kind, s in results["models"].items():
+        lines.append(f"| {kind} | {_stat(s['modes'], '.1f')} | {_stat(s['modes_hq'], '.1f')} | "
+                     f"{_stat(s['hq'], '.3f')} | {_stat(s['recon_mode'], '.3f')} | "
+                     f"{_stat(s['seconds'], '.1f')} |")
+    if results["dataset"] == "grid":
+        lines += ["", "The paper (its protocol, 200 epochs per run): "
+                  + "; ".join(f"{k.upper()} {v['mean']} ± {v['std']} modes (min {v['min']}, "
+                              f"max {v['max']})" for k, v in PAPER_MODES.items()) + "."]
+    lines += ["", "modes: samples assigned to the nearest component, a mode counts if any "
+              "sample lands on it (the paper). modes_hq / hq: a sample is high quality within "
+              "3 std of its centre; a mode counts only with a high-quality sample. "
+              "recon_mode: held-out points whose reconstruction lands in their own component."]
+    return "\n".join(lines) + "\n"
+
+
+def _colours(x: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    """A 2-D colour map: each mixture component gets the colour of its centre's position."""
+    lo, hi = centres.min(0), centres.max(0)
+    c = (centres - lo) / np.where(hi > lo, hi - lo, 1)
+    rgb = np.stack([c[:, 0], 0.3 + 0.4 * (1 - c[:, 1]), c[:, 1]], axis=1)
+    return rgb[x]
+
+
+def figure(figures: dict[str, dict], data: Dataset, path: Path) -> None:
+    """Figure 8 of the paper: per model, q(x), q(z) coloured by component, G(E(x)), and p(x)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [("x ~ q(x)", "x"), ("z_hat ~ q(z|x)", "z_hat"), ("G(z_hat): reconstructions", "recon"),
+            ("x_tilde ~ p(x): samples", "samples")]
+    kinds = list(figures)
+    fig, axes = plt.subplots(len(rows), len(kinds), figsize=(3 * len(kinds), 3 * len(rows)),
+                             squeeze=False)
+    centres = data.centres.numpy()
+    lim = float(np.abs(centres).max()) * 1.3 + 0.5
+    for j, kind in enumerate(kinds):
+        f = figures[kind]
+        colours = _colours(f["labels"], centres)
+        axes[0, j].set_title(kind)
+        for i, (label, key) in enumerate(rows):
+            ax = axes[i, j]
+            ax.set_xticks([]), ax.set_yticks([])
+            if j == 0:
+                ax.set_ylabel(label)
+            if key not in f:
+                ax.text(0.5, 0.5, "no encoder", ha="center", va="center", transform=ax.transAxes)
+                continue
+            pts = f[key]
+            c = "0.2" if key == "samples" else colours
+            ax.scatter(pts[:, 0], pts[:, 1], s=1, c=c, alpha=0.5, linewidths=0)
+            if key == "z_hat":
+                ax.set_xlim(-4, 4), ax.set_ylim(-4, 4)
+            else:
+                ax.set_xlim(-lim, lim), ax.set_ylim(-lim, lim)
+                ax.scatter(centres[:, 0], centres[:, 1], s=8, c="red", marker="+", linewidths=0.8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def write(results: dict[str, Any], figures: dict[str, dict], data: Dataset, out: Path) -> None:
+    """results.json, table.md and figure.png in ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    (out / "table.md").write_text(table(results))
+    figure(figures, data, out / "figure.png")
+
+

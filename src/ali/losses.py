@@ -1,0 +1,76 @@
+"""The losses of Algorithm 1 and of the baselines, on discriminator logits.
+
+All losses take logits of shape ``(B, R)``: ``B`` pairs for each of ``R`` runs trained side by
+side (``R = 1`` for a single model). They average over the batch and *sum* over runs, so each
+run receives exactly the gradient it would receive if trained alone.
+
+With ``s_q = D(x, z_hat)`` (encoder pairs, labelled real) and ``s_p = D(x_tilde, z)``
+(decoder pairs, labelled fake) and D = sigmoid(s):
+
+- discriminator: ``L_d = -log D(x, z_hat) - log(1 - D(x_tilde, z))``
+  ``= softplus(-s_q) + softplus(s_p)``;
+- generator, non-saturating (Eq. 4, the original code):
+  ``L_g = -log(1 - D(x, z_hat)) - log D(x_tilde, z) = softplus(s_q) + softplus(-s_p)``;
+- generator, saturating (Eq. 1): ``L_g = -L_d``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def _batch_mean_run_sum(t: Tensor) -> Tensor:
+    return t.mean(0).sum()
+
+
+def discriminator_loss(s_q: Tensor, s_p: Tensor) -> Tensor:
+    """-E_q[log D(x, z_hat)] - E_p[log(1 - D(x_tilde, z))]."""
+    return _batch_mean_run_sum(F.softplus(-s_q) + F.softplus(s_p))
+
+
+def generator_loss(s_q: Tensor, s_p: Tensor, kind: str = "nonsaturating") -> Tensor:
+    """The encoder/decoder loss: Eq. 4 (``nonsaturating``) or minus Eq. 1 (``saturating``)."""
+    if kind == "nonsaturating":
+        return _batch_mean_run_sum(F.softplus(s_q) + F.softplus(-s_p))
+    if kind == "saturating":
+        return -discriminator_loss(s_q, s_p)
+    raise ValueError(f"unknown generator loss {kind!r}")
+
+
+def discriminator_accuracy(s_q: Tensor, s_p: Tensor) -> dict[str, Tensor]:
+    """Fraction of encoder pairs called real (``acc_q``) and of decoder pairs called fake
+    (``acc_p``), as detached tensors (no host sync)."""
+    return {"acc_q": (s_q.detach() > 0).float().mean(), "acc_p": (s_p.detach() < 0).float().mean()}
+
+
+def per_example_sum(t: Tensor, runs: int = 1) -> Tensor:
+    """Sum an elementwise term over each example's own dimensions: shape (B, R).
+
+    With ``runs > 1`` the tensor is laid out (B, R, ...) and each run keeps its own column.
+    """
+    return t.flatten(2).sum(-1) if runs > 1 else t.flatten(1).sum(-1, keepdim=True)
+
+
+def batch_mean_run_sum(t: Tensor) -> Tensor:
+    """Average a (B, R) per-example term over the batch and sum it over runs."""
+    return _batch_mean_run_sum(t)
+
+
+def gaussian_kl(mu: Tensor, log_sigma: Tensor) -> Tensor:
+    """KL(N(mu, sigma^2) || N(0, 1)) elementwise."""
+    return 0.5 * (mu.pow(2) + (2 * log_sigma).exp() - 1) - log_sigma
+
+
+def gaussian_nll(x: Tensor, mean: Tensor, log_sigma: Tensor) -> Tensor:
+    """-log N(x; mean, sigma^2) elementwise."""
+    return 0.5 * ((x - mean) * (-log_sigma).exp()).pow(2) + log_sigma + 0.5 * math.log(2 * math.pi)
+
+
+def bernoulli_nll(x: Tensor, mean: Tensor, eps: float = 1e-7) -> Tensor:
+    """-log Bernoulli(x; mean) elementwise for x in [0, 1]."""
+    mean = mean.clamp(eps, 1 - eps)
+    return -(x * mean.log() + (1 - x) * (1 - mean).log())

@@ -1,0 +1,50 @@
+"""Network families, one module per dataset family, and :func:`build_model`.
+
+A family module exports ``encoder(cfg)``, ``decoder(cfg)``, ``discriminator(cfg, joint)``,
+``latent_shape(cfg)`` and ``data_shape(cfg)``, where ``cfg`` is a
+:class:`~ali.config.ModelConfig`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+from ..baselines import GAN, VAE, GANInverse, GANPostHoc
+from ..config import Config
+from ..errors import ConfigError
+from ..model import ALI, GenerativeModel
+
+FAMILIES = ("toy",)
+
+
+def family(name: str) -> ModuleType:
+    """The network family module ``ali.nets.<name>``."""
+    if name not in FAMILIES:
+        raise ConfigError(f"model.nets must be one of {', '.join(FAMILIES)}; got {name!r}")
+    return importlib.import_module(f"{__name__}.{name}")
+
+
+def build_model(cfg: Config) -> GenerativeModel:
+    """The model ``cfg.model.kind`` with the networks of ``cfg.model.nets``."""
+    m = cfg.model
+    nets = family(m.nets)
+    lat = nets.latent_shape(m)
+    common = dict(gen_loss=m.gen_loss, runs=m.runs)
+    if m.kind == "ali":
+        return ALI(nets.encoder(m), nets.decoder(m), nets.discriminator(m, joint=True), lat,
+                   **common)
+    if m.kind == "gan":
+        return GAN(nets.decoder(m), nets.discriminator(m, joint=False), lat, **common)
+    if m.kind == "gan_inverse":
+        return GANInverse(nets.encoder(m), nets.decoder(m), nets.discriminator(m, joint=False),
+                          lat, **common)
+    if m.kind == "gan_posthoc":
+        return GANPostHoc(nets.encoder(m), nets.decoder(m), nets.discriminator(m, joint=False),
+                          nets.discriminator(m, joint=True), lat,
+                          posthoc_fraction=m.posthoc_fraction, **common)
+    if m.kind == "vae":
+        likelihood = "gaussian" if m.nets == "toy" else "bernoulli"
+        return VAE(nets.encoder(m), nets.decoder(m), lat, nets.data_shape(m),
+                   likelihood=likelihood, runs=m.runs)
+    raise ConfigError(f"unknown model.kind {m.kind!r}")

@@ -1,0 +1,66 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from ali.cli import main
+
+TINY = ["--set", "model.width=16", "--set", "model.disc_width=8", "--set", "data.n_train=256",
+        "--set", "train.batch_size=32", "--set", "train.steps=4", "--set", "train.log_every=2",
+        "--set", "train.progress=off"]
+
+
+def test_train_writes_run_folder(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "toy", *TINY, "--out", str(out)]) == 0
+    assert (out / "config.json").exists() and (out / "metrics.jsonl").exists()
+    assert (out / "checkpoints" / "latest.pt").exists()
+    text = capsys.readouterr().out
+    assert "2-D metrics per run" in text and str(out) in text
+    # A second run into the same folder must not overwrite it silently.
+    assert main(["train", "toy", *TINY, "--out", str(out)]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    # Resuming with more steps continues from step 4.
+    assert main(["train", "toy", *TINY, "--set", "train.steps=6", "--out", str(out),
+                 "--resume"]) == 0
+    steps = [json.loads(l)["step"] for l in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [2, 4, 6]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train", "toy", "--set", "train.step=5"], "did you mean 'train.steps'"),
+    (["train", "toy", "--set", "train.lr=abc"], "train.lr expects a number"),
+    (["train", "tyo"], "did you mean 'toy'"),
+    (["train", "toy", "--resume"], "--resume needs --out"),
+    (["toy", "--runs", "0"], "--runs must be >= 1"),
+    (["toy", "--models", "ali,wgan"], "unknown model 'wgan'"),
+])
+def test_user_errors_are_one_line(args, message, capsys):
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_toy_writes_results_figure_and_table(tmp_path):
+    out = tmp_path / "toy"
+    # A real subprocess through the console entry point, as a user runs it.
+    proc = subprocess.run([sys.executable, "-m", "ali", "toy", "--quick", "--runs", "2",
+                           "--steps", "3", "--out", str(out)], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    res = json.loads((out / "results.json").read_text())
+    assert res["dataset"] == "grid" and res["protocol"] == "tuned" and res["runs"] == 2
+    assert set(res["models"]) == {"ali", "gan", "gan_inverse", "gan_posthoc", "vae"}
+    for kind, scores in res["models"].items():
+        assert set(scores) == {"modes", "modes_hq", "hq", "recon_mode", "seconds"}
+        assert all(len(v) == 2 for v in scores.values())
+        assert all(1 <= m <= 25 for m in scores["modes"])
+        assert all(0 <= h <= 1 for h in scores["hq"])
+    assert res["models"]["gan"]["recon_mode"] == [None, None]
+    assert all(0 <= r <= 1 for r in res["models"]["ali"]["recon_mode"])
+    png = (out / "figure.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+    table = (out / "table.md").read_text()
+    assert "| ali |" in table and "13.4" in table
+    assert str(out / "figure.png") in proc.stdout and str(out / "results.json") in proc.stdout

@@ -1,0 +1,82 @@
+import json
+
+import pytest
+
+from ali.config import Config, all_keys, apply_overrides, config_names, get_config
+from ali.errors import ConfigError
+
+
+def test_registry_has_toy_presets():
+    assert {"toy", "toy_paper"} <= set(config_names())
+    assert get_config("toy").name == "toy"
+
+
+def test_required_train_keys_exist():
+    assert {"train.steps", "train.batch_size", "train.seed", "train.lr"} <= set(all_keys())
+
+
+def test_overrides_are_typed():
+    cfg = get_config("toy", ["train.lr=3e-4", "train.steps=1e3", "model.kind=gan",
+                             "data.name=ring", "train.progress=off"])
+    assert cfg.train.lr == pytest.approx(3e-4)
+    assert cfg.train.steps == 1000 and isinstance(cfg.train.steps, int)
+    assert cfg.model.kind == "gan" and cfg.data.name == "ring"
+
+
+def test_unknown_config_name_suggests_closest():
+    with pytest.raises(ConfigError, match="did you mean 'toy'"):
+        get_config("tyo")
+
+
+@pytest.mark.parametrize("key, suggestion", [("train.step", "train.steps"),
+                                             ("train.batchsize", "train.batch_size"),
+                                             ("modle.kind", "model.kind")])
+def test_unknown_key_names_closest_valid_key(key, suggestion):
+    with pytest.raises(ConfigError, match=f"unknown config key '{key}'; did you mean '{suggestion}'"):
+        get_config("toy", [f"{key}=1"])
+
+
+@pytest.mark.parametrize("item, message", [
+    ("train.steps=ten", "train.steps expects an integer"),
+    ("train.steps=1.5", "train.steps expects an integer"),
+    ("train.lr=fast", "train.lr expects a number"),
+    ("train.lr=nan", "finite"),
+    ("train.steps=-5", "train.steps must be >= 1"),
+    ("train.batch_size=0", "train.batch_size must be >= 1"),
+    ("train.beta1=1.0", "train.beta1 must be in"),
+    ("model.kind=wgan", "model.kind must be one of"),
+    ("train.lr_schedule=cosine", "train.lr_schedule must be one of"),
+    ("train.steps", "must look like section.key=value"),
+])
+def test_bad_values_fail_with_one_clear_line(item, message):
+    with pytest.raises(ConfigError, match=message) as e:
+        get_config("toy", [item])
+    assert "\n" not in str(e.value)
+
+
+def test_cross_field_checks_see_all_overrides():
+    # Order must not matter: the VAE needs a Gaussian encoder, set by the second override.
+    cfg = get_config("toy", ["model.kind=vae", "model.encoder=gaussian"])
+    assert cfg.model.kind == "vae"
+    with pytest.raises(ConfigError, match="needs model.encoder=gaussian"):
+        get_config("toy", ["model.kind=vae"])
+
+
+def test_configs_are_frozen():
+    cfg = get_config("toy")
+    with pytest.raises(AttributeError):
+        cfg.train.lr = 1.0  # type: ignore[misc]
+
+
+def test_json_round_trip():
+    cfg = get_config("toy", ["train.lr=2e-3", "model.runs=3"])
+    again = Config.from_dict(json.loads(cfg.to_json()))
+    assert again == cfg
+    with pytest.raises(ConfigError, match="did you mean 'train.steps'"):
+        Config.from_dict({"train": {"stepz": 3}})
+
+
+def test_apply_overrides_leaves_original_untouched():
+    cfg = get_config("toy")
+    new = apply_overrides(cfg, ["train.seed=7"])
+    assert cfg.train.seed == 0 and new.train.seed == 7

@@ -1,0 +1,189 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ali import losses as L
+from ali.baselines import GAN, VAE, GANInverse, GANPostHoc
+from ali.model import ALI
+from ali.nets import build_model
+from ali.train import make_optimizer, train_step
+
+from conftest import tiny_toy
+
+KINDS = ["ali", "gan", "gan_inverse", "gan_posthoc", "vae"]
+
+
+def build(kind, runs=1, *extra):
+    enc = "gaussian" if kind == "vae" else "noise"
+    return build_model(tiny_toy(f"model.kind={kind}", f"model.encoder={enc}",
+                                f"model.runs={runs}", *extra))
+
+
+@pytest.mark.parametrize("runs", [1, 3])
+@pytest.mark.parametrize("kind", KINDS)
+def test_shapes_and_finite_gradients(kind, runs):
+    m = build(kind, runs)
+    assert type(m) is {"ali": ALI, "gan": GAN, "gan_inverse": GANInverse,
+                       "gan_posthoc": GANPostHoc, "vae": VAE}[kind]
+    B = 8
+    data = (B, 2) if runs == 1 else (B, runs, 2)
+    lat = (B, 2) if runs == 1 else (B, runs, 2)
+    x, z = torch.randn(data), m.sample_prior(B)
+    assert z.shape == lat
+    assert m.decode(z).shape == data
+    if m.encoder is not None:
+        assert m.encode(x).shape == lat
+        assert m.encode_mean(x).shape == lat
+        assert m.reconstruct(x).shape == data
+    assert m.sample(5).shape == ((5, 2) if runs == 1 else (5, runs, 2))
+    out = m.losses(x, z)
+    params = m.parameters_d() + m.parameters_g()
+    assert len({id(p) for p in params}) == len(list(m.parameters()))
+    losses = [out.g] + ([out.d] if out.d is not None else [])
+    for loss in losses:
+        assert loss.shape == () and torch.isfinite(loss)
+    grads = torch.autograd.grad(sum(losses), params, allow_unused=True)
+    assert all(g is None or torch.isfinite(g).all() for g in grads)
+    assert any(g is not None and g.abs().sum() > 0 for g in grads)
+
+
+def test_encoders_are_stochastic_with_independent_noise():
+    for enc in ["noise", "gaussian"]:
+        m = build("ali", 1, f"model.encoder={enc}").eval()
+        x = torch.randn(4, 2)
+        a, b = m.encode(x), m.encode(x)
+        assert not torch.allclose(a, b), enc
+        assert torch.equal(m.encode_mean(x), m.encode_mean(x))
+    # Gaussian: one eps per latent unit, so the two coordinates' noise is not shared.
+    m = build("ali", 1, "model.encoder=gaussian").eval()
+    x = torch.randn(1, 2).expand(4000, 2)
+    mu, log_sigma = m.encoder.stats(x)
+    eps = (m.encode(x) - mu) / log_sigma.exp()
+    assert abs(eps.mean()) < 0.1 and abs(eps.std() - 1) < 0.1
+    assert abs(torch.corrcoef(eps.T)[0, 1]) < 0.1
+
+
+def test_deterministic_encoder():
+    m = build("ali", 1, "model.encoder=deterministic").eval()
+    x = torch.randn(4, 2)
+    assert torch.equal(m.encode(x), m.encode(x))
+
+
+def test_interpolate_endpoints():
+    m = build("ali", 1, "model.encoder=deterministic").eval()
+    x1, x2 = torch.randn(3, 2), torch.randn(3, 2)
+    path = m.interpolate(x1, x2, 5)
+    assert path.shape == (5, 3, 2)
+    assert torch.allclose(path[0], m.decode(m.encode(x1)), atol=1e-6)
+    assert torch.allclose(path[-1], m.decode(m.encode(x2)), atol=1e-6)
+
+
+def test_losses_match_algorithm_1():
+    s_q = torch.tensor([[2.0], [-1.0]])
+    s_p = torch.tensor([[0.5], [-3.0]])
+    d_q, d_p = torch.sigmoid(s_q), torch.sigmoid(s_p)
+    want_d = -(d_q.log().mean() + (1 - d_p).log().mean())
+    want_g = -((1 - d_q).log().mean() + d_p.log().mean())
+    assert torch.allclose(L.discriminator_loss(s_q, s_p), want_d)
+    assert torch.allclose(L.generator_loss(s_q, s_p), want_g)
+    assert torch.allclose(L.generator_loss(s_q, s_p, "saturating"), -want_d)
+    acc = L.discriminator_accuracy(s_q, s_p)
+    assert acc["acc_q"] == 0.5 and acc["acc_p"] == 0.5
+
+
+def test_joint_discriminator_scores_both_halves_as_one_batch(monkeypatch):
+    m = build("ali")
+    seen = []
+    m.discriminator.d_xz.register_forward_hook(lambda mod, inp, out: seen.append(inp[0].shape))
+    m.losses(torch.randn(8, 2), m.sample_prior(8))
+    assert seen == [torch.Size([16, 4])]  # concat(x, z) for 2B pairs in one call
+
+
+@pytest.mark.parametrize("kind", ["ali", "gan", "gan_inverse", "gan_posthoc"])
+def test_each_loss_moves_only_its_own_player(kind):
+    """After one engine step, D's gradient is dL_d/dD alone and G's is dL_g/dG alone."""
+    m = build(kind, 1, "model.posthoc_fraction=0.5")
+    if kind == "gan_posthoc":
+        m.schedule(3, 4)  # the post-hoc phase: decoder frozen
+    cfg = tiny_toy()
+    pd, pg = m.parameters_d(), m.parameters_g()
+    od, og = make_optimizer(pd, cfg.train), make_optimizer(pg, cfg.train)
+    x, z = torch.randn(8, 2), m.sample_prior(8)
+    state = torch.get_rng_state()
+    out = m.losses(x, z)
+    want_d = torch.autograd.grad(out.d, pd, retain_graph=True, allow_unused=True)
+    want_g = torch.autograd.grad(out.g, pg, allow_unused=True)
+    before = [p.detach().clone() for p in m.parameters()]
+    torch.set_rng_state(state)
+    train_step(m, x, z, od, og, pd, pg)
+    for p, w in zip(pd, want_d):
+        assert (p.grad is None) == (w is None)
+        if w is not None:
+            torch.testing.assert_close(p.grad, w)
+    for p, w in zip(pg, want_g):
+        assert (p.grad is None) == (w is None)
+        if w is not None:
+            torch.testing.assert_close(p.grad, w)
+    moved = [not torch.equal(b, p) for b, p in zip(before, m.parameters())]
+    assert any(moved)
+    if kind == "gan_posthoc":  # the frozen decoder and the GAN's D must not move
+        for p in [*m.decoder.parameters(), *m.discriminator.parameters()]:
+            assert p.grad is None
+
+
+def test_generator_loss_would_move_discriminator_without_isolation():
+    # Sanity check of the test above: L_g does depend on D's parameters, so isolation matters.
+    m = build("ali")
+    out = m.losses(torch.randn(8, 2), m.sample_prior(8))
+    g = torch.autograd.grad(out.g, m.parameters_d(), allow_unused=True)
+    assert any(x is not None and x.abs().sum() > 0 for x in g)
+
+
+def test_runs_are_independent():
+    """Side-by-side runs: run 0's gradients do not depend on run 1's data."""
+    m = build("ali", 2)
+    x = torch.randn(8, 2, 2)
+    z = m.sample_prior(8)
+
+    def run0_grads(x):
+        torch.manual_seed(1)
+        out = m.losses(x, z)
+        gs = torch.autograd.grad(out.d, m.parameters_d())
+        return [g[0] for g in gs if g.dim() >= 1 and g.shape[0] == 2]
+
+    a = run0_grads(x)
+    x2 = x.clone()
+    x2[:, 1] += 5.0
+    b = run0_grads(x2)
+    for u, v in zip(a, b):
+        torch.testing.assert_close(u, v)
+
+
+def test_vae_loss_is_negative_elbo():
+    m = build("vae")
+    x = torch.randn(16, 2)
+    out = m.losses(x)
+    assert out.d is None and m.parameters_d() == []
+    assert torch.allclose(out.g, out.stats["nll"] + out.stats["kl"])
+    assert out.stats["kl"] >= 0
+
+
+def test_maxout_takes_max_of_contiguous_pieces():
+    from ali.nets.layers import Maxout
+    x = torch.tensor([[1.0, 5.0, 3.0, 2.0, 0.0, -1.0]])
+    assert torch.equal(Maxout(2, dim=-1)(x), torch.tensor([[5.0, 3.0, 0.0]]))
+    assert torch.equal(Maxout(3, dim=-1)(x), torch.tensor([[5.0, 2.0]]))
+    with pytest.raises(ValueError):
+        Maxout(4, dim=-1)(x)
+
+
+def test_init_follows_config():
+    m = build("ali", 1, "model.init_std=0.5")
+    w = m.decoder.layers[0].weight
+    assert 0.3 < w.std() < 0.7
+    assert all((b == 0).all() for n, b in m.named_parameters() if n.endswith("layers.9.bias"))
+
+
+def test_softplus_identity():
+    s = torch.linspace(-5, 5, 11)
+    assert torch.allclose(F.softplus(-s), -torch.sigmoid(s).log(), atol=1e-6)

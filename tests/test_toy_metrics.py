@@ -1,0 +1,50 @@
+import torch
+
+from ali.data import toy
+from ali.eval.toy import mode_metrics, recon_mode
+
+
+def test_grid_and_ring_centres():
+    g = toy.centres("grid")
+    assert g.shape == (25, 2) and set(g[:, 0].tolist()) == {-4.0, -2.0, 0.0, 2.0, 4.0}
+    r = toy.centres("ring")
+    assert r.shape == (8, 2)
+    assert torch.allclose(r.norm(dim=1), torch.ones(8))
+
+
+def test_samples_exactly_on_seven_centres():
+    c = toy.centres("grid")
+    samples = c[torch.arange(7)].repeat(100, 1)
+    m = mode_metrics(samples, c, 0.05)
+    assert m == {"modes": 7, "modes_hq": 7, "hq": 1.0}
+
+
+def test_far_samples_count_for_modes_but_not_quality():
+    c = toy.centres("grid")
+    # 0.5 away from each of 3 centres: assigned to them (paper count), but beyond 3 std.
+    samples = c[:3] + torch.tensor([0.5, 0.0])
+    m = mode_metrics(samples, c, 0.05)
+    assert m["modes"] == 3 and m["modes_hq"] == 0 and m["hq"] == 0.0
+
+
+def test_mixed_quality():
+    c = toy.centres("ring")
+    good = c[:4] + 0.02  # within 3 * 0.01 * sqrt(2) = 0.042
+    bad = c[4:8] * 1.2   # 0.2 away
+    m = mode_metrics(torch.cat([good, bad]), c, 0.01)
+    assert m == {"modes": 8, "modes_hq": 4, "hq": 0.5}
+
+
+def test_recon_mode():
+    c = toy.centres("grid")
+    x = c.clone()
+    x_rec = c.clone()
+    x_rec[:5] = c[5:10]  # 5 of 25 land in another component
+    assert recon_mode(x, x_rec, c) == 20 / 25
+
+
+def test_sampled_dataset_labels_match_nearest_centre():
+    g = torch.Generator().manual_seed(0)
+    x, y = toy.sample("grid", 2000, 0.05, g)
+    d = torch.cdist(x, toy.centres("grid")).argmin(1)
+    assert torch.equal(d, y)

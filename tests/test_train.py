@@ -1,0 +1,85 @@
+import json
+
+import pytest
+import torch
+
+from ali.errors import CheckpointError
+from ali.train import load_checkpoint, load_run, train
+
+from conftest import tiny_toy
+
+
+def test_run_folder_holds_documented_files(tmp_path):
+    cfg = tiny_toy()
+    res = train(cfg, run_dir=tmp_path, quiet=True)
+    assert res.step == cfg.train.steps
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["train"]["steps"] == cfg.train.steps and saved["name"] == "toy"
+    lines = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [l["step"] for l in lines] == [2, 4]
+    for key in ("loss_d", "loss_g", "acc_q", "acc_p", "steps_per_s", "lr"):
+        assert all(key in l for l in lines)
+    ckpt = load_checkpoint(tmp_path / "checkpoints" / "latest.pt")
+    assert ckpt["step"] == 4 and ckpt["config"] == cfg.to_dict()
+    assert set(ckpt["model"]) == set(res.model.state_dict())
+
+
+def test_save_load_gives_identical_outputs(tmp_path):
+    res = train(tiny_toy(), run_dir=tmp_path, quiet=True)
+    model, cfg, step = load_run(tmp_path)
+    z = res.model.sample_prior(16)
+    x = torch.randn(16, 2)
+    res.model.eval()
+    assert torch.equal(model.decode(z), res.model.decode(z))
+    assert torch.equal(model.encode_mean(x), res.model.encode_mean(x))
+    assert step == 4 and cfg == tiny_toy()
+
+
+def test_same_seed_same_result():
+    a = train(tiny_toy(), quiet=True).model.state_dict()
+    b = train(tiny_toy(), quiet=True).model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    c = train(tiny_toy("train.seed=1"), quiet=True).model.state_dict()
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+@pytest.mark.parametrize("kind", ["ali", "gan_posthoc", "vae"])
+def test_resume_is_bit_identical(tmp_path, kind):
+    enc = "gaussian" if kind == "vae" else "noise"
+    over = (f"model.kind={kind}", f"model.encoder={enc}", "train.lr_schedule=linear",
+            "train.steps=6", "train.checkpoint_every=3", "train.log_every=3")
+    full = train(tiny_toy(*over), quiet=True).model.state_dict()
+    # Stop after 3 of 6 steps, then resume in a fresh call.
+    train(tiny_toy(*over), run_dir=tmp_path, quiet=True, until=3)
+    res = train(tiny_toy(*over), run_dir=tmp_path, resume=True, quiet=True)
+    got = res.model.state_dict()
+    for k in full:
+        assert torch.equal(full[k], got[k]), k
+
+
+def test_resume_refuses_other_config(tmp_path):
+    train(tiny_toy(), run_dir=tmp_path, quiet=True)
+    with pytest.raises(CheckpointError, match="train.lr"):
+        train(tiny_toy("train.lr=0.5", "train.steps=8"), run_dir=tmp_path, resume=True,
+              quiet=True)
+
+
+def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
+    p = tmp_path / "latest.pt"
+    p.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="cannot read checkpoint"):
+        load_checkpoint(p)
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_linear_schedule_reaches_zero():
+    res = train(tiny_toy("train.lr_schedule=linear", "train.lr=1e-3"), quiet=True)
+    lrs = [h["lr"] for h in res.history]
+    assert lrs[0] < 1e-3 and lrs[-1] == pytest.approx(1e-3 / 4)
+
+
+def test_batch_larger_than_dataset_is_rejected():
+    from ali.errors import ConfigError
+    with pytest.raises(ConfigError, match="larger than the dataset"):
+        train(tiny_toy("data.n_train=10"), quiet=True)
