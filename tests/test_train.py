@@ -79,6 +79,12 @@ def test_linear_schedule_reaches_zero():
     assert lrs[0] < 1e-3 and lrs[-1] == pytest.approx(1e-3 / 4)
 
 
+def test_discriminator_learning_rate():
+    res = train(tiny_toy("train.lr=1e-4", "train.lr_d=4e-4"), quiet=True)
+    assert res.history[-1]["lr"] == pytest.approx(1e-4)
+    assert res.history[-1]["lr_d"] == pytest.approx(4e-4)
+
+
 def test_batch_larger_than_dataset_is_rejected():
     from ali.errors import ConfigError
     with pytest.raises(ConfigError, match="larger than the dataset"):

@@ -110,6 +110,8 @@ class TrainConfig:
     """Total parameter updates."""
     batch_size: int = 100
     lr: float = 1e-4
+    lr_d: float | None = None
+    """Learning rate of the discriminator; None means train.lr (the paper)."""
     lr_schedule: str = "constant"
     """constant (the paper) or linear decay to zero over train.steps."""
     beta1: float = 0.2
@@ -126,6 +128,8 @@ class TrainConfig:
         _check(self.steps >= 1, f"train.steps must be >= 1; got {self.steps}")
         _check(self.batch_size >= 1, f"train.batch_size must be >= 1; got {self.batch_size}")
         _check(self.lr > 0 and math.isfinite(self.lr), f"train.lr must be > 0; got {self.lr}")
+        _check(self.lr_d is None or (self.lr_d > 0 and math.isfinite(self.lr_d)),
+               f"train.lr_d must be > 0; got {self.lr_d}")
         _one_of(self.lr_schedule, LR_SCHEDULES, "train.lr_schedule")
         for key in ("beta1", "beta2"):
             v = getattr(self, key)

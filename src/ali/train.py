@@ -49,14 +49,16 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def make_optimizer(params: list[torch.nn.Parameter], t: TrainConfig) -> torch.optim.Adam | None:
-    """Adam with the config's learning rate and PyTorch-convention betas."""
+def make_optimizer(params: list[torch.nn.Parameter], t: TrainConfig,
+                   lr: float | None = None) -> torch.optim.Adam | None:
+    """Adam with the config's learning rate (or ``lr``) and PyTorch-convention betas."""
     if not params:
         return None
+    lr = t.lr if lr is None else lr
     try:  # the fused kernel (one pass over all parameters) where this PyTorch has it
-        return torch.optim.Adam(params, lr=t.lr, betas=(t.beta1, t.beta2), fused=True)
+        return torch.optim.Adam(params, lr=lr, betas=(t.beta1, t.beta2), fused=True)
     except (RuntimeError, TypeError):
-        return torch.optim.Adam(params, lr=t.lr, betas=(t.beta1, t.beta2))
+        return torch.optim.Adam(params, lr=lr, betas=(t.beta1, t.beta2))
 
 
 def lr_factor(step: int, t: TrainConfig) -> float:
@@ -252,8 +254,9 @@ def train(cfg: Config, *, run_dir: Path | str | None = None, resume: bool = Fals
     sampler = TensorSampler(dataset.train.to(device), t.batch_size, model.runs, seed=t.seed)
 
     params_d, params_g = model.parameters_d(), model.parameters_g()
-    opt_d, opt_g = make_optimizer(params_d, t), make_optimizer(params_g, t)
-    optimizers = [o for o in (opt_d, opt_g) if o is not None]
+    lr_d = t.lr if t.lr_d is None else t.lr_d
+    opt_d, opt_g = make_optimizer(params_d, t, lr_d), make_optimizer(params_g, t)
+    base_lr = [(o, lr) for o, lr in ((opt_d, lr_d), (opt_g, t.lr)) if o is not None]
 
     start = 0
     ckpt_path = run_dir / "checkpoints" / "latest.pt" if run_dir else None
@@ -295,9 +298,9 @@ def train(cfg: Config, *, run_dir: Path | str | None = None, resume: bool = Fals
         end = t.steps if until is None else min(until, t.steps)
         for step in range(start, end):
             model.schedule(step, t.steps)
-            for opt in optimizers:
+            for opt, lr in base_lr:
                 for group in opt.param_groups:
-                    group["lr"] = t.lr * lr_factor(step, t)
+                    group["lr"] = lr * lr_factor(step, t)
             x = sampler.next()                              # (B, *data) ~ q(x)
             z = model.sample_prior(t.batch_size)            # (B, *latent) ~ p(z)
             out = train_step(model, x, z, opt_d, opt_g, params_d, params_g)
@@ -315,6 +318,8 @@ def train(cfg: Config, *, run_dir: Path | str | None = None, resume: bool = Fals
                 record: dict[str, Any] = {"step": done}
                 record.update({k: float(v) / n_sum for k, v in sorted(sums.items())})
                 record["lr"] = t.lr * lr_factor(step, t)
+                if opt_d is not None:
+                    record["lr_d"] = lr_d * lr_factor(step, t)
                 record["steps_per_s"] = n_sum / max(now - t_log, 1e-9)
                 if not all(math.isfinite(v) for v in record.values()):
                     logger.log(record)

@@ -1,0 +1,63 @@
+"""Measure the 2-D experiment against the foundation issue's targets (a benchmark, not a test).
+
+    python benchmarks/toy_quality.py                       # tuned protocol, 10 runs, grid
+    python benchmarks/toy_quality.py --protocol paper      # the paper's protocol
+    python benchmarks/toy_quality.py --quick               # time `ali toy --quick`
+
+Writes the usual `ali toy` outputs to --out and prints each target with its measured value.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ali.config import get_config
+from ali.data import load_dataset
+from ali.experiments import toy
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--dataset", default="grid", choices=("grid", "ring"))
+    p.add_argument("--protocol", default="tuned", choices=("tuned", "paper"))
+    p.add_argument("--runs", type=int, default=None)
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--out", default=None)
+    a = p.parse_args()
+    runs = a.runs or (2 if a.quick else 10)
+    out = Path(a.out or f"runs/bench-toy-{a.dataset}-{a.protocol}{'-quick' if a.quick else ''}")
+    t0 = time.perf_counter()
+    results, figures = toy.run(a.dataset, a.protocol, runs, a.quick, steps=a.steps)
+    wall = time.perf_counter() - t0
+    data = load_dataset(get_config("toy", [f"data.name={a.dataset}"]).data)
+    toy.write(results, figures, data, out)
+    print(toy.table(results))
+    print(f"wall time: {wall:.0f} s for {len(results['models'])} models x {runs} runs")
+    k = len(data.centres)
+    ali = results["models"]["ali"]
+    checks = [
+        (f"ALI modes_hq == {k} in every run", min(ali["modes_hq"]) == k,
+         f"min {min(ali['modes_hq'])}"),
+        ("ALI hq >= 0.95", np.mean(ali["hq"]) >= 0.95, f"mean {np.mean(ali['hq']):.3f}"),
+        ("ALI recon_mode >= 0.95", np.mean(ali["recon_mode"]) >= 0.95,
+         f"mean {np.mean(ali['recon_mode']):.3f}"),
+    ]
+    if "gan" in results["models"]:
+        gan = results["models"]["gan"]
+        checks.append(("ALI mean modes > GAN mean modes",
+                       np.mean(ali["modes"]) > np.mean(gan["modes"]),
+                       f"ALI {np.mean(ali['modes']):.1f} vs GAN {np.mean(gan['modes']):.1f}"))
+    limit = 120 if a.quick else 900
+    checks.append((f"wall time < {limit} s", wall < limit, f"{wall:.0f} s"))
+    for name, ok, value in checks:
+        print(f"[{'PASS' if ok else 'MISS'}] {name}: {value}")
+    print(f"outputs in {out}")
+
+
+if __name__ == "__main__":
+    main()
