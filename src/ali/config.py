@@ -191,7 +191,108 @@ _REGISTRY: dict[str, Callable[[], Config]] = {}
 
 
 def register(name: str) -> Callable[[Callable[[], Config]], Callable[[], Config]]:
-    """Register a preset: ``@register("toy")
+    """Register a preset: ``@register("toy") def toy() -> Config: ...``."""
+
+    def deco(fn: Callable[[], Config]) -> Callable[[], Config]:
+        _REGISTRY[name] = fn
+        return fn
+
+    return deco
+
+
+def config_names() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def get_config(name: str, overrides: Iterable[str] = ()) -> Config:
+    """The preset ``name`` with ``section.key=value`` overrides applied."""
+    if name not in _REGISTRY:
+        close = difflib.get_close_matches(name, list(_REGISTRY), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(
+            f"unknown config {name!r}{hint} (known: {', '.join(config_names())})")
+    cfg = _REGISTRY[name]()
+    return apply_overrides(cfg, overrides)
+
+
+# --------------------------------------------------------------------------- overrides
+
+def all_keys() -> list[str]:
+    """Every overridable ``section.key``."""
+    return [f"{s}.{f.name}" for s, t in _section_types().items() for f in dataclasses.fields(t)]
+
+
+def _unknown_key_message(key: str) -> str:
+    close = difflib.get_close_matches(key, all_keys(), n=1, cutoff=0.5)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return f"unknown config key {key!r}{hint}"
+
+
+_TRUE = {"true", "1", "yes", "on"}
+_FALSE = {"false", "0", "no", "off"}
+
+
+def _parse_value(key: str, text: str, typ: Any) -> Any:
+    origin = typing.get_origin(typ)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(typ) if a is not type(None)]
+        if text.lower() in ("none", "null"):
+            return None
+        return _parse_value(key, text, args[0])
+    if typ is bool:
+        low = text.lower()
+        if low in _TRUE:
+            return True
+        if low in _FALSE:
+            return False
+        raise ConfigError(f"{key} expects a boolean (true/false); got {text!r}")
+    if typ is int:
+        try:
+            return int(text)
+        except ValueError:
+            try:
+                f = float(text)
+            except ValueError:
+                f = math.nan
+            if math.isfinite(f) and f == int(f):
+                return int(f)
+            raise ConfigError(f"{key} expects an integer; got {text!r}") from None
+    if typ is float:
+        try:
+            v = float(text)
+        except ValueError:
+            raise ConfigError(f"{key} expects a number; got {text!r}") from None
+        if not math.isfinite(v):
+            raise ConfigError(f"{key} expects a finite number; got {text!r}")
+        return v
+    return text
+
+
+def apply_overrides(cfg: Config, overrides: Iterable[str]) -> Config:
+    """Return ``cfg`` with each ``section.key=value`` applied, type-checked and validated.
+
+    All overrides are applied before validation, so checks that involve several keys (e.g.
+    ``model.kind=vae`` with ``model.encoder=gaussian``) see the final values.
+    """
+    hints = {name: typing.get_type_hints(t) for name, t in _section_types().items()}
+    changes: dict[str, dict[str, Any]] = {name: {} for name in hints}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like section.key=value")
+        key, text = item.split("=", 1)
+        key = key.strip()
+        section, _, name = key.partition(".")
+        if section not in hints or name not in hints[section]:
+            raise ConfigError(_unknown_key_message(key))
+        changes[section][name] = _parse_value(key, text.strip(), hints[section][name])
+    # Re-running __post_init__ validates the new values at once, each with its own message.
+    return dataclasses.replace(cfg, **{s: dataclasses.replace(getattr(cfg, s), **c)
+                                       for s, c in changes.items() if c})
+
+
+# --------------------------------------------------------------------------- presets
+
+@register("toy")
 def _toy() -> Config:
     """Section 4.5: the 25-Gaussian grid with the original code's toy networks, our settings.
 
