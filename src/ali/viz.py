@@ -1,0 +1,64 @@
+"""Image grids: samples, reconstructions (Figures 2b-5b) and interpolations (Figure 6)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .model import GenerativeModel
+
+
+def grid(images: Tensor, nrow: int, pad: int = 2, pad_value: float = 1.0) -> np.ndarray:
+    """Tile images (N, C, H, W) in [0, 1] into one uint8 array (H', W', C) with ``nrow`` per row."""
+    n, c, h, w = images.shape
+    rows = math.ceil(n / nrow)
+    out = np.full((rows * (h + pad) + pad, nrow * (w + pad) + pad, c), pad_value, np.float32)
+    imgs = images.detach().float().clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
+    for i in range(n):
+        r, k = divmod(i, nrow)
+        y, x = pad + r * (h + pad), pad + k * (w + pad)
+        out[y:y + h, x:x + w] = imgs[i]
+    return (out * 255 + 0.5).astype(np.uint8)
+
+
+def save_grid(images: Tensor, path: Path | str, nrow: int, scale: int = 1) -> Path:
+    """Write :func:`grid` as a PNG (grey for one channel), optionally enlarged ``scale`` times."""
+    from PIL import Image
+
+    arr = grid(images, nrow)
+    img = Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr)
+    if scale > 1:
+        img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path)
+    return path
+
+
+@torch.no_grad()
+def sample_grid(model: GenerativeModel, n: int = 100) -> Tensor:
+    """n samples x_tilde = G(z), z ~ p(z): (n, C, H, W)."""
+    return model.sample(n)
+
+
+@torch.no_grad()
+def reconstruction_grid(model: GenerativeModel, x: Tensor, nrow: int = 10) -> Tensor:
+    """Originals and their reconstructions G(z_hat), z_hat ~ q(z|x), in alternating columns:
+    odd columns are originals, even columns their reconstructions (as the paper's figures)."""
+    rec = model.reconstruct(x)
+    pairs = torch.stack([x, rec], dim=1)                    # (N, 2, C, H, W)
+    # Lay out so that each row holds nrow/2 (original, reconstruction) pairs.
+    return pairs.flatten(0, 1)
+
+
+@torch.no_grad()
+def interpolation_grid(model: GenerativeModel, x1: Tensor, x2: Tensor, steps: int = 10) -> Tensor:
+    """For each pair (x1[i], x2[i]): x1, decodings of z interpolated from z_hat(x1) to
+    z_hat(x2), then x2 (Figure 6). Returns rows of ``steps + 2`` images: (N * (steps+2), C, H, W)."""
+    path = model.interpolate(x1, x2, steps)                 # (steps, N, C, H, W)
+    rows = torch.cat([x1.unsqueeze(1), path.transpose(0, 1), x2.unsqueeze(1)], dim=1)
+    return rows.flatten(0, 1)
