@@ -124,7 +124,7 @@ def pil_tensor(img: Any, channels: int) -> Tensor:
     a = np.asarray(img, dtype=np.uint8)
     if a.ndim == 2:
         a = a[:, :, None]
-    return torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1)))
+    return torch.from_numpy(a.transpose(2, 0, 1).copy())
 
 
 def read_image(path: Path, size: int, channels: int, crop: str = "fit") -> Tensor:

@@ -367,7 +367,7 @@ def folder(cfg: DataConfig, stream_over: int = 20_000) -> Spec:
     if not root.is_dir():
         raise DataError(f"data.root={cfg.root} is not a folder")
     scanned, classes = _scan_folder(root)
-    first = next(iter(scanned.values()))[0][0]
+    first = (scanned.get("train") or next(iter(scanned.values())))[0][0]
     w, h, mode = image_info(first)
     channels = cfg.channels or (1 if mode in ("1", "L", "LA", "I", "I;16", "F") else 3)
     size = cfg.image_size
@@ -405,7 +405,9 @@ def _npz_array(path: Path, key: str, mmap: bool) -> np.ndarray:
                                            int.from_bytes(local[28:30], "little"))
                     f.seek(info.header_offset + 30 + name_len + extra_len)
                     version = np.lib.format.read_magic(f)
-                    shape, fortran, dtype = np.lib.format._read_array_header(f, version)
+                    read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                            else np.lib.format.read_array_header_2_0)
+                    shape, fortran, dtype = read(f)
                     if fortran or dtype.hasobject:
                         raise ValueError("unsupported array layout")
                     return np.memmap(path, dtype=dtype, mode="r", offset=f.tell(), shape=shape)
