@@ -92,9 +92,17 @@ def hwc(a: np.ndarray) -> Tensor:
 
 # --------------------------------------------------------------------------- PIL images
 
+def _pil() -> Any:
+    try:
+        from PIL import Image
+    except ImportError:
+        raise DataError("reading image files needs Pillow: pip install 'ali[images]'") from None
+    return Image
+
+
 def pil_fit(img: Any, size: int) -> Any:
     """Resize the shorter side to ``size`` and keep the centre square."""
-    from PIL import Image
+    Image = _pil()
 
     w, h = img.size
     if (w, h) == (size, size):
@@ -112,7 +120,7 @@ def celeba_crop(img: Any, size: int = 64) -> Any:
     Other sizes scale the same box: width ``size``, height round(size * 78 / 64), rows from
     round(size * 7 / 64).
     """
-    from PIL import Image
+    Image = _pil()
 
     h = round(size * 78 / 64)
     top = round(size * 7 / 64)
@@ -129,7 +137,7 @@ def pil_tensor(img: Any, channels: int) -> Tensor:
 
 def read_image(path: Path, size: int, channels: int, crop: str = "fit") -> Tensor:
     """One image file as a uint8 (C, H, W) tensor; a DataError naming the file if unreadable."""
-    from PIL import Image
+    Image = _pil()
 
     try:
         with Image.open(path) as img:
@@ -147,7 +155,7 @@ def read_image(path: Path, size: int, channels: int, crop: str = "fit") -> Tenso
 
 def image_info(path: Path) -> tuple[int, int, str]:
     """(width, height, mode) of an image file, reading only its header."""
-    from PIL import Image
+    Image = _pil()
 
     try:
         with Image.open(path) as img:
