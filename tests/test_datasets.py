@@ -364,6 +364,15 @@ def test_folder_classes_resize_channels(tmp_path):
     one_line_error(e, "no split 'test'")
 
 
+def test_imagenet64_class_folders(tmp_path):
+    make_folder(tmp_path / "i" / "train", per=2, size=(64, 64))
+    make_folder(tmp_path / "i" / "val", per=1, size=(80, 64))
+    d = load_dataset(data_cfg("imagenet64", tmp_path / "i"))     # test = the val folder
+    assert d.streamed and len(d.train) == 4 and len(d.test) == 2 and d.data_shape == (3, 64, 64)
+    assert d.train_labels.tolist() == [0, 0, 1, 1] and d.num_classes == 2
+    assert d.test[0][0].shape == (3, 64, 64)                    # resized and centre-cropped
+
+
 def test_folder_split_subfolders_and_empty(tmp_path):
     make_folder(tmp_path / "f" / "train", size=(8, 8))
     make_folder(tmp_path / "f" / "test", per=1, size=(8, 8), mode="L")
@@ -507,6 +516,23 @@ def test_download_with_a_fake_fetch(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "t10k-labels-idx1-ubyte.gz" in err and "md5" in err
     assert not any(p.name.endswith(".part") for p in out.iterdir())
+
+
+def test_download_cifar10_extracts_the_archive(tmp_path, monkeypatch):
+    import tarfile
+
+    src = make_cifar(tmp_path / "src")
+    archive = tmp_path / "cifar-10-python.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(src / "cifar-10-batches-py", arcname="cifar-10-batches-py")
+    monkeypatch.setattr(dl, "CIFAR10_ARCHIVE_MD5", md5(archive))
+    monkeypatch.setattr(dl, "CIFAR10_MD5", {p.name: md5(p)
+                                           for p in (src / "cifar-10-batches-py").iterdir()})
+    monkeypatch.setattr(dl, "fetch", lambda url, dest: dest.write_bytes(archive.read_bytes()))
+    files = dl.download("cifar10", tmp_path / "dst")
+    assert len(files) == 6 and all(p.is_file() for p in files)
+    d = load_dataset(data_cfg("cifar10", tmp_path / "dst"))
+    assert d.train.shape == (45, 3, 32, 32)
 
 
 @pytest.mark.parametrize("name, needle", [("celeba", "mmlab"), ("imagenet64", "image-net.org")])

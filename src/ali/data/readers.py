@@ -102,8 +102,8 @@ def _find(root: Path, name: str) -> Path:
     for p in (root / name, root / name.removesuffix(".gz")):
         if p.is_file():
             return p
-    raise DataError(f"missing file {root / name} (download it with: ali data download "
-                    f"{'mnist' if 'ubyte' in name else '...'} --root {root})")
+    raise DataError(f"missing file {root / name} (download it with: ali data download mnist "
+                    f"--root {root})")
 
 
 def mnist(cfg: DataConfig) -> Spec:
