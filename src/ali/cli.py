@@ -79,6 +79,15 @@ def _cmd_toy(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_data_download(args: argparse.Namespace) -> int:
+    from .data.download import download
+
+    files = download(args.name, args.root, svhn_extra=not args.no_extra)
+    print(f"{args.name}: {len(files)} files checked in {args.root}")
+    print(f"use it with: --set data.name={args.name} --set data.root={args.root}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="ali", description="Adversarially Learned Inference (Dumoulin et al., 2016).")
@@ -106,6 +115,18 @@ def build_parser() -> argparse.ArgumentParser:
     y.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
     y.add_argument("--out", help="output folder (default runs/toy-DATASET-PROTOCOL)")
     y.set_defaults(func=_cmd_toy)
+
+    d = sub.add_parser("data", help="dataset tools")
+    dsub = d.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    dl = dsub.add_parser("download", help="download a dataset's official files and check them",
+                         description="Download the official files of mnist, cifar10 or svhn "
+                                     "(md5-checked); for celeba and imagenet64, say where to "
+                                     "get them.")
+    dl.add_argument("name", help="mnist | cifar10 | svhn | celeba | imagenet64")
+    dl.add_argument("--root", required=True, help="folder to put the files in (data.root)")
+    dl.add_argument("--no-extra", action="store_true",
+                    help="svhn: skip extra_32x32.mat (1.3 GB)")
+    dl.set_defaults(func=_cmd_data_download)
     return p
 
 

@@ -13,6 +13,7 @@ import dataclasses
 import difflib
 import json
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -82,24 +83,83 @@ class ModelConfig:
                    "model.kind=vae needs model.encoder=gaussian (the KL term needs mu and sigma)")
 
 
+DATA_NAMES = ("grid", "ring", "mnist", "cifar10", "svhn", "celeba", "imagenet64", "folder", "npz")
+STREAM_MODES = ("auto", "on", "off")
+_RANGE = re.compile(r"^\s*(-?\d+)?\s*:\s*(-?\d+)?\s*$")
+_SPLIT = re.compile(r"^[a-z0-9_]+(\+[a-z0-9_]+)*$")
+
+
+def parse_range(text: str) -> tuple[int | None, int | None]:
+    """``"start:stop"`` (either end may be empty or negative, as a Python slice) as a pair;
+    ``""`` is everything, ``(None, None)``."""
+    if not text.strip():
+        return None, None
+    m = _RANGE.match(text)
+    if m is None:
+        raise ConfigError(f"a range must look like start:stop (e.g. 0:9000 or -1000:); got {text!r}")
+    return tuple(None if g is None else int(g) for g in m.groups())  # type: ignore[return-value]
+
+
 @dataclass(frozen=True)
 class DataConfig:
-    """Where the data comes from."""
+    """Where the data comes from (README, "Datasets")."""
 
     name: str = "grid"
-    """grid (25 Gaussians) | ring (8 Gaussians)."""
+    """grid (25 Gaussians) | ring (8 Gaussians) | mnist | cifar10 | svhn | celeba | imagenet64 |
+    folder | npz."""
     root: str = ""
+    """Folder holding the dataset's official files (npz: the .npz file itself)."""
     n_train: int = 100_000
+    """2-D datasets: training points."""
     n_test: int = 10_000
+    """2-D datasets: held-out points."""
     std: float = 0.0
     """Std of each mixture component; 0 means the dataset's standard value."""
     seed: int = 1234
     """Seed of the fixed training/held-out sets (independent of train.seed)."""
+    image_size: int = 0
+    """Images: side of the square images after resizing (and cropping); 0 = the dataset's own
+    (celeba: 64, the authors' crop)."""
+    channels: int = 0
+    """Images: 1 (grey) or 3 (RGB); 0 = the dataset's own."""
+    train_split: str = "train"
+    """Images: the split(s) to train on, e.g. train, valid, test, extra; join with + (train+extra)."""
+    test_split: str = "test"
+    """Images: the held-out split(s); empty for none."""
+    train_range: str = ""
+    """Images: start:stop, the part of train_split used (Python slice; empty = all), e.g. 0:9000."""
+    test_range: str = ""
+    """Images: start:stop, the part of test_split used, e.g. 9000: or -1000:."""
+    labels: int = 0
+    """Images with class labels: keep the labels of this many training examples, the same number
+    per class (the others get label -1); 0 keeps all."""
+    stream: str = "auto"
+    """Images: on decodes image files on the fly in DataLoader workers; off decodes all at load
+    into one tensor; auto streams celeba, imagenet64 and folders of more than 20,000 images."""
+    workers: int = 4
+    """DataLoader worker processes for streamed data (0 decodes in the training process)."""
+    verify: bool = True
+    """Check the official files' md5 checksums where the release publishes them."""
 
     def __post_init__(self) -> None:
+        _one_of(self.name, DATA_NAMES, "data.name")
         _check(self.n_train >= 1, f"data.n_train must be >= 1; got {self.n_train}")
         _check(self.n_test >= 1, f"data.n_test must be >= 1; got {self.n_test}")
         _check(self.std >= 0, f"data.std must be >= 0; got {self.std}")
+        _check(self.image_size >= 0, f"data.image_size must be >= 0; got {self.image_size}")
+        _check(self.channels in (0, 1, 3), f"data.channels must be 0, 1 or 3; got {self.channels}")
+        _check(self.labels >= 0, f"data.labels must be >= 0; got {self.labels}")
+        _check(self.workers >= 0, f"data.workers must be >= 0; got {self.workers}")
+        _one_of(self.stream, STREAM_MODES, "data.stream")
+        for key in ("train_split", "test_split"):
+            v = getattr(self, key)
+            _check(bool(_SPLIT.match(v)) or (key == "test_split" and v == ""),
+                   f"data.{key} must be a split name or names joined by + (e.g. train+extra); "
+                   f"got {v!r}")
+        for key in ("train_range", "test_range"):
+            v = getattr(self, key)
+            _check(_RANGE.match(v) is not None or not v.strip(),
+                   f"data.{key} must look like start:stop (e.g. 0:9000 or -1000:); got {v!r}")
 
 
 @dataclass(frozen=True)

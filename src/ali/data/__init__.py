@@ -1,51 +1,147 @@
-"""Datasets and the on-device batch sampler.
+"""Datasets and the batch samplers.
 
 A dataset that fits in memory lives on the training device as one tensor; batches are drawn by
 :class:`TensorSampler` with index arithmetic on that device, so a training step does no
-per-sample Python work and no host-device copy.
+per-sample Python work and no host-device copy. Images are kept as uint8 (N, C, H, W) and a batch
+becomes float in [0, 1] on the device (:class:`ImageSampler`). A large image dataset
+(:class:`~ali.data.images.ImageSource`) is decoded on the fly by DataLoader workers
+(:class:`StreamSampler`). :func:`make_sampler` picks the right one.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Iterator
 
+import numpy as np
 import torch
 from torch import Tensor
 
-from ..config import DataConfig
-from ..errors import ConfigError
+from ..config import DataConfig, parse_range
+from ..errors import ConfigError, DataError
 from . import toy
+from .images import ImageSource, collate, convert
+from .readers import READERS, Part, Spec
+
+DEVICE_BYTES = 4 << 30
+"""In-memory images larger than this stay in host memory; batches are copied to the device."""
 
 
 @dataclass
 class Dataset:
-    """Training and held-out tensors, with labels where the data has them."""
+    """Training and held-out data, with labels where the data has them.
+
+    ``train``/``test`` are float tensors (2-D data), uint8 (N, C, H, W) tensors (images in
+    memory) or :class:`~ali.data.images.ImageSource` (streamed images); ``test`` is None when
+    ``data.test_split`` is empty. Labels are int64, (N,) class indices (-1: label dropped by
+    ``data.labels``) or (N, K) 0/1 attributes (CelebA).
+    """
 
     name: str
-    train: Tensor
-    test: Tensor
+    train: Any
+    test: Any
     train_labels: Tensor | None = None
     test_labels: Tensor | None = None
     centres: Tensor | None = None
     """Mixture means of a 2-D dataset."""
     std: float | None = None
     """Component std of a 2-D dataset."""
+    data_shape: tuple[int, ...] | None = None
+    """Shape of one item: (2,) or (C, H, W)."""
+    num_classes: int | None = None
+    """Number of classes, where the labels are classes."""
+    label_names: list[str] | None = None
+    """Class or attribute names, where known."""
+    workers: int = 0
+    """DataLoader workers for streamed data."""
+
+    @property
+    def streamed(self) -> bool:
+        return isinstance(self.train, ImageSource)
 
     def to(self, device: torch.device | str) -> "Dataset":
-        move = lambda t: None if t is None else t.to(device)  # noqa: E731
+        move = lambda t: t.to(device) if isinstance(t, Tensor) else t  # noqa: E731
         return Dataset(self.name, move(self.train), move(self.test), move(self.train_labels),
-                       move(self.test_labels), move(self.centres), self.std)
+                       move(self.test_labels), move(self.centres), self.std, self.data_shape,
+                       self.num_classes, self.label_names, self.workers)
 
 
 def load_dataset(cfg: DataConfig) -> Dataset:
-    """The dataset named by ``cfg.name``, on the CPU."""
+    """The dataset named by ``cfg.name``, on the CPU (README, "Datasets")."""
     if cfg.name in toy.NAMES:
         std = cfg.std or toy.DEFAULT_STD[cfg.name]
         g = torch.Generator().manual_seed(cfg.seed)
         x, y = toy.sample(cfg.name, cfg.n_train, std, g)
         xt, yt = toy.sample(cfg.name, cfg.n_test, std, g)
-        return Dataset(cfg.name, x, xt, y, yt, toy.centres(cfg.name), std)
-    raise ConfigError(f"unknown dataset data.name={cfg.name!r} (known: {', '.join(toy.NAMES)})")
+        return Dataset(cfg.name, x, xt, y, yt, toy.centres(cfg.name), std, data_shape=(2,),
+                       num_classes=len(toy.centres(cfg.name)))
+    if cfg.name not in READERS:
+        raise ConfigError(f"unknown dataset data.name={cfg.name!r} "
+                          f"(known: {', '.join((*toy.NAMES, *READERS))})")
+    spec = READERS[cfg.name](cfg)
+    stream = cfg.stream == "on" or (cfg.stream == "auto" and spec.stream)
+    x, y = _split(cfg, spec, cfg.train_split, cfg.train_range, "train", stream)
+    xt, yt = (_split(cfg, spec, cfg.test_split, cfg.test_range, "test", stream)
+              if cfg.test_split else (None, None))
+    if cfg.labels:
+        y = keep_labels(y, cfg.labels, spec.num_classes, cfg.seed)
+    shape = tuple(x.shape) if isinstance(x, ImageSource) else tuple(x.shape[1:])
+    return Dataset(cfg.name, x, xt, y, yt, data_shape=shape, num_classes=spec.num_classes,
+                   label_names=spec.label_names, workers=cfg.workers)
+
+
+def _split(cfg: DataConfig, spec: Spec, splits: str, range_text: str, key: str,
+           stream: bool) -> Part:
+    """The images and labels of ``splits`` ("a+b"), cut to ``range_text``, converted."""
+    parts = []
+    for name in splits.split("+"):
+        name = spec.aliases.get(name, name)
+        if name not in spec.splits:
+            raise ConfigError(f"data.{key}_split: {cfg.name} has no split {name!r} here "
+                              f"(available: {', '.join(spec.splits)})")
+        parts.append(spec.splits[name]())
+    xs, ys = zip(*parts)
+    if all(isinstance(p, Tensor) for p in xs):
+        x = xs[0] if len(xs) == 1 else torch.cat(xs)
+    elif all(isinstance(p, ImageSource) and p.base is xs[0].base for p in xs):
+        x = ImageSource(xs[0].base, np.concatenate([p.index for p in xs]), xs[0].shape)
+    else:
+        raise ConfigError(f"data.{key}_split={splits}: these splits cannot be combined")
+    y = None if any(t is None for t in ys) else (ys[0] if len(ys) == 1 else torch.cat(ys))
+    start, stop = parse_range(range_text)
+    n = len(x)
+    picked = range(n)[slice(start, stop)]
+    if len(picked) == 0:
+        raise ConfigError(f"data.{key}_range={range_text!r} selects no images of the {n} in "
+                          f"{cfg.name} {splits}")
+    if (start, stop) != (None, None):
+        x = x.select(slice(start, stop)) if isinstance(x, ImageSource) else x[start:stop]
+        y = None if y is None else y[start:stop]
+    if isinstance(x, Tensor):
+        x = convert(x, cfg.image_size, cfg.channels)
+    elif not stream:
+        x = x.load_all()
+    return x, y
+
+
+def keep_labels(y: Tensor | None, n: int, num_classes: int | None, seed: int) -> Tensor:
+    """Labels with all but ``n`` of them set to -1: ``n // K`` per class (the first ``n % K``
+    classes one more), chosen at random with ``seed``."""
+    if y is None or y.ndim != 1 or not num_classes:
+        raise ConfigError("data.labels needs a dataset with class labels")
+    if n > len(y):
+        raise ConfigError(f"data.labels={n} is more than the {len(y)} training examples")
+    g = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(y), generator=g)
+    out = torch.full_like(y, -1)
+    for k in range(num_classes):
+        want = n // num_classes + (k < n % num_classes)
+        idx = order[y[order] == k][:want]
+        if len(idx) < want:
+            raise DataError(f"data.labels={n}: class {k} has only {len(idx)} training "
+                            f"examples, {want} needed")
+        out[idx] = k
+    return out
 
 
 class TensorSampler:
@@ -86,3 +182,101 @@ class TensorSampler:
     def load_state_dict(self, state: dict) -> None:
         self.generator.set_state(state["generator"])
         self.perm, self.pos = state["perm"], state["pos"]
+
+
+class ImageSampler(TensorSampler):
+    """:class:`TensorSampler` over uint8 images: a batch is float in [0, 1] on ``device``.
+
+    The images may live on ``device`` (the usual case: no copy per step) or, when too large,
+    in host memory: a batch is then gathered on the host and copied.
+    """
+
+    def __init__(self, data: Tensor, batch_size: int, runs: int = 1, seed: int = 0,
+                 device: torch.device | str | None = None) -> None:
+        super().__init__(data, batch_size, runs, seed)
+        self.device = torch.device(device) if device is not None else data.device
+        if self.device.type == "cuda" and data.device.type == "cpu":
+            self.data = data.pin_memory()
+
+    def next(self) -> Tensor:
+        x = super().next()
+        return x.to(self.device, non_blocking=True).float().div_(255)
+
+
+class StreamSampler:
+    """Shuffled minibatches of an :class:`~ali.data.images.ImageSource`, decoded by DataLoader
+    workers, as float in [0, 1] on ``device``; (B, C, H, W), or (B, R, C, H, W) for R runs.
+
+    Epoch e of run r walks a permutation drawn from (seed, e). The state is the number of
+    batches taken, so a resumed run sees exactly the batches it would have seen.
+    """
+
+    def __init__(self, source: ImageSource, batch_size: int, runs: int = 1, seed: int = 0,
+                 device: torch.device | str = "cpu", workers: int = 0) -> None:
+        if batch_size > len(source):
+            raise ConfigError(
+                f"train.batch_size={batch_size} is larger than the dataset ({len(source)} items)")
+        self.source, self.batch_size, self.runs, self.seed = source, batch_size, runs, seed
+        self.device, self.workers = torch.device(device), workers
+        self.taken = 0
+        self._it: Iterator | None = None
+
+    def _batches(self, start: int) -> Iterator[list[int]]:
+        per_epoch = len(self.source) // self.batch_size
+        epoch, pos = divmod(start, per_epoch)
+        while True:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            perm = torch.rand(self.runs, len(self.source), generator=g).argsort(dim=1)
+            for p in range(pos, per_epoch):
+                b = self.batch_size
+                yield perm[:, p * b:(p + 1) * b].T.reshape(-1).tolist()   # (B * R,)
+            epoch, pos = epoch + 1, 0
+
+    def _start(self) -> None:
+        loader = torch.utils.data.DataLoader(
+            self.source, batch_sampler=self._batches(self.taken), num_workers=self.workers,
+            collate_fn=collate, pin_memory=self.device.type == "cuda",
+            prefetch_factor=4 if self.workers else None, persistent_workers=False)
+        self._it = iter(loader)
+
+    def next(self) -> Tensor:
+        if self._it is None:
+            self._start()
+        x = next(self._it)
+        if isinstance(x, str):
+            raise DataError(x)
+        self.taken += 1
+        x = x.to(self.device, non_blocking=True).float().div_(255)
+        if self.runs > 1:
+            x = x.view(self.batch_size, self.runs, *x.shape[1:])
+        return x
+
+    def close(self) -> None:
+        self._it = None
+
+    def state_dict(self) -> dict:
+        return {"taken": self.taken, "seed": self.seed}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.taken, self.seed = int(state["taken"]), int(state["seed"])
+        self._it = None
+
+
+def make_sampler(dataset: Dataset, batch_size: int, runs: int = 1, seed: int = 0,
+                 device: torch.device | str = "cpu", workers: int | None = None,
+                 device_bytes: int = DEVICE_BYTES) -> TensorSampler | StreamSampler:
+    """The sampler of ``dataset.train``: ``.next()`` is a float batch on ``device``.
+
+    2-D data: :class:`TensorSampler` on the device. Images in memory: :class:`ImageSampler`,
+    the uint8 tensor on the device when it is at most ``device_bytes``, else in host memory.
+    Streamed images: :class:`StreamSampler` with ``workers`` (default ``dataset.workers``).
+    """
+    device = torch.device(device)
+    x = dataset.train
+    if isinstance(x, ImageSource):
+        return StreamSampler(x, batch_size, runs, seed, device,
+                             dataset.workers if workers is None else workers)
+    if x.dtype == torch.uint8:
+        on_device = x.numel() <= device_bytes
+        return ImageSampler(x.to(device) if on_device else x, batch_size, runs, seed, device)
+    return TensorSampler(x.to(device), batch_size, runs, seed)

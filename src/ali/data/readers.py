@@ -1,0 +1,536 @@
+"""Readers of the official files of each image dataset.
+
+Each reader takes a :class:`~ali.config.DataConfig` and returns a :class:`Spec`: the dataset's
+splits, each a function that reads it (so only the splits a run uses are read: MNIST works with
+only the t10k files when only the test split is used), plus what is known about the data.
+A split is ``(images, labels)``: images a uint8 (N, C, H, W) tensor or a streamed
+:class:`~ali.data.images.ImageSource`, labels an int64 tensor (N,) or (N, K), or None.
+"""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import io
+import pickle
+import re
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..config import DataConfig
+from ..errors import ConfigError, DataError
+from .images import (IMAGE_EXTENSIONS, ArrayImages, FileImages, ImageSource, hwc, image_info,
+                     need, one_line, verify)
+
+Part = tuple[Any, Tensor | None]
+
+
+@dataclass
+class Spec:
+    splits: dict[str, Callable[[], Part]]
+    num_classes: int | None = None
+    stream: bool = False
+    """Whether ``data.stream=auto`` streams this dataset."""
+    label_names: list[str] | None = None
+    aliases: dict[str, str] = field(default_factory=dict)
+
+
+def _root(cfg: DataConfig) -> Path:
+    if not cfg.root:
+        raise ConfigError(f"data.name={cfg.name} needs data.root (the folder of its files; "
+                          f"README, \"Datasets\")")
+    root = Path(cfg.root).expanduser()
+    if not root.exists():
+        raise DataError(f"data.root={cfg.root} does not exist")
+    return root
+
+
+def _cached(fn: Callable[[], Part]) -> Callable[[], Part]:
+    return functools.lru_cache(maxsize=None)(fn)
+
+
+# --------------------------------------------------------------------------- MNIST
+
+MNIST_FILES = {
+    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+}
+MNIST_MD5 = {
+    "train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+    "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
+    "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
+    "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
+}
+_IDX_TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+def read_idx(path: Path, md5: str | None = None, check: bool = True) -> np.ndarray:
+    """An IDX file (gzip-compressed if its name ends in .gz) as an array."""
+    verify(path, md5, check)
+    try:
+        if path.suffix == ".gz":
+            with gzip.open(path, "rb") as f:
+                raw = f.read()
+        else:
+            raw = path.read_bytes()
+    except (OSError, EOFError, gzip.BadGzipFile) as e:
+        raise DataError(f"{path} is truncated or not a gzip file ({one_line(e)})") from None
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_TYPES:
+        raise DataError(f"{path} is not an IDX file (bad magic number)")
+    ndim = raw[3]
+    head = 4 + 4 * ndim
+    if len(raw) < head:
+        raise DataError(f"{path} is truncated (header cut short)")
+    dims = tuple(int(d) for d in np.frombuffer(raw, ">u4", ndim, 4))
+    dtype = np.dtype(_IDX_TYPES[raw[2]])
+    size = int(np.prod(dims)) * dtype.itemsize
+    if len(raw) != head + size:
+        what = "truncated" if len(raw) < head + size else "longer than its header says"
+        raise DataError(f"{path} is {what}: {len(raw) - head} data bytes for shape {dims}, "
+                        f"expected {size}")
+    return np.frombuffer(raw, dtype, offset=head).reshape(dims)
+
+
+def _find(root: Path, name: str) -> Path:
+    """``root/name``, or its uncompressed version, or a DataError naming it."""
+    for p in (root / name, root / name.removesuffix(".gz")):
+        if p.is_file():
+            return p
+    raise DataError(f"missing file {root / name} (download it with: ali data download mnist "
+                    f"--root {root})")
+
+
+def mnist(cfg: DataConfig) -> Spec:
+    root = _root(cfg)
+
+    def split(name: str) -> Part:
+        fi, fl = MNIST_FILES[name]
+        pi, pl = _find(root, fi), _find(root, fl)
+        x = read_idx(pi, MNIST_MD5[fi] if pi.name == fi else None, cfg.verify)
+        y = read_idx(pl, MNIST_MD5[fl] if pl.name == fl else None, cfg.verify)
+        if x.ndim != 3 or y.ndim != 1 or len(x) != len(y) or x.dtype != np.uint8:
+            raise DataError(f"{pi} and {pl} do not hold N images and N labels (shapes {x.shape}"
+                            f" and {y.shape})")
+        if y.size and y.max() > 9:
+            raise DataError(f"{pl} holds labels outside 0..9")
+        return hwc(x.copy()), torch.from_numpy(y.astype(np.int64))
+
+    return Spec({n: _cached(functools.partial(split, n)) for n in MNIST_FILES}, num_classes=10)
+
+
+# --------------------------------------------------------------------------- CIFAR-10
+
+CIFAR10_DIR = "cifar-10-batches-py"
+CIFAR10_MD5 = {
+    "data_batch_1": "c99cafc152244af753f735de768cd75f",
+    "data_batch_2": "d4bba439e000b95fd0a9bffe97cbabec",
+    "data_batch_3": "54ebc095f3ab1f0389bbae665268c751",
+    "data_batch_4": "634d18415352ddfa80567beed471001a",
+    "data_batch_5": "482c414d41f54cd18b22e5b47cb7c3cb",
+    "test_batch": "40351d587109b95175f43aff81a1287e",
+}
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
+                   "ship", "truck"]
+
+
+class _SafeUnpickler(pickle.Unpickler):
+    """Only what a pickled dict of numpy arrays needs: no arbitrary code from a data file."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
+               ("numpy._core.multiarray", "scalar"), ("_codecs", "encode")}
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"unexpected object {module}.{name}")
+        return super().find_class(module, name)
+
+
+def read_cifar_batch(path: Path, check: bool) -> tuple[np.ndarray, np.ndarray]:
+    """One CIFAR-10 python batch: uint8 (N, 3, 32, 32) images and int64 labels."""
+    need(path, f"download it with: ali data download cifar10 --root {path.parent.parent}")
+    verify(path, CIFAR10_MD5.get(path.name), check)
+    try:
+        with open(path, "rb") as f:
+            d = _SafeUnpickler(f, encoding="bytes").load()
+    except Exception as e:
+        raise DataError(f"{path} is truncated or not a CIFAR-10 batch ({one_line(e)})") from None
+    if not isinstance(d, dict):
+        raise DataError(f"{path} is not a CIFAR-10 batch (not a dict)")
+    d = {k.decode() if isinstance(k, bytes) else k: v for k, v in d.items()}
+    if "data" not in d or "labels" not in d:
+        raise DataError(f"{path} is not a CIFAR-10 batch (no 'data' and 'labels')")
+    x, y = np.asarray(d["data"]), np.asarray(d["labels"], dtype=np.int64)
+    if x.dtype != np.uint8 or x.ndim != 2 or x.shape[1] != 3072 or len(x) != len(y):
+        raise DataError(f"{path}: 'data' must be uint8 (N, 3072) with N labels; got "
+                        f"{x.dtype} {x.shape} and {y.shape[0]} labels")
+    if y.size and (y.min() < 0 or y.max() > 9):
+        raise DataError(f"{path} holds labels outside 0..9")
+    return x.reshape(-1, 3, 32, 32), y
+
+
+def cifar10(cfg: DataConfig) -> Spec:
+    root = _root(cfg)
+    if (root / CIFAR10_DIR).is_dir():
+        root = root / CIFAR10_DIR
+
+    @_cached
+    def trainval() -> Part:
+        xs, ys = zip(*(read_cifar_batch(root / f"data_batch_{i}", cfg.verify)
+                       for i in range(1, 6)))
+        return torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys))
+
+    def train() -> Part:   # the authors: the first 45,000 (of 50,000) train, the rest valid
+        x, y = trainval()
+        n = len(x) - len(x) // 10
+        return x[:n], y[:n]
+
+    def valid() -> Part:
+        x, y = trainval()
+        n = len(x) - len(x) // 10
+        return x[n:], y[n:]
+
+    def test() -> Part:
+        x, y = read_cifar_batch(root / "test_batch", cfg.verify)
+        return torch.from_numpy(x), torch.from_numpy(y)
+
+    return Spec({"train": train, "valid": valid, "trainval": trainval, "test": _cached(test)},
+                num_classes=10, label_names=CIFAR10_CLASSES)
+
+
+# --------------------------------------------------------------------------- SVHN
+
+SVHN_MD5 = {   # not published by the SVHN site; the values every loader (torchvision) uses
+    "train_32x32.mat": "e26dedcc434d2e4c54c9b2d4a06d8373",
+    "test_32x32.mat": "eb5a983be6a315427106f1b164d9cef3",
+    "extra_32x32.mat": "a93ce644f1a588dc4d68dda5feec44a7",
+}
+
+
+def read_svhn(path: Path, check: bool) -> Part:
+    need(path, f"download it with: ali data download svhn --root {path.parent}")
+    verify(path, SVHN_MD5.get(path.name), check)
+    try:
+        import scipy.io
+    except ImportError:
+        raise DataError("data.name=svhn needs scipy to read .mat files: "
+                        "pip install 'ali[svhn]'") from None
+    try:
+        d = scipy.io.loadmat(str(path), variable_names=("X", "y"))
+    except Exception as e:
+        raise DataError(f"{path} is truncated or not a MATLAB file ({one_line(e)})") from None
+    if "X" not in d or "y" not in d:
+        raise DataError(f"{path} has no 'X' and 'y' variables")
+    x, y = d["X"], np.asarray(d["y"]).reshape(-1).astype(np.int64)
+    if x.dtype != np.uint8 or x.ndim != 4 or x.shape[2] != 3 or x.shape[3] != len(y):
+        raise DataError(f"{path}: 'X' must be uint8 (H, W, 3, N) with N labels; got {x.dtype} "
+                        f"{x.shape} and {len(y)} labels")
+    if y.size and (y.min() < 1 or y.max() > 10):
+        raise DataError(f"{path} holds labels outside 1..10")
+    y[y == 10] = 0   # SVHN writes the digit 0 as label 10
+    return torch.from_numpy(np.ascontiguousarray(x.transpose(3, 2, 0, 1))), torch.from_numpy(y)
+
+
+def svhn(cfg: DataConfig) -> Spec:
+    root = _root(cfg)
+    return Spec({n: _cached(functools.partial(read_svhn, root / f"{n}_32x32.mat", cfg.verify))
+                 for n in ("train", "test", "extra")}, num_classes=10)
+
+
+# --------------------------------------------------------------------------- CelebA
+
+CELEBA_IMAGES = "img_align_celeba"
+
+
+def _first(root: Path, *names: str) -> Path | None:
+    for n in names:
+        if (root / n).exists():
+            return root / n
+    return None
+
+
+def read_celeba_attrs(path: Path) -> tuple[list[str], list[str], np.ndarray]:
+    """list_attr_celeba.txt: file names, the 40 attribute names and a (N, 40) 0/1 array."""
+    need(path)
+    try:
+        lines = path.read_text().splitlines()
+        n = int(lines[0].strip())
+    except (UnicodeDecodeError, ValueError, IndexError) as e:
+        raise DataError(f"{path} is not a CelebA attribute list ({one_line(e)})") from None
+    if len(lines) < 2:
+        raise DataError(f"{path} is truncated (no attribute names)")
+    names = lines[1].split()
+    rows = [l.split() for l in lines[2:] if l.strip()]
+    if len(rows) != n:
+        raise DataError(f"{path} is truncated: {len(rows)} images listed, the header says {n}")
+    files, values = [], []
+    for i, r in enumerate(rows):
+        if len(r) != len(names) + 1 or any(v not in ("1", "-1") for v in r[1:]):
+            raise DataError(f"{path} line {i + 3} is malformed: expected a file name and "
+                            f"{len(names)} values of -1 or 1")
+        files.append(r[0])
+        values.append([v == "1" for v in r[1:]])
+    return files, names, np.array(values, dtype=np.int64).reshape(n, len(names))
+
+
+def celeba(cfg: DataConfig) -> Spec:
+    root = _root(cfg)
+    attr = _first(root, "list_attr_celeba.txt", "Anno/list_attr_celeba.txt")
+    if attr is None:
+        raise DataError(f"missing file {root / 'list_attr_celeba.txt'}")
+    folder = _first(root, CELEBA_IMAGES, f"Img/{CELEBA_IMAGES}")
+    if folder is None or not folder.is_dir():
+        raise DataError(f"missing folder {root / CELEBA_IMAGES} (the aligned CelebA images)")
+    files, names, attrs = read_celeba_attrs(attr)
+    size, channels = cfg.image_size or 64, cfg.channels or 3
+    base = FileImages([folder / f for f in files], size, channels, crop="celeba")
+    source = ImageSource(base, np.arange(len(files)), (channels, size, size))
+    labels = torch.from_numpy(attrs)
+
+    def part(idx: np.ndarray) -> Part:
+        return source.select(idx), labels[torch.from_numpy(idx)]
+
+    splits: dict[str, Callable[[], Part]] = {"all": lambda: (source, labels)}
+    part_file = _first(root, "list_eval_partition.txt", "Eval/list_eval_partition.txt")
+    if part_file is not None:
+        where = {}
+        for i, line in enumerate(part_file.read_text().splitlines()):
+            r = line.split()
+            if not r:
+                continue
+            if len(r) != 2 or r[1] not in ("0", "1", "2"):
+                raise DataError(f"{part_file} line {i + 1} is malformed: expected a file name "
+                                f"and 0, 1 or 2")
+            where[r[0]] = int(r[1])
+        missing = [f for f in files if f not in where]
+        if missing:
+            raise DataError(f"{part_file} does not list {missing[0]} (of {attr})")
+        code = np.array([where[f] for f in files])
+        for k, name in enumerate(("train", "valid", "test")):
+            splits[name] = functools.partial(part, np.flatnonzero(code == k))
+    return Spec(splits, stream=True, label_names=names)
+
+
+# --------------------------------------------------------------------------- folders
+
+def _images_in(d: Path) -> list[Path]:
+    return sorted(p for p in d.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS
+                  and p.is_file())
+
+
+SPLIT_DIRS = {"train": "train", "valid": "valid", "val": "valid", "test": "test"}
+
+
+def _scan_folder(root: Path) -> tuple[dict[str, tuple[list[Path], list[str | None]]], list[str]]:
+    """Splits of a folder: {split: (files, class name of each or None)} and the class names.
+
+    Subfolders named train/valid/val/test are splits; otherwise the whole folder is the split
+    ``train`` (also called ``all``). Inside a split, subfolders are classes.
+    """
+    split_dirs = {SPLIT_DIRS[p.name]: p for p in sorted(root.iterdir())
+                  if p.is_dir() and p.name in SPLIT_DIRS}
+    if not split_dirs:
+        split_dirs = {"train": root}
+    out: dict[str, tuple[list[Path], list[str | None]]] = {}
+    classes: set[str] = set()
+    for split, d in split_dirs.items():
+        subdirs = sorted(p for p in d.iterdir() if p.is_dir())
+        files, names = [], []
+        if subdirs:
+            for s in subdirs:
+                f = _images_in(s)
+                files += f
+                names += [s.name] * len(f)
+                if f:
+                    classes.add(s.name)
+        loose = sorted(p for p in d.iterdir() if p.is_file()
+                       and p.suffix.lower() in IMAGE_EXTENSIONS)
+        if loose and subdirs and files:
+            raise DataError(f"{d} holds both images and class subfolders; put every image in "
+                            f"a class subfolder or none")
+        files += loose
+        names += [None] * len(loose)
+        if not files:
+            raise DataError(f"{d} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+        out[split] = (files, names)
+    return out, sorted(classes)
+
+
+def folder(cfg: DataConfig, stream_over: int = 20_000) -> Spec:
+    root = _root(cfg)
+    if not root.is_dir():
+        raise DataError(f"data.root={cfg.root} is not a folder")
+    scanned, classes = _scan_folder(root)
+    first = (scanned.get("train") or next(iter(scanned.values())))[0][0]
+    w, h, mode = image_info(first)
+    channels = cfg.channels or (1 if mode in ("1", "L", "LA", "I", "I;16", "F") else 3)
+    size = cfg.image_size
+    if not size and w != h:
+        raise DataError(f"{first} is {w}x{h}, not square; set data.image_size to resize and "
+                        f"centre-crop the images")
+    shape = (channels, size or h, size or w)
+    index = {c: i for i, c in enumerate(classes)}
+    splits: dict[str, Callable[[], Part]] = {}
+    for split, (files, names) in scanned.items():
+        base = FileImages(files, size, channels)
+        labels = (torch.tensor([index[n] for n in names]) if classes and None not in names
+                  else None)
+        splits[split] = functools.partial(
+            lambda b, n, y: (ImageSource(b, np.arange(n), shape), y), base, len(files), labels)
+    if set(scanned) == {"train"}:
+        splits["all"] = splits["train"]
+    total = sum(len(f) for f, _ in scanned.values())
+    return Spec(splits, num_classes=len(classes) or None, stream=total > stream_over,
+                label_names=classes or None)
+
+
+# --------------------------------------------------------------------------- ImageNet 64x64
+
+def _npz_array(path: Path, key: str, mmap: bool) -> np.ndarray:
+    """``key`` of an .npz file, memory-mapped when the member is stored uncompressed."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            info = zf.getinfo(f"{key}.npy")
+            if mmap and info.compress_type == zipfile.ZIP_STORED:
+                with open(path, "rb") as f:
+                    f.seek(info.header_offset)
+                    local = f.read(30)
+                    name_len, extra_len = (int.from_bytes(local[26:28], "little"),
+                                           int.from_bytes(local[28:30], "little"))
+                    f.seek(info.header_offset + 30 + name_len + extra_len)
+                    version = np.lib.format.read_magic(f)
+                    read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                            else np.lib.format.read_array_header_2_0)
+                    shape, fortran, dtype = read(f)
+                    if fortran or dtype.hasobject:
+                        raise ValueError("unsupported array layout")
+                    return np.memmap(path, dtype=dtype, mode="r", offset=f.tell(), shape=shape)
+            with zf.open(info) as m:
+                return np.lib.format.read_array(io.BufferedReader(m), allow_pickle=False)
+    except KeyError:
+        raise DataError(f"{path} has no array {key!r}") from None
+    except Exception as e:
+        raise DataError(f"{path} is truncated or not an .npz file ({one_line(e)})") from None
+
+
+class LazyMemmap:
+    """An array that re-opens its memory map in each process (a DataLoader worker pickles
+    this small description, not the data)."""
+
+    def __init__(self, path: Path, key: str) -> None:
+        self.path, self.key, self._a = path, key, None
+
+    @property
+    def array(self) -> np.ndarray:
+        if self._a is None:
+            self._a = _npz_array(self.path, self.key, mmap=True)
+        return self._a
+
+    def __len__(self) -> int:
+        return len(self.array)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return self.array[i]
+
+    def __getstate__(self) -> dict:
+        return {"path": self.path, "key": self.key, "_a": None}
+
+
+def _part_number(p: Path) -> int:
+    m = re.search(r"(\d+)\.npz$", p.name)
+    return int(m.group(1)) if m else 0
+
+
+def imagenet64(cfg: DataConfig) -> Spec:
+    root = _root(cfg)
+    parts = sorted(root.glob("Imagenet64_train_part*.npz"), key=_part_number)
+    val = root / "val_data.npz"
+    if not parts and not val.exists():
+        if any(p.is_dir() for p in root.iterdir()):
+            spec = folder(cfg if cfg.image_size else _with(cfg, image_size=64), stream_over=0)
+            if "valid" in spec.splits:
+                spec.aliases["test"] = "valid"
+            return spec
+        raise DataError(f"{root} holds neither Imagenet64_train_part*.npz / val_data.npz nor "
+                        f"class subfolders of images")
+    size, channels = cfg.image_size or 64, cfg.channels or 3
+    splits: dict[str, Callable[[], Part]] = {}
+    for name, files in (("train", parts), ("valid", [val] if val.exists() else [])):
+        if not files:
+            continue
+        arrays, labels = [], []
+        for p in files:
+            a = LazyMemmap(p, "data")
+            if a.array.ndim != 2 or a.array.dtype != np.uint8 or a.array.shape[1] % 3:
+                raise DataError(f"{p}: 'data' must be uint8 (N, 3*S*S); got {a.array.dtype} "
+                                f"{a.array.shape}")
+            y = _npz_array(p, "labels", mmap=False).astype(np.int64).reshape(-1)
+            if len(y) != len(a.array):
+                raise DataError(f"{p}: {len(a.array)} images but {len(y)} labels")
+            if y.size and (y.min() < 1 or y.max() > 1000):
+                raise DataError(f"{p} holds labels outside 1..1000")
+            if not isinstance(a.array, np.memmap):   # compressed: keep it in memory
+                a = a.array
+            arrays.append(a)
+            labels.append(y - 1)   # the release's labels are 1-based
+        side = int(round((len(arrays[0][0]) // 3) ** 0.5))
+        if 3 * side * side != len(arrays[0][0]):
+            raise DataError(f"{files[0]}: rows of {len(arrays[0][0])} values are not 3xSxS images")
+        base = ArrayImages(arrays, (3, side, side), size, channels)
+        y = torch.from_numpy(np.concatenate(labels))
+        source = ImageSource(base, np.arange(len(y)), (channels, size, size))
+        splits[name] = functools.partial(lambda s, t: (s, t), source, y)
+    return Spec(splits, num_classes=1000, stream=True, aliases={"test": "valid"})
+
+
+def _with(cfg: DataConfig, **changes: Any) -> DataConfig:
+    import dataclasses
+
+    return dataclasses.replace(cfg, **changes)
+
+
+# --------------------------------------------------------------------------- one .npz file
+
+def npz(cfg: DataConfig) -> Spec:
+    path = _root(cfg)
+    need(path)
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            arrays = {k: f[k] for k in f.files}
+    except Exception as e:
+        raise DataError(f"{path} is truncated or not an .npz file ({one_line(e)})") from None
+
+    def split(name: str) -> Part:
+        key = f"x_{name}"
+        if key not in arrays:
+            raise DataError(f"{path} has no array {key!r} (it has: {', '.join(arrays)})")
+        x = arrays[key]
+        if x.dtype != np.uint8 or x.ndim not in (3, 4) or (x.ndim == 4 and x.shape[3] not in
+                                                            (1, 3, 4)):
+            raise DataError(f"{path}: {key!r} must be uint8 (N, H, W) or (N, H, W, C); got "
+                            f"{x.dtype} {x.shape}")
+        y = arrays.get(f"y_{name}")
+        if y is not None:
+            if not np.issubdtype(y.dtype, np.integer) or y.ndim != 1 or len(y) != len(x):
+                raise DataError(f"{path}: 'y_{name}' must hold {len(x)} integer labels; got "
+                                f"{y.dtype} {y.shape}")
+            y = torch.from_numpy(y.astype(np.int64))
+        x = hwc(x)
+        return (x[:, :3] if x.shape[1] == 4 else x), y
+
+    ys = [arrays[k] for k in ("y_train", "y_test") if k in arrays]
+    k = int(max(int(y.max()) for y in ys if y.size) + 1) if any(y.size for y in ys) else None
+    return Spec({n: _cached(functools.partial(split, n)) for n in ("train", "test")},
+                num_classes=k)
+
+
+READERS: dict[str, Callable[[DataConfig], Spec]] = {
+    "mnist": mnist, "cifar10": cifar10, "svhn": svhn, "celeba": celeba,
+    "imagenet64": imagenet64, "folder": folder, "npz": npz,
+}
