@@ -88,6 +88,14 @@ def _cmd_data_download(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_arch(args: argparse.Namespace) -> int:
+    from .arch import describe, to_json, to_text
+
+    desc = describe(get_config(args.name, args.overrides))
+    print(json.dumps(to_json(desc), indent=2) if args.json else to_text(desc))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="ali", description="Adversarially Learned Inference (Dumoulin et al., 2016).")
@@ -127,6 +135,16 @@ def build_parser() -> argparse.ArgumentParser:
     dl.add_argument("--no-extra", action="store_true",
                     help="svhn: skip extra_32x32.mat (1.3 GB)")
     dl.set_defaults(func=_cmd_data_download)
+
+    a = sub.add_parser("arch", help="print a config's networks as tables like the paper's",
+                       description="Print the encoder, decoder, D(x), D(z) and D(x, z) of a "
+                                   "named config, layer by layer, with output shapes (from a "
+                                   "forward pass) and parameter counts.")
+    a.add_argument("name", help="config name")
+    a.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field, e.g. --set model.latent_dim=128")
+    a.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    a.set_defaults(func=_cmd_arch)
     return p
 
 

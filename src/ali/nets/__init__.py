@@ -3,6 +3,12 @@
 A family module exports ``encoder(cfg)``, ``decoder(cfg)``, ``discriminator(cfg, joint)``,
 ``latent_shape(cfg)`` and ``data_shape(cfg)``, where ``cfg`` is a
 :class:`~ali.config.ModelConfig`.
+
+Families: ``toy`` (section 4.5's 2-D networks); the paper's image models ``cifar10``, ``svhn``,
+``celeba`` and ``imagenet64`` (Tables 3-6, as the original code built them); ``mnist`` (our own
+small design) and ``tiny`` (for tests). The image families are tables of layers built by
+:mod:`ali.nets.conv`; :func:`init_decoder_bias_` sets their decoder's per-pixel output bias from
+data.
 """
 
 from __future__ import annotations
@@ -14,8 +20,11 @@ from ..baselines import GAN, VAE, GANInverse, GANPostHoc
 from ..config import Config
 from ..errors import ConfigError
 from ..model import ALI, GenerativeModel
+from .conv import init_decoder_bias_
 
-FAMILIES = ("toy",)
+__all__ = ["FAMILIES", "build_model", "family", "init_decoder_bias_"]
+
+FAMILIES = ("toy", "cifar10", "svhn", "celeba", "imagenet64", "mnist", "tiny")
 
 
 def family(name: str) -> ModuleType:

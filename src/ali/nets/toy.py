@@ -22,6 +22,10 @@ from .layers import Maxout, RunBatchNorm, RunLinear, init_normal_
 
 DATA_DIM = 2
 
+# For ``ali arch toy``: how to read its tables.
+NOTES = ("every layer output has a run axis first: (runs, features)",
+         "D(x) and D(z) are identities; D(x, z) acts on concat(x, z)")
+
 
 class ToyNet(nn.Module):
     """A stack of run-batched layers accepting (B, R, F) or, with one run, (B, F)."""

@@ -1,0 +1,233 @@
+"""Convolutional networks built from tables, shared by the image families.
+
+A family module (``cifar10.py``, ``svhn.py``, ...) writes each of its five networks as a list of
+:class:`Layer` rows, one row per line of the paper's Tables 3-6 (kernel, stride, feature maps,
+batch norm, dropout, nonlinearity), and hands them to a :class:`ConvFamily`, which builds them
+with the original code's conventions:
+
+- every convolution and transposed convolution is "valid" (padding 0);
+- a layer is ``dropout -> conv -> batch norm -> nonlinearity``: dropout acts on the conv's
+  *input* (the original code's discriminators), batch norm uses eps 1e-4 and momentum 0.05, and a
+  conv has a bias only where no batch norm follows it;
+- ``maxout`` keeps the max of ``pieces`` contiguous channels, so a conv with ``c`` feature maps
+  hands ``c / pieces`` channels to the next layer;
+- the decoder's last layer is a bias-free 1x1 conv plus a per-pixel bias of shape (C, H, W)
+  (:class:`PixelBias`) before the sigmoid; :func:`init_decoder_bias_` sets it from data;
+- weights start N(0, ``model.init_std``), biases 0, batch norm (1, 0);
+- z has shape (B, L, 1, 1); the encoder outputs 2L channels (mu, log sigma) or L.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field, replace
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+
+from ..config import ModelConfig
+from ..errors import ConfigError
+from ..model import JointDiscriminator, MarginalDiscriminator, StochasticEncoder
+from .layers import BN_EPS, BN_MOMENTUM, Maxout, init_normal_
+
+OPS = ("conv", "convT")
+ACTS = ("lrelu", "relu", "maxout", "linear", "sigmoid")
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One row of a network table."""
+
+    op: str
+    """conv | convT (transposed convolution)."""
+    kernel: int
+    stride: int
+    maps: int
+    """Feature maps the conv outputs (before maxout, which divides them by its pieces)."""
+    bn: bool = True
+    dropout: float = 0.0
+    """Dropout probability on the conv's input."""
+    act: str = "lrelu"
+    """lrelu | relu | maxout | linear | sigmoid."""
+    pixel_bias: bool = False
+    """A per-pixel bias (C, H, W) after the conv instead of a per-channel one."""
+
+    def __post_init__(self) -> None:
+        if self.op not in OPS or self.act not in ACTS:
+            raise ValueError(f"bad layer {self}")
+        if not (0 <= self.dropout < 1):
+            raise ValueError(f"dropout must be in [0, 1); got {self.dropout}")
+
+
+def conv(kernel: int, stride: int, maps: int, bn: bool = True, dropout: float = 0.0,
+         act: str = "lrelu", pixel_bias: bool = False) -> Layer:
+    """A convolution row."""
+    return Layer("conv", kernel, stride, maps, bn, dropout, act, pixel_bias)
+
+
+def convT(kernel: int, stride: int, maps: int, bn: bool = True, dropout: float = 0.0,
+          act: str = "lrelu") -> Layer:
+    """A transposed-convolution row: output size (in - 1) * stride + kernel."""
+    return Layer("convT", kernel, stride, maps, bn, dropout, act)
+
+
+class PixelBias(nn.Module):
+    """A learned bias per output unit, shape (C, H, W), added to (B, C, H, W)."""
+
+    def __init__(self, shape: tuple[int, int, int]) -> None:
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(shape))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.bias
+
+    def extra_repr(self) -> str:
+        return f"shape={tuple(self.bias.shape)}"
+
+
+class ConvBlock(nn.Sequential):
+    """One table row as modules, in forward order: dropout, conv, bn, pixel bias, act."""
+
+    def __init__(self, spec: Layer, in_channels: int, slope: float, pieces: int,
+                 pixel_shape: tuple[int, int, int] | None = None) -> None:
+        mods: OrderedDict[str, nn.Module] = OrderedDict()
+        if spec.dropout > 0:
+            mods["dropout"] = nn.Dropout(spec.dropout)
+        Conv = nn.Conv2d if spec.op == "conv" else nn.ConvTranspose2d
+        mods["conv"] = Conv(in_channels, spec.maps, spec.kernel, spec.stride, padding=0,
+                            bias=not (spec.bn or spec.pixel_bias))
+        if spec.bn:
+            mods["bn"] = nn.BatchNorm2d(spec.maps, eps=BN_EPS, momentum=BN_MOMENTUM)
+        if spec.pixel_bias:
+            if pixel_shape is None or pixel_shape[0] != spec.maps:
+                raise ValueError(f"a per-pixel bias needs the output shape; got {pixel_shape}")
+            mods["bias"] = PixelBias(pixel_shape)
+        if spec.act == "lrelu":
+            mods["act"] = nn.LeakyReLU(slope)
+        elif spec.act == "relu":
+            mods["act"] = nn.ReLU()
+        elif spec.act == "maxout":
+            mods["act"] = Maxout(pieces, dim=1)
+        elif spec.act == "sigmoid":
+            mods["act"] = nn.Sigmoid()
+        super().__init__(mods)
+        self.spec = spec
+        self.out_channels = spec.maps // pieces if spec.act == "maxout" else spec.maps
+
+
+def stack(in_channels: int, table: list[Layer], slope: float, init_std: float,
+          pieces: int = 2, pixel_shape: tuple[int, int, int] | None = None) -> nn.Sequential:
+    """The network of ``table``: an ``nn.Sequential`` of :class:`ConvBlock`, initialised."""
+    blocks = []
+    for spec in table:
+        if spec.act == "maxout" and spec.maps % pieces:
+            raise ValueError(f"maxout: {spec.maps} maps do not split into {pieces} pieces")
+        block = ConvBlock(spec, in_channels, slope, pieces, pixel_shape)
+        blocks.append(block)
+        in_channels = block.out_channels
+    net = nn.Sequential(*blocks)
+    init_normal_(net, init_std)
+    return net
+
+
+def out_channels(net: nn.Sequential) -> int:
+    """Channels a :func:`stack` network outputs."""
+    return net[-1].out_channels
+
+
+@dataclass(frozen=True)
+class ConvFamily:
+    """An image family: its data shape, leaky slope and the five tables.
+
+    ``encoder`` maps the number of output channels (2L for a Gaussian encoder, L for a
+    deterministic one) to the encoder's table; the other tables do not depend on L (a layer's
+    input channels follow from the previous layer).
+    """
+
+    image_shape: tuple[int, int, int]
+    slope: float
+    encoder: Callable[[int], list[Layer]]
+    decoder: list[Layer]
+    disc_x: list[Layer]
+    disc_z: list[Layer]
+    disc_joint: list[Layer]
+    pieces: int = 2
+    """Maxout pieces (contiguous channels)."""
+    notes: tuple[str, ...] = field(default=())
+    """Where the paper's table and the original code disagree (we follow the code)."""
+
+    # ------------------------------------------------------------------ helpers
+    def _check(self, cfg: ModelConfig) -> None:
+        if cfg.runs != 1:
+            raise ConfigError(f"model.runs must be 1 for the image networks ({cfg.nets}); "
+                              f"got {cfg.runs}")
+
+    def _table(self, table: list[Layer], cfg: ModelConfig) -> list[Layer]:
+        return table if cfg.dropout else [replace(t, dropout=0.0) for t in table]
+
+    def _stack(self, in_channels: int, table: list[Layer], cfg: ModelConfig,
+               pixel: bool = False) -> nn.Sequential:
+        return stack(in_channels, self._table(table, cfg), self.slope, cfg.init_std, self.pieces,
+                     self.image_shape if pixel else None)
+
+    # ------------------------------------------------------------------ the family API
+    def build_encoder(self, cfg: ModelConfig) -> StochasticEncoder:
+        """q(z | x): Gaussian (2L output maps: mu, log sigma) or deterministic (L maps)."""
+        self._check(cfg)
+        if cfg.encoder == "noise":
+            raise ConfigError(f"model.encoder=noise is only available for the toy networks; "
+                              f"use gaussian or deterministic for {cfg.nets}")
+        out = 2 * cfg.latent_dim if cfg.encoder == "gaussian" else cfg.latent_dim
+        net = self._stack(self.image_shape[0], self.encoder(out), cfg)
+        return StochasticEncoder(net, cfg.encoder, cfg.latent_dim, 0, dim=1)
+
+    def build_decoder(self, cfg: ModelConfig) -> nn.Sequential:
+        """p(x | z): z (B, L, 1, 1) -> x (B, C, H, W) in (0, 1)."""
+        self._check(cfg)
+        return self._stack(cfg.latent_dim, self.decoder, cfg, pixel=True)
+
+    def build_discriminator(self, cfg: ModelConfig, joint: bool = True) -> nn.Module:
+        """D(x, z) = D_xz(concat(D_x(x), D_z(z))) (``joint``), or the GAN's D(x): D_x followed
+        by a 1x1 conv head with the joint network's last dropout."""
+        self._check(cfg)
+        d_x = self._stack(self.image_shape[0], self.disc_x, cfg)
+        if not joint:
+            head = self._stack(out_channels(d_x), self.disc_joint[-1:], cfg)
+            return MarginalDiscriminator(d_x, head)
+        d_z = self._stack(cfg.latent_dim, self.disc_z, cfg)
+        d_xz = self._stack(out_channels(d_x) + out_channels(d_z), self.disc_joint, cfg)
+        return JointDiscriminator(d_x, d_z, d_xz, cat_dim=1)
+
+    def latent_shape(self, cfg: ModelConfig) -> tuple[int, ...]:
+        return (cfg.latent_dim, 1, 1)
+
+    def data_shape(self, cfg: ModelConfig) -> tuple[int, ...]:
+        return self.image_shape
+
+    def exports(self) -> tuple[Callable, ...]:
+        """(encoder, decoder, discriminator, latent_shape, data_shape) for a family module."""
+        return (self.build_encoder, self.build_decoder, self.build_discriminator,
+                self.latent_shape, self.data_shape)
+
+
+@torch.no_grad()
+def init_decoder_bias_(model: nn.Module, x_sample: Tensor) -> Tensor:
+    """Set the decoder's per-pixel output bias to logit(clip(mean of x_sample, 1e-7, 1 - 1e-7)),
+    as the original code did with ~500 training images in [0, 1].
+
+    ``model`` is a model with a ``decoder`` or a decoder itself; ``x_sample`` is (N, C, H, W).
+    Returns the new bias.
+    """
+    decoder = getattr(model, "decoder", model)
+    biases = [m for m in decoder.modules() if isinstance(m, PixelBias)]
+    if len(biases) != 1:
+        raise ValueError("init_decoder_bias_ needs a decoder with one per-pixel bias "
+                         f"(found {len(biases)})")
+    bias = biases[0].bias
+    if tuple(x_sample.shape[1:]) != tuple(bias.shape):
+        raise ValueError(f"x_sample items have shape {tuple(x_sample.shape[1:])}; "
+                         f"the decoder outputs {tuple(bias.shape)}")
+    mean = x_sample.to(bias.device, torch.float64).mean(0).clamp(1e-7, 1 - 1e-7)
+    bias.copy_(torch.logit(mean).to(bias.dtype))
+    return bias

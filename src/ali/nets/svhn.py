@@ -1,0 +1,66 @@
+"""SVHN, 32x32x3 (the paper's Table 4), as the original code built it.
+
+Latent 256, leaky ReLU slope 0.01 everywhere, no maxout. The encoder and decoder are CIFAR-10's
+with a 512-map (2 x 256) encoder output and a 256-channel decoder input. D(x) is the encoder's
+five convs, the first without batch norm; dropout 0.2 before every discriminator conv.
+
+Differences from Table 4 (we follow the original code): none in the layers. The last D conv
+outputs a logit (the table's "Sigmoid" lives in the loss) and the decoder's last 1x1 conv has a
+per-pixel bias (3 x 32 x 32) initialised from the data.
+"""
+
+from __future__ import annotations
+
+from .conv import ConvFamily, conv, convT
+
+
+def _encoder(out: int):
+    return [  #  kernel stride maps                              spatial
+        conv(5, 1, 32),                                        # 32 -> 28
+        conv(4, 2, 64),                                        # 28 -> 13
+        conv(4, 1, 128),                                       # 13 -> 10
+        conv(4, 2, 256),                                       # 10 -> 4
+        conv(4, 1, 512),                                       # 4 -> 1
+        conv(1, 1, 512),
+        conv(1, 1, out, bn=False, act="linear"),               # 2L = 512
+    ]
+
+
+DECODER = [
+    convT(4, 1, 256),                                          # 1 -> 4
+    convT(4, 2, 128),                                          # 4 -> 10
+    convT(4, 1, 64),                                           # 10 -> 13
+    convT(4, 2, 32),                                           # 13 -> 28
+    convT(5, 1, 32),                                           # 28 -> 32
+    conv(1, 1, 32),
+    conv(1, 1, 3, bn=False, act="sigmoid", pixel_bias=True),
+]
+
+DISC_X = [
+    conv(5, 1, 32, bn=False, dropout=0.2),
+    conv(4, 2, 64, dropout=0.2),
+    conv(4, 1, 128, dropout=0.2),
+    conv(4, 2, 256, dropout=0.2),
+    conv(4, 1, 512, dropout=0.2),                              # -> 512 x 1 x 1
+]
+
+DISC_Z = [
+    conv(1, 1, 512, bn=False, dropout=0.2),
+    conv(1, 1, 512, bn=False, dropout=0.2),
+]
+
+DISC_JOINT = [                                                 # input 512 + 512 = 1024
+    conv(1, 1, 1024, bn=False, dropout=0.2),
+    conv(1, 1, 1024, bn=False, dropout=0.2),
+    conv(1, 1, 1, bn=False, dropout=0.2, act="linear"),       # logit
+]
+
+FAMILY = ConvFamily(
+    image_shape=(3, 32, 32), slope=0.01, encoder=_encoder, decoder=DECODER, disc_x=DISC_X,
+    disc_z=DISC_Z, disc_joint=DISC_JOINT,
+    notes=("layers as Table 4",
+           "the last D conv outputs a logit; the table's sigmoid is in the loss",
+           "decoder output bias is per pixel (3x32x32), initialised from the data"))
+
+encoder, decoder, discriminator, latent_shape, data_shape = FAMILY.exports()
+NOTES = FAMILY.notes
