@@ -1,5 +1,13 @@
+import os
+
+# Tests use tiny networks, for which one thread is fastest; it also keeps the suite steady when
+# the machine is busy (OpenMP threads spinning against each other). Subprocesses inherit it.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 import pytest
 import torch
+
+torch.set_num_threads(1)
 
 from ali.config import get_config
 

@@ -35,7 +35,19 @@ def _cmd_train(args: argparse.Namespace) -> int:
                        "or choose another --out")
     print(f"training {cfg.name} ({cfg.model.kind}) for {cfg.train.steps} steps -> {out}",
           flush=True)
-    result = train(cfg, run_dir=out, resume=args.resume)
+    hooks, dataset = [], None
+    if cfg.model.nets != "toy":
+        from .data import load_dataset
+        from .viz import write_run_images
+
+        dataset = load_dataset(cfg.data)
+
+        def image_hook(step, model, run_dir):
+            if step % cfg.train.checkpoint_every == 0 or step == cfg.train.steps:
+                write_run_images(model, dataset, run_dir, step)
+
+        hooks.append(image_hook)
+    result = train(cfg, run_dir=out, resume=args.resume, hooks=hooks, dataset=dataset)
     if cfg.model.nets == "toy":
         from .data import load_dataset
         from .experiments.toy import evaluate
@@ -76,6 +88,68 @@ def _cmd_toy(args: argparse.Namespace) -> int:
     print(f"figure:  {out / 'figure.png'}")
     print(f"results: {out / 'results.json'}")
     print(f"table:   {out / 'table.md'}")
+    return 0
+
+
+def _load_run_and_data(args: argparse.Namespace):
+    from .config import apply_overrides
+    from .data import load_dataset
+    from .train import load_run
+
+    model, cfg, step = load_run(args.run_dir)
+    if cfg.model.nets == "toy":
+        raise AliError(f"{args.run_dir} is a 2-D run; use `ali toy` or `ali train toy` for its "
+                       "figures")
+    data_cfg = apply_overrides(cfg, args.overrides).data
+    return model, cfg, step, data_cfg, load_dataset
+
+
+def _cmd_sample(args: argparse.Namespace) -> int:
+    import torch
+
+    from .train import load_run
+    from .viz import grid_scale, sample_grid, save_grid
+
+    model, cfg, step = load_run(args.run_dir)
+    torch.manual_seed(args.seed)
+    imgs = sample_grid(model, args.n)
+    if imgs.dim() != 4:
+        raise AliError(f"{args.run_dir} is not an image run")
+    out = Path(args.out or Path(args.run_dir) / "samples.png")
+    save_grid(imgs, out, args.nrow, grid_scale(imgs))
+    print(f"{args.n} samples of {cfg.name} at step {step} -> {out}")
+    return 0
+
+
+def _cmd_reconstruct(args: argparse.Namespace) -> int:
+    import torch
+
+    from .viz import grid_scale, held_out, reconstruction_grid, save_grid
+
+    model, cfg, step, data_cfg, load_dataset = _load_run_and_data(args)
+    torch.manual_seed(args.seed)
+    x = held_out(load_dataset(data_cfg), args.n)
+    imgs = reconstruction_grid(model, x)
+    out = Path(args.out or Path(args.run_dir) / "reconstructions.png")
+    save_grid(imgs, out, args.nrow, grid_scale(imgs))
+    print(f"{len(x)} held-out images (odd columns) and reconstructions (even columns) -> {out}")
+    return 0
+
+
+def _cmd_interpolate(args: argparse.Namespace) -> int:
+    import torch
+
+    from .viz import grid_scale, held_out, interpolation_grid, save_grid
+
+    model, cfg, step, data_cfg, load_dataset = _load_run_and_data(args)
+    torch.manual_seed(args.seed)
+    x = held_out(load_dataset(data_cfg), 2 * args.pairs)
+    if len(x) < 2 * args.pairs:
+        raise AliError(f"only {len(x)} held-out images; need {2 * args.pairs} for --pairs")
+    imgs = interpolation_grid(model, x[0::2], x[1::2], args.steps)
+    out = Path(args.out or Path(args.run_dir) / "interpolations.png")
+    save_grid(imgs, out, args.steps + 2, grid_scale(imgs))
+    print(f"{args.pairs} interpolations (first/last columns: the held-out pair) -> {out}")
     return 0
 
 
@@ -124,6 +198,27 @@ def build_parser() -> argparse.ArgumentParser:
     y.add_argument("--out", help="output folder (default runs/toy-DATASET-PROTOCOL)")
     y.set_defaults(func=_cmd_toy)
 
+    for name, func, what in (
+            ("sample", _cmd_sample, "a grid of samples x_tilde = G(z), z ~ p(z)"),
+            ("reconstruct", _cmd_reconstruct, "held-out images and their reconstructions "
+                                              "G(z_hat), alternating columns (Figures 2b-5b)"),
+            ("interpolate", _cmd_interpolate, "latent interpolations between held-out pairs "
+                                              "(Figure 6)")):
+        c = sub.add_parser(name, help=what, description=f"Write a PNG of {what}.")
+        c.add_argument("run_dir", help="a run folder written by `ali train`")
+        c.add_argument("--out", help="PNG path (default RUN_DIR/<name>.png)")
+        c.add_argument("--seed", type=int, default=0)
+        if name == "interpolate":
+            c.add_argument("--pairs", type=int, default=8)
+            c.add_argument("--steps", type=int, default=8, help="points between each pair")
+        else:
+            c.add_argument("--n", type=int, default=100 if name == "sample" else 50)
+            c.add_argument("--nrow", type=int, default=10)
+        if name != "sample":
+            c.add_argument("--set", dest="overrides", action="append", default=[],
+                           metavar="KEY=VALUE", help="override data settings, e.g. data.root")
+        c.set_defaults(func=func)
+
     d = sub.add_parser("data", help="dataset tools")
     dsub = d.add_subparsers(dest="data_command", required=True, metavar="ACTION")
     dl = dsub.add_parser("download", help="download a dataset's official files and check them",
@@ -152,6 +247,10 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``ali`` console script."""
     args = build_parser().parse_args(argv)
     try:
+        for key in ("n", "nrow", "pairs", "steps"):
+            if args.command in ("sample", "reconstruct", "interpolate") and \
+                    getattr(args, key, 1) < 1:
+                raise AliError(f"--{key} must be >= 1; got {getattr(args, key)}")
         return args.func(args)
     except AliError as e:
         print(f"ali: error: {e}", file=sys.stderr)

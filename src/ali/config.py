@@ -393,12 +393,13 @@ def _toy_paper() -> Config:
 # (Blocks' "beta2 = 1e-3"), constant learning rate, simultaneous 1:1 updates. train.steps is the
 # paper's epochs converted at the training split's size.
 
-def _image(name: str, latent_dim: int, batch_size: int, steps: int, **train: Any) -> Config:
+def _image(name: str, latent_dim: int, batch_size: int, steps: int,
+           data: DataConfig | None = None, **train: Any) -> Config:
     return Config(
         name=name,
         model=ModelConfig(kind="ali", nets=name, latent_dim=latent_dim, encoder="gaussian",
                           init_std=0.01),
-        data=DataConfig(name=name),
+        data=data or DataConfig(name=name),
         train=TrainConfig(steps=steps, batch_size=batch_size, lr=1e-4, beta1=0.5, beta2=0.999,
                           lr_schedule="constant", **{"log_every": 1000,
                                                      "checkpoint_every": 10_000, **train}),
@@ -414,7 +415,7 @@ def _cifar10() -> Config:
 @register("svhn")
 def _svhn() -> Config:
     """Table 4: latent 256, batch 100, 100 epochs of the extra split (531,131 images)."""
-    return _image("svhn", 256, 100, 531_131)
+    return _image("svhn", 256, 100, 531_131, DataConfig(name="svhn", train_split="extra"))
 
 
 @register("celeba")
@@ -438,5 +439,6 @@ def _mnist() -> Config:
 
 @register("tiny")
 def _tiny() -> Config:
-    """A minuscule image model (8x8x3, latent 4) for tests and smoke runs."""
-    return _image("tiny", 4, 16, 20, log_every=5, checkpoint_every=10)
+    """A minuscule image model (8x8x3, latent 4) for tests and smoke runs, on any 8x8 RGB
+    dataset (an npz file by default: --set data.root=FILE.npz)."""
+    return _image("tiny", 4, 16, 20, DataConfig(name="npz"), log_every=5, checkpoint_every=10)

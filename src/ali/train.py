@@ -25,10 +25,13 @@ import torch
 
 from . import __version__
 from .config import Config, TrainConfig
-from .data import Dataset, TensorSampler, load_dataset
-from .errors import CheckpointError
+from .data import Dataset, first_items, load_dataset, make_sampler
+from .errors import CheckpointError, ConfigError
 from .model import GenerativeModel, Losses
-from .nets import build_model
+from .nets import build_model, family
+
+# The original code set the decoder's per-pixel output bias from this many training images.
+DECODER_BIAS_IMAGES = 500
 
 Hook = Callable[[int, GenerativeModel, "Path | None"], None]
 
@@ -143,6 +146,26 @@ def load_run(run_dir: Path | str, device: str = "cpu") -> tuple[GenerativeModel,
     return model.to(device).eval(), cfg, int(ckpt["step"])
 
 
+def check_data_shape(cfg: Config, dataset: Dataset) -> None:
+    """A one-line error when the data's items do not have the shape the networks expect."""
+    want = tuple(family(cfg.model.nets).data_shape(cfg.model))
+    have = tuple(dataset.data_shape or tuple(dataset.train.shape[1:]))
+    if want[-len(have):] != have:
+        raise ConfigError(
+            f"dataset {dataset.name!r} has items of shape {list(have)} but config "
+            f"{cfg.name!r} ({cfg.model.nets} networks) expects {list(want[-len(have):])}; "
+            "choose a config for this image size or set data.image_size / data.channels")
+
+
+def init_from_data_(model: GenerativeModel, dataset: Dataset) -> None:
+    """Data-dependent initialisation: the decoder's per-pixel bias, where it has one."""
+    from .nets.conv import PixelBias, init_decoder_bias_
+
+    if any(isinstance(m, PixelBias) for m in model.decoder.modules()):
+        x0 = first_items(dataset, DECODER_BIAS_IMAGES)
+        init_decoder_bias_(model, x0)
+
+
 def train_step(model: GenerativeModel, x: torch.Tensor, z: torch.Tensor,
                opt_d: torch.optim.Optimizer | None, opt_g: torch.optim.Optimizer | None,
                params_d: list[torch.nn.Parameter], params_g: list[torch.nn.Parameter]) -> Losses:
@@ -251,7 +274,10 @@ def train(cfg: Config, *, run_dir: Path | str | None = None, resume: bool = Fals
     model.to(device).train()
     if dataset is None:
         dataset = load_dataset(cfg.data)
-    sampler = TensorSampler(dataset.train.to(device), t.batch_size, model.runs, seed=t.seed)
+    check_data_shape(cfg, dataset)
+    if not resume:
+        init_from_data_(model, dataset)
+    sampler = make_sampler(dataset, t.batch_size, model.runs, seed=t.seed, device=device)
 
     params_d, params_g = model.parameters_d(), model.parameters_g()
     lr_d = t.lr if t.lr_d is None else t.lr_d

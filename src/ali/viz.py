@@ -62,3 +62,39 @@ def interpolation_grid(model: GenerativeModel, x1: Tensor, x2: Tensor, steps: in
     path = model.interpolate(x1, x2, steps)                 # (steps, N, C, H, W)
     rows = torch.cat([x1.unsqueeze(1), path.transpose(0, 1), x2.unsqueeze(1)], dim=1)
     return rows.flatten(0, 1)
+
+
+def held_out(dataset, n: int, offset: int = 0) -> Tensor:
+    """``n`` held-out images as floats in [0, 1] (the training set where there is no test set)."""
+    from .data.images import ImageSource
+
+    x = dataset.test if dataset.test is not None else dataset.train
+    if isinstance(x, ImageSource):
+        x = x.select(slice(offset, offset + n)).load_all()
+    else:
+        x = x[offset:offset + n]
+    return x.float() / 255 if x.dtype == torch.uint8 else x.float()
+
+
+def grid_scale(images: Tensor) -> int:
+    """Enlarge small images so a grid is comfortable to look at."""
+    return max(1, 64 // images.shape[-1])
+
+
+@torch.no_grad()
+def write_run_images(model: GenerativeModel, dataset, run_dir: Path, step: int,
+                     n: int = 100, nrow: int = 10) -> list[Path]:
+    """samples.png and reconstructions.png in ``run_dir`` (and step-stamped copies in
+    ``run_dir/images``), with the model in evaluation mode."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    s = sample_grid(model, n)
+    x = held_out(dataset, n // 2).to(device)
+    r = reconstruction_grid(model, x)
+    model.train(was_training)
+    out = []
+    for name, imgs in (("samples", s), ("reconstructions", r)):
+        out.append(save_grid(imgs, run_dir / f"{name}.png", nrow, grid_scale(imgs)))
+        save_grid(imgs, run_dir / "images" / f"{name}-{step:08d}.png", nrow, grid_scale(imgs))
+    return out

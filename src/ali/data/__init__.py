@@ -262,6 +262,16 @@ class StreamSampler:
         self._it = None
 
 
+def first_items(dataset: Dataset, n: int) -> Tensor:
+    """The first ``n`` training items as floats (images in [0, 1]), on the CPU."""
+    x = dataset.train
+    if isinstance(x, ImageSource):
+        x = x.select(slice(0, n)).load_all()
+    else:
+        x = x[:n].cpu()
+    return x.float() / 255 if x.dtype == torch.uint8 else x.float()
+
+
 def make_sampler(dataset: Dataset, batch_size: int, runs: int = 1, seed: int = 0,
                  device: torch.device | str = "cpu", workers: int | None = None,
                  device_bytes: int = DEVICE_BYTES) -> TensorSampler | StreamSampler:
