@@ -96,7 +96,7 @@ def _pil() -> Any:
     try:
         from PIL import Image
     except ImportError:
-        raise DataError("reading image files needs Pillow: pip install 'ali[images]'") from None
+        raise DataError("reading image files needs Pillow: pip install Pillow") from None
     return Image
 
 
