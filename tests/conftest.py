@@ -1,5 +1,14 @@
-import pytest
-import torch
+import os
+
+# The tests' tensors are tiny: extra intra-op threads only add synchronisation, and on a busy
+# machine OpenMP's barrier waits make a step a hundred times slower. Subprocesses (the CLI
+# tests) inherit the variable; this process is set below.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 from ali.config import get_config
 
