@@ -119,7 +119,13 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 def _one_line(e: BaseException) -> str:
     """An exception as one short line (torch's unpickling errors span many)."""
-    text = " ".join(str(e).split()) or type(e).__name__
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e))  # torch colours part of its advice
+    # Of torch's weights_only advice, only the cause names what is wrong with the file.
+    cause = re.search(r"WeightsUnpickler error: ([^\n]*?)(\. |\n|$)", text)
+    if cause:
+        text = f"it holds more than tensors and plain values ({cause.group(1)})"
+    text = " ".join("".join(c if c.isprintable() else " " for c in text).split())
+    text = text or type(e).__name__
     limit = 200  # enough to name the cause; the rest is torch's advice on weights_only
     return text if len(text) <= limit else text[:limit] + "..."
 
