@@ -367,3 +367,14 @@ def test_corrupted_checkpoint_in_a_real_process_has_no_traceback(made_run, tmp_p
     done = _resume(run, 10)
     assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
     assert "Traceback" not in done.stderr and "cannot read checkpoint" in done.stderr
+
+
+def test_resume_removes_temporaries_of_dead_writers(tmp_path):
+    cfg = tiny_toy("train.checkpoint_every=2")
+    train(cfg, run_dir=tmp_path, quiet=True, until=2)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()
+    stale = tmp_path / "checkpoints" / f".latest.pt.tmp-{dead}"
+    stale.write_bytes(b"half a checkpoint")  # what a writer killed mid-write leaves
+    train(cfg, run_dir=tmp_path, resume=True, quiet=True)
+    assert _temporaries(tmp_path) == []
