@@ -8,15 +8,23 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import time
 from pathlib import Path
 
 from . import __version__
-from .config import config_names, get_config
-from .errors import AliError
+from .config import apply_overrides, config_names, get_config
+from .errors import AliError, TrainingInterrupted
 
 EXIT_USER_ERROR = 2
+EXIT_SIGNAL_BASE = 128
+"""Killed or stopped by signal N exits with 128 + N (130 for SIGINT, 143 for SIGTERM)."""
+
+
+def _one_line(e: Exception) -> str:
+    """The promise of this module: an error is exactly one line."""
+    return " ".join(str(e).split())
 
 
 def _default_out(name: str) -> Path:
@@ -24,12 +32,20 @@ def _default_out(name: str) -> Path:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from .train import train
+    from .train import run_config, train
 
     cfg = get_config(args.name, args.overrides)
     if args.resume and args.out is None:
         raise AliError("--resume needs --out RUN_DIR (the folder of the run to continue)")
     out = Path(args.out) if args.out else _default_out(cfg.name)
+    if args.resume:
+        # The run's own settings, so `ali train NAME --out DIR --resume` needs no --set again;
+        # --set still applies on top (e.g. more train.steps), and train() refuses changes
+        # that would not continue the same run.
+        saved = run_config(out)
+        if saved.name != cfg.name:
+            raise AliError(f"{out} holds a run of config {saved.name!r}, not {cfg.name!r}")
+        cfg = apply_overrides(saved, args.overrides)
     if not args.resume and (out / "checkpoints" / "latest.pt").exists():
         raise AliError(f"{out} already holds a run; pass --resume to continue it, "
                        "or choose another --out")
@@ -252,12 +268,17 @@ def main(argv: list[str] | None = None) -> int:
                     getattr(args, key, 1) < 1:
                 raise AliError(f"--{key} must be >= 1; got {getattr(args, key)}")
         return args.func(args)
+    except TrainingInterrupted as e:
+        print(f"ali: {_one_line(e)}", file=sys.stderr)
+        return EXIT_SIGNAL_BASE + e.signum
     except AliError as e:
-        print(f"ali: error: {e}", file=sys.stderr)
+        print(f"ali: error: {_one_line(e)}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
+        # A second signal during training: checkpoints are written atomically, so the last
+        # one on disk is whole.
         print("ali: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_SIGNAL_BASE + signal.SIGINT
 
 
 if __name__ == "__main__":

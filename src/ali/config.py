@@ -14,6 +14,7 @@ import difflib
 import json
 import math
 import re
+import reprlib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ ENCODER_KINDS = ("gaussian", "deterministic", "noise")
 GEN_LOSSES = ("nonsaturating", "saturating")
 LR_SCHEDULES = ("constant", "linear")
 MNIST_STEPS = 12_000  # 20 epochs of 60,000 images at batch 100
+ON_DIVERGENCE = ("stop", "rollback")
 
 
 def _check(cond: bool, msg: str) -> None:
@@ -189,6 +191,17 @@ class TrainConfig:
     checkpoint_every: int = 5_000
     progress: str = "auto"
     """auto (a bar on a terminal) | on | off."""
+    keep_checkpoints: int = 3
+    """How many ``checkpoints/step-NNNNNNNN.pt`` files to keep (the newest); ``latest.pt`` is
+    always kept besides them."""
+    on_divergence: str = "stop"
+    """What a non-finite loss or parameter does: stop (raise DivergenceError, keeping the last
+    good checkpoint) or rollback (reload the last good checkpoint and continue with the learning
+    rates multiplied by train.rollback_lr_factor)."""
+    rollback_lr_factor: float = 0.5
+    """Multiplier of the learning rates at each rollback, in (0, 1)."""
+    max_rollbacks: int = 3
+    """Rollbacks allowed in a run (resumes included) before a divergence stops it."""
 
     def __post_init__(self) -> None:
         _check(self.steps >= 1, f"train.steps must be >= 1; got {self.steps}")
@@ -204,6 +217,13 @@ class TrainConfig:
         _check(self.checkpoint_every >= 1,
                f"train.checkpoint_every must be >= 1; got {self.checkpoint_every}")
         _one_of(self.progress, ("auto", "on", "off"), "train.progress")
+        _check(self.keep_checkpoints >= 1,
+               f"train.keep_checkpoints must be >= 1; got {self.keep_checkpoints}")
+        _one_of(self.on_divergence, ON_DIVERGENCE, "train.on_divergence")
+        _check(0 < self.rollback_lr_factor < 1,
+               f"train.rollback_lr_factor must be in (0, 1); got {self.rollback_lr_factor}")
+        _check(self.max_rollbacks >= 0,
+               f"train.max_rollbacks must be >= 0; got {self.max_rollbacks}")
         _check(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
                f"train.device must be auto, cpu or cuda[:N]; got {self.device!r}")
 
@@ -228,23 +248,65 @@ class Config:
         """Rebuild a config from :meth:`to_dict` output (e.g. a run's ``config.json``)."""
         if not isinstance(d, dict):
             raise ConfigError("a config must be a JSON object")
+        top = {f.name for f in dataclasses.fields(cls)}
+        unknown_top = sorted((k for k in d if k not in top), key=repr)
+        if unknown_top:
+            raise ConfigError(f"unknown config section {reprlib.repr(unknown_top[0])} "
+                              f"(known: {', '.join(sorted(top))})")
         kwargs: dict[str, Any] = {}
         for f in dataclasses.fields(cls):
             if f.name not in d:
                 continue
             section_cls = _section_types().get(f.name)
             if section_cls is None:
-                kwargs[f.name] = d[f.name]
+                kwargs[f.name] = _coerce(f.name, d[f.name], str)
                 continue
             sec = d[f.name]
             if not isinstance(sec, dict):
                 raise ConfigError(f"config section {f.name!r} must be an object")
-            names = {g.name for g in dataclasses.fields(section_cls)}
-            unknown = sorted(set(sec) - names)
+            hints = typing.get_type_hints(section_cls)
+            unknown = sorted((k for k in sec if k not in hints), key=repr)
             if unknown:
                 raise ConfigError(_unknown_key_message(f"{f.name}.{unknown[0]}"))
-            kwargs[f.name] = section_cls(**sec)
+            # A hand-edited or damaged config.json may hold any JSON value: check each type
+            # here, so __post_init__ only ever compares values of the declared type.
+            kwargs[f.name] = section_cls(**{k: _coerce(f"{f.name}.{k}", v, hints[k])
+                                            for k, v in sec.items()})
         return cls(**kwargs)
+
+
+def _coerce(key: str, value: Any, typ: Any) -> Any:
+    """``value`` (from JSON) as the declared type ``typ`` of ``key``, or a ConfigError."""
+    if typing.get_origin(typ) in (typing.Union, types.UnionType):
+        if value is None:
+            return None
+        return _coerce(key, value, [a for a in typing.get_args(typ) if a is not type(None)][0])
+    shown = reprlib.repr(value)
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key} expects a boolean; got {shown}")
+    if typ is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and math.isfinite(value) and value == int(value):
+            return int(value)
+        raise ConfigError(f"{key} expects an integer; got {shown}")
+    if typ is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            try:
+                v = float(value)
+            except OverflowError:
+                v = math.inf
+            if math.isfinite(v):
+                return v
+            raise ConfigError(f"{key} expects a finite number; got {shown}")
+        raise ConfigError(f"{key} expects a number; got {shown}")
+    if typ is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{key} expects a string; got {shown}")
+    return value
 
 
 def _section_types() -> dict[str, type]:

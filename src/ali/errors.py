@@ -22,3 +22,23 @@ class DataError(AliError):
 
 class CheckpointError(AliError):
     """A checkpoint or run folder that cannot be used."""
+
+
+class DivergenceError(AliError):
+    """Training produced a non-finite loss or parameter; the last good checkpoint is kept."""
+
+    def __init__(self, message: str, step: int) -> None:
+        super().__init__(message)
+        self.step = step
+
+
+class TrainingInterrupted(AliError):
+    """SIGINT or SIGTERM stopped training after a checkpoint was written.
+
+    ``signum`` is the signal, ``step`` the step of the checkpoint, and ``result`` the
+    :class:`~ali.train.TrainResult` so far (the model is usable as it is).
+    """
+
+    def __init__(self, message: str, signum: int, step: int, result: object = None) -> None:
+        super().__init__(message)
+        self.signum, self.step, self.result = signum, step, result

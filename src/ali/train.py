@@ -10,15 +10,21 @@ at logging intervals.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import math
 import os
 import random
+import re
+import shlex
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, BinaryIO, Callable, Iterable
 
 import numpy as np
 import torch
@@ -26,7 +32,7 @@ import torch
 from . import __version__
 from .config import Config, TrainConfig
 from .data import Dataset, first_items, load_dataset, make_sampler
-from .errors import CheckpointError, ConfigError
+from .errors import CheckpointError, ConfigError, DivergenceError, TrainingInterrupted
 from .model import GenerativeModel, Losses
 from .nets import build_model, family
 
@@ -41,7 +47,6 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        from .errors import ConfigError
         raise ConfigError(f"train.device={name} but no CUDA device is available")
     return torch.device(name)
 
@@ -84,8 +89,21 @@ class TrainResult:
 
 # ---------------------------------------------------------------------------- checkpoints
 
+LATEST = "latest.pt"
+_STEP_FILE = re.compile(r"^step-(\d{8})\.pt$")
+_TMP_FILE = re.compile(r"^\..+\.tmp-(\d+)$")
+
+
+def step_checkpoint_name(step: int) -> str:
+    """``step-NNNNNNNN.pt``: eight digits, so names sort in step order."""
+    return f"step-{step:08d}.pt"
+
+
 def _rng_state() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+    # numpy's state as plain Python values, so a checkpoint loads with weights_only=True.
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"torch": torch.get_rng_state(),
+             "numpy": (name, keys.tolist(), int(pos), int(has_gauss), float(cached)),
              "python": random.getstate()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -94,55 +112,133 @@ def _rng_state() -> dict[str, Any]:
 
 def _set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def atomic_save(obj: Any, path: Path) -> None:
-    """torch.save to a temporary file, flush and fsync, then rename over ``path``.
+def _one_line(e: BaseException) -> str:
+    """An exception as one short line (torch's unpickling errors span many)."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e))  # torch colours part of its advice
+    # Of torch's weights_only advice, only the cause names what is wrong with the file.
+    cause = re.search(r"WeightsUnpickler error: ([^\n]*?)(\. |\n|$)", text)
+    if cause:
+        text = f"it holds more than tensors and plain values ({cause.group(1)})"
+    text = " ".join("".join(c if c.isprintable() else " " for c in text).split())
+    text = text or type(e).__name__
+    limit = 200  # enough to name the cause; the rest is torch's advice on weights_only
+    return text if len(text) <= limit else text[:limit] + "..."
 
-    A reader never sees a half-written file: either the old checkpoint or the new one.
+
+def _atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
+    """``write`` into a temporary file, flush and fsync, then rename it over ``path``.
+
+    A reader never sees a half-written file, and a failure (a full disk) leaves no temporary
+    file and ``path`` as it was; it is raised as a one-line :class:`CheckpointError`.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with open(tmp, "wb") as f:
+                write(f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+        if os.name == "posix":  # make the rename itself durable
+            dir_fd = os.open(path.parent, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+    except OSError as e:
+        raise CheckpointError(f"cannot write checkpoint {path}: {_one_line(e)}") from e
+
+
+def atomic_save(obj: Any, path: Path | str) -> None:
+    """torch.save ``obj`` to ``path`` atomically (see :func:`_atomic_write`).
+
+    Raises:
+        CheckpointError: the file could not be written (e.g. the disk is full); ``path`` is
+            unchanged and no temporary file is left.
+    """
+    _atomic_write(Path(path), lambda f: torch.save(obj, f))
+
+
+def _serialize(obj: Any) -> bytes:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+def _validate(ckpt: Any, name: str) -> dict[str, Any]:
+    if (not isinstance(ckpt, dict) or not {"model", "step", "config"} <= set(ckpt)
+            or not isinstance(ckpt["model"], dict) or not isinstance(ckpt["config"], dict)
+            or not isinstance(ckpt["step"], int) or ckpt["step"] < 0):
+        raise CheckpointError(f"{name} is not an ali checkpoint")
+    return ckpt
 
 
 def load_checkpoint(path: Path | str) -> dict[str, Any]:
-    """Load a checkpoint written by :func:`train`, with a clear error if it is unusable."""
+    """Load a checkpoint written by :func:`train`, with a clear error if it is unusable.
+
+    Only tensors and plain Python values are unpickled (``weights_only=True``): a damaged or
+    foreign file can fail to load but cannot run code.
+
+    Raises:
+        CheckpointError: the file is missing, truncated, corrupted or not an ali checkpoint.
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # a truncated or foreign file: say so in one line
-        raise CheckpointError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from None
-    if not isinstance(ckpt, dict) or not {"model", "step", "config"} <= set(ckpt):
-        raise CheckpointError(f"{path} is not an ali checkpoint")
-    return ckpt
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a truncated, corrupted or foreign file: say so in one line
+        raise CheckpointError(f"cannot read checkpoint {path} (truncated or corrupted?): "
+                              f"{type(e).__name__}: {_one_line(e)}") from None
+    return _validate(ckpt, str(path))
+
+
+def run_checkpoint_path(run_dir: Path | str) -> Path:
+    """``run_dir/checkpoints/latest.pt``, or a one-line error saying why there is none."""
+    run_dir = Path(run_dir)
+    path = run_dir / "checkpoints" / LATEST
+    if not path.is_file():
+        if not run_dir.is_dir():
+            raise CheckpointError(f"no run folder at {run_dir}")
+        raise CheckpointError(f"{run_dir} is not an ali run folder (it has no "
+                              f"checkpoints/{LATEST}); --resume needs the --out of an earlier run")
+    return path
+
+
+def run_config(run_dir: Path | str) -> Config:
+    """The config a run folder was trained with (from its latest checkpoint)."""
+    path = run_checkpoint_path(run_dir)
+    try:
+        return Config.from_dict(load_checkpoint(path)["config"])
+    except ConfigError as e:
+        raise CheckpointError(f"{path} holds an invalid config: {e}") from None
 
 
 def load_run(run_dir: Path | str, device: str = "cpu") -> tuple[GenerativeModel, Config, int]:
     """The trained model of a run folder (from ``checkpoints/latest.pt``), in eval mode."""
-    ckpt = load_checkpoint(Path(run_dir) / "checkpoints" / "latest.pt")
-    cfg = Config.from_dict(ckpt["config"])
+    path = run_checkpoint_path(run_dir)
+    ckpt = load_checkpoint(path)
+    try:
+        cfg = Config.from_dict(ckpt["config"])
+    except ConfigError as e:
+        raise CheckpointError(f"{path} holds an invalid config: {e}") from None
     model = build_model(cfg)
-    model.load_state_dict(ckpt["model"])
+    try:
+        model.load_state_dict(ckpt["model"])
+    except (RuntimeError, KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{path} does not fit its config's model: {_one_line(e)}") from None
     return model.to(device).eval(), cfg, int(ckpt["step"])
 
 
@@ -164,6 +260,86 @@ def init_from_data_(model: GenerativeModel, dataset: Dataset) -> None:
     if any(isinstance(m, PixelBias) for m in model.decoder.modules()):
         x0 = first_items(dataset, DECODER_BIAS_IMAGES)
         init_decoder_bias_(model, x0)
+
+
+def _prune(folder: Path, step: int, keep: int) -> None:
+    """Delete the step files older than ``step`` beyond the newest ``keep`` (``step``'s own
+    included); files of later steps (an abandoned attempt) are left alone."""
+    older = sorted((int(m.group(1)), p) for p in folder.iterdir()
+                   if (m := _STEP_FILE.match(p.name)) and int(m.group(1)) < step)
+    for _, p in older[:max(0, len(older) - (keep - 1))]:
+        with contextlib.suppress(OSError):
+            p.unlink()
+
+
+def _remove_stale_temporaries(folder: Path) -> None:
+    """Temporary files of killed writers (SIGKILL, power loss): they were never renamed."""
+    if os.name != "posix" or not folder.is_dir():
+        return  # the liveness test below uses POSIX signal 0
+    for p in folder.iterdir():
+        m = _TMP_FILE.match(p.name)
+        if not m or int(m.group(1)) == os.getpid():
+            continue
+        try:
+            os.kill(int(m.group(1)), 0)
+            continue  # its writer is alive
+        except ProcessLookupError:
+            pass
+        except OSError:
+            continue
+        with contextlib.suppress(OSError):
+            p.unlink()
+
+
+def _non_finite(model: GenerativeModel, pending: dict[str, torch.Tensor]) -> str | None:
+    """What is non-finite among the model's tensors and the pending loss sums, or None.
+
+    One host sync when everything is finite (the common case).
+    """
+    tensors = {**{f"parameter {k}": v for k, v in model.state_dict().items()
+                  if v.is_floating_point()},
+               **{f"{k} (since the last log)": v for k, v in pending.items()}}
+    if not tensors:
+        return None
+    flags = torch.stack([torch.isfinite(v).all() for v in tensors.values()]).cpu()
+    if bool(flags.all()):
+        return None
+    bad = [k for k, ok in zip(tensors, flags.tolist()) if not ok]
+    return f"non-finite {bad[0]}" + (f" and {len(bad) - 1} more" if len(bad) > 1 else "")
+
+
+class _SignalGuard:
+    """While active, SIGINT and SIGTERM only set :attr:`signum`; the loop checks it after each
+    step and stops cleanly. A second signal raises KeyboardInterrupt at once (writes are
+    atomic, so nothing on disk is damaged). Only the main thread can own signal handlers; in
+    other threads the guard does nothing."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> "_SignalGuard":
+        if threading.current_thread() is threading.main_thread():
+            for name in ("SIGINT", "SIGTERM"):
+                sig = getattr(signal, name, None)
+                if sig is not None:
+                    self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum is not None:
+            self.restore()
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            # None: a handler not installed from Python; the default is the best we can do.
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
+        self._previous.clear()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.restore()
 
 
 def train_step(model: GenerativeModel, x: torch.Tensor, z: torch.Tensor,
@@ -190,8 +366,11 @@ def train_step(model: GenerativeModel, x: torch.Tensor, z: torch.Tensor,
 
 
 # Keys that may change when a run is resumed: how long it runs and how it reports.
+# So are the failure policies: the learning-rate scale and rollback count they produced are
+# part of the checkpoint, so changing them does not alter the steps already taken.
 RESUMABLE_KEYS = {"train.steps", "train.log_every", "train.checkpoint_every", "train.progress",
-                  "train.device"}
+                  "train.device", "train.keep_checkpoints", "train.on_divergence",
+                  "train.rollback_lr_factor", "train.max_rollbacks"}
 
 
 def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
@@ -237,9 +416,23 @@ class _Logger:
             print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                            for k, v in record.items()), flush=True)
 
+    def note(self, text: str) -> None:
+        """A one-line notice on stderr (rollbacks, interruptions)."""
+        if self.quiet:
+            return
+        if self.bar is not None:
+            self.bar.write(text, file=sys.stderr)
+        else:
+            print(text, file=sys.stderr, flush=True)
+
     def advance(self, n: int) -> None:
         if self.bar is not None:
             self.bar.update(n)
+
+    def jump(self, step: int) -> None:
+        if self.bar is not None:
+            self.bar.n = step
+            self.bar.refresh()
 
     def close(self) -> None:
         if self.bar is not None:
@@ -253,16 +446,30 @@ def train(cfg: Config, *, run_dir: Path | str | None = None, resume: bool = Fals
           quiet: bool = False, hooks: Iterable[Hook] = (), until: int | None = None) -> TrainResult:
     """Train ``cfg`` and return the trained model.
 
+    Every ``train.checkpoint_every`` steps and at the end, ``run_dir/checkpoints/`` gets
+    ``step-NNNNNNNN.pt`` and ``latest.pt`` (each written atomically; the newest
+    ``train.keep_checkpoints`` step files are kept). A checkpoint is written only when every
+    parameter is finite. While training runs in the main thread, SIGINT and SIGTERM finish the
+    current step, write a checkpoint and raise :class:`~ali.errors.TrainingInterrupted`; a
+    second signal raises KeyboardInterrupt at once.
+
     Args:
         cfg: the run's configuration.
         run_dir: where ``config.json``, ``metrics.jsonl`` and ``checkpoints/`` go; None keeps
             everything in memory.
         resume: continue from ``run_dir/checkpoints/latest.pt``.
         model, dataset: built from ``cfg`` when not given.
-        quiet: no stdout output (the metrics file is still written).
+        quiet: no stdout or stderr output (the metrics file is still written).
         hooks: callables ``hook(step, model, run_dir)`` run at every logging interval.
         until: stop (with a checkpoint) after this many steps instead of ``train.steps``; the
             schedule still follows ``train.steps``, so a later ``resume`` continues exactly.
+
+    Raises:
+        DivergenceError: a non-finite loss (checked at logging intervals) or parameter
+            (checked before each checkpoint) with train.on_divergence=stop, or after
+            train.max_rollbacks rollbacks.
+        TrainingInterrupted: SIGINT or SIGTERM; a checkpoint of the step reached was written.
+        CheckpointError: an unusable run folder or checkpoint, or one that cannot be written.
     """
     t = cfg.train
     device = resolve_device(t.device)
@@ -283,83 +490,168 @@ def train(cfg: Config, *, run_dir: Path | str | None = None, resume: bool = Fals
     lr_d = t.lr if t.lr_d is None else t.lr_d
     opt_d, opt_g = make_optimizer(params_d, t, lr_d), make_optimizer(params_g, t)
     base_lr = [(o, lr) for o, lr in ((opt_d, lr_d), (opt_g, t.lr)) if o is not None]
+    lr_scale, rollbacks = 1.0, 0          # changed by rollbacks; saved in every checkpoint
+
+    def state(step: int) -> dict[str, Any]:
+        return {"model": model.state_dict(), "step": step, "config": cfg.to_dict(),
+                "opt_d": opt_d.state_dict() if opt_d else None,
+                "opt_g": opt_g.state_dict() if opt_g else None,
+                "sampler": sampler.state_dict(), "rng": _rng_state(), "version": __version__,
+                "lr_scale": lr_scale, "rollbacks": rollbacks}
+
+    def restore(ckpt: dict[str, Any], name: str) -> int:
+        nonlocal lr_scale, rollbacks
+        try:
+            model.load_state_dict(ckpt["model"])
+            for opt, key in ((opt_d, "opt_d"), (opt_g, "opt_g")):
+                if opt is not None:
+                    opt.load_state_dict(ckpt[key])
+            sampler.load_state_dict(ckpt["sampler"])
+            _set_rng_state(ckpt["rng"])
+            lr_scale = float(ckpt.get("lr_scale", 1.0))
+            rollbacks = int(ckpt.get("rollbacks", 0))
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as e:
+            raise CheckpointError(f"{name} does not fit this model ({type(e).__name__}: "
+                                  f"{_one_line(e)})") from None
+        return int(ckpt["step"])
 
     start = 0
-    ckpt_path = run_dir / "checkpoints" / "latest.pt" if run_dir else None
+    ckpt_dir = run_dir / "checkpoints" if run_dir else None
+    latest = ckpt_dir / LATEST if ckpt_dir else None
     if resume:
-        if ckpt_path is None:
+        if run_dir is None:
             raise CheckpointError("--resume needs a run folder")
-        ckpt = load_checkpoint(ckpt_path)
+        path = run_checkpoint_path(run_dir)
+        ckpt = load_checkpoint(path)
         diff = config_differences(ckpt["config"], cfg.to_dict())
         if diff:
-            raise CheckpointError(f"{ckpt_path} was written by a different config "
+            raise CheckpointError(f"{path} was written by a different config "
                                   f"({diff[0]}); resume with the run's own settings")
-        model.load_state_dict(ckpt["model"])
-        for opt, key in ((opt_d, "opt_d"), (opt_g, "opt_g")):
-            if opt is not None:
-                opt.load_state_dict(ckpt[key])
-        sampler.load_state_dict(ckpt["sampler"])
-        _set_rng_state(ckpt["rng"])
-        start = int(ckpt["step"])
+        start = restore(ckpt, str(path))
     if run_dir:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.json").write_text(cfg.to_json() + "\n")
+        if run_dir.exists() and not run_dir.is_dir():
+            raise CheckpointError(f"{run_dir} exists and is not a folder; choose another --out")
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / "config.json").write_text(cfg.to_json() + "\n")
+            _remove_stale_temporaries(ckpt_dir)
+        except OSError as e:
+            raise CheckpointError(f"cannot use run folder {run_dir}: {_one_line(e)}") from None
+
+    # The last good state, for rollbacks: kept serialised in memory, so a run without a folder
+    # can roll back too and a rollback never reads the disk.
+    rollback = t.on_divergence == "rollback"
+    good = (start, _serialize(state(start))) if rollback else None
+    saved_step = start if resume else None
 
     def save(step: int) -> None:
-        if ckpt_path is None:
+        nonlocal good, saved_step
+        if not rollback and latest is None:
             return
-        atomic_save({
-            "model": model.state_dict(), "step": step, "config": cfg.to_dict(),
-            "opt_d": opt_d.state_dict() if opt_d else None,
-            "opt_g": opt_g.state_dict() if opt_g else None,
-            "sampler": sampler.state_dict(), "rng": _rng_state(), "version": __version__,
-        }, ckpt_path)
+        kept = (f"{latest} still holds step {saved_step}" if saved_step is not None
+                else "no checkpoint was written")
+        try:
+            data = _serialize(state(step))
+            if rollback:
+                good = (step, data)
+            if ckpt_dir is not None and latest is not None:
+                # The step file first: if writing latest.pt then fails, latest.pt still is
+                # the previous good checkpoint.
+                _atomic_write(ckpt_dir / step_checkpoint_name(step), lambda f: f.write(data))
+                _atomic_write(latest, lambda f: f.write(data))
+                _prune(ckpt_dir, step, t.keep_checkpoints)
+                saved_step = step
+        except OSError as e:
+            raise CheckpointError(f"cannot write the checkpoint of step {step}: "
+                                  f"{_one_line(e)}; {kept}") from e
+        except CheckpointError as e:
+            raise CheckpointError(f"at step {step}, {e}; {kept}") from e
+
+    def set_lr(step: int) -> None:
+        for opt, lr in base_lr:
+            for group in opt.param_groups:
+                group["lr"] = lr * lr_factor(step, t) * lr_scale
 
     logger = _Logger(run_dir, t, start, quiet)
     history: list[dict[str, Any]] = []
     sums: dict[str, torch.Tensor] = {}
     n_sum, t_log, t0 = 0, time.perf_counter(), time.perf_counter()
     step = start
+    end = t.steps if until is None else min(until, t.steps)
     try:
-        end = t.steps if until is None else min(until, t.steps)
-        for step in range(start, end):
-            model.schedule(step, t.steps)
-            for opt, lr in base_lr:
-                for group in opt.param_groups:
-                    group["lr"] = lr * lr_factor(step, t)
-            x = sampler.next()                              # (B, *data) ~ q(x)
-            z = model.sample_prior(t.batch_size)            # (B, *latent) ~ p(z)
-            out = train_step(model, x, z, opt_d, opt_g, params_d, params_g)
+        with _SignalGuard() as guard:
+            while step < end:
+                model.schedule(step, t.steps)
+                set_lr(step)
+                x = sampler.next()                              # (B, *data) ~ q(x)
+                z = model.sample_prior(t.batch_size)            # (B, *latent) ~ p(z)
+                out = train_step(model, x, z, opt_d, opt_g, params_d, params_g)
 
-            scalars = {"loss_g": out.g.detach() / model.runs, **out.stats}
-            if out.d is not None:
-                scalars["loss_d"] = out.d.detach() / model.runs
-            for k, v in scalars.items():
-                sums[k] = sums[k] + v if k in sums else v.clone()
-            n_sum += 1
+                scalars = {"loss_g": out.g.detach() / model.runs, **out.stats}
+                if out.d is not None:
+                    scalars["loss_d"] = out.d.detach() / model.runs
+                for k, v in scalars.items():
+                    sums[k] = sums[k] + v if k in sums else v.clone()
+                n_sum += 1
+                step += 1
 
-            done = step + 1
-            if done % t.log_every == 0 or done == t.steps:
-                now = time.perf_counter()
-                record: dict[str, Any] = {"step": done}
-                record.update({k: float(v) / n_sum for k, v in sorted(sums.items())})
-                record["lr"] = t.lr * lr_factor(step, t)
-                if opt_d is not None:
-                    record["lr_d"] = lr_d * lr_factor(step, t)
-                record["steps_per_s"] = n_sum / max(now - t_log, 1e-9)
-                if not all(math.isfinite(v) for v in record.values()):
+                problem = None
+                if step % t.log_every == 0 or step == t.steps:
+                    now = time.perf_counter()
+                    record: dict[str, Any] = {"step": step}
+                    record.update({k: float(v) / n_sum for k, v in sorted(sums.items())})
+                    record["lr"] = t.lr * lr_factor(step - 1, t) * lr_scale
+                    if opt_d is not None:
+                        record["lr_d"] = lr_d * lr_factor(step - 1, t) * lr_scale
+                    record["steps_per_s"] = n_sum / max(now - t_log, 1e-9)
                     logger.log(record)
-                    raise FloatingPointError(f"non-finite loss at step {done}: {record}")
-                logger.log(record)
-                history.append(record)
-                sums, n_sum, t_log = {}, 0, now
-                for hook in hooks:
-                    hook(done, model, run_dir)
-            if done % t.checkpoint_every == 0 and done != end:
-                save(done)
-            logger.advance(1)
-        step = end
-        save(step)
+                    bad = [k for k, v in record.items() if not math.isfinite(v)]
+                    if bad:
+                        problem = f"non-finite {bad[0]}"
+                    else:
+                        history.append(record)
+                        sums, n_sum, t_log = {}, 0, now
+                        for hook in hooks:
+                            hook(step, model, run_dir)
+                # Never write bad weights over the last good checkpoint.
+                if problem is None and (step % t.checkpoint_every == 0 or step == end
+                                        or guard.signum is not None):
+                    problem = _non_finite(model, sums)
+                    if problem is None:
+                        save(step)
+
+                if problem is not None:
+                    if rollback and rollbacks < t.max_rollbacks and guard.signum is None:
+                        assert good is not None
+                        bad_step, (step, data) = step, good
+                        # The good state's own scale and count predate this divergence.
+                        scale, count = lr_scale * t.rollback_lr_factor, rollbacks + 1
+                        restore(torch.load(io.BytesIO(data), weights_only=True), "rollback")
+                        lr_scale, rollbacks = scale, count
+                        sums, n_sum, t_log = {}, 0, time.perf_counter()
+                        logger.jump(step)
+                        logger.note(f"ali: {problem} at step {bad_step}; rolled back to step "
+                                    f"{step} with the learning rates x{lr_scale:.4g} "
+                                    f"(rollback {rollbacks} of {t.max_rollbacks})")
+                        continue
+                    where = (f"the last good checkpoint is {latest} (step {saved_step})"
+                             if saved_step is not None else "no checkpoint was written")
+                    hint = (f"after {rollbacks} rollbacks (train.max_rollbacks)" if rollback
+                            else "lower train.lr or set train.on_divergence=rollback")
+                    raise DivergenceError(f"training diverged at step {step}: {problem}; "
+                                          f"{where}; {hint}", step)
+                if guard.signum is not None:
+                    name = signal.Signals(guard.signum).name
+                    model.eval()
+                    result = TrainResult(model, step, run_dir, time.perf_counter() - t0, history)
+                    if run_dir is None:
+                        msg = f"interrupted by {name} at step {step} (no run folder: nothing saved)"
+                    else:
+                        msg = (f"interrupted by {name} at step {step}; checkpoint {latest}; "
+                               f"resume with: ali train {shlex.quote(cfg.name)} --out "
+                               f"{shlex.quote(str(run_dir))} --resume")
+                    raise TrainingInterrupted(msg, guard.signum, step, result)
+                logger.advance(1)
     finally:
         logger.close()
     model.eval()
