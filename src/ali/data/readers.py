@@ -15,6 +15,7 @@ import io
 import pickle
 import re
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -79,7 +80,7 @@ def read_idx(path: Path, md5: str | None = None, check: bool = True) -> np.ndarr
                 raw = f.read()
         else:
             raw = path.read_bytes()
-    except (OSError, EOFError, gzip.BadGzipFile) as e:
+    except (OSError, EOFError, gzip.BadGzipFile, zlib.error) as e:
         raise DataError(f"{path} is truncated or not a gzip file ({one_line(e)})") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_TYPES:
         raise DataError(f"{path} is not an IDX file (bad magic number)")
