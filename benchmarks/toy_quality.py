@@ -28,11 +28,13 @@ def main() -> None:
     p.add_argument("--quick", action="store_true")
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--out", default=None)
+    p.add_argument("--models", default=None, help="comma-separated subset")
     a = p.parse_args()
     runs = a.runs or (2 if a.quick else 10)
     out = Path(a.out or f"runs/bench-toy-{a.dataset}-{a.protocol}{'-quick' if a.quick else ''}")
     t0 = time.perf_counter()
-    results, figures = toy.run(a.dataset, a.protocol, runs, a.quick, steps=a.steps)
+    models = tuple(a.models.split(",")) if a.models else toy.MODELS
+    results, figures = toy.run(a.dataset, a.protocol, runs, a.quick, models, steps=a.steps)
     wall = time.perf_counter() - t0
     data = load_dataset(get_config("toy", [f"data.name={a.dataset}"]).data)
     toy.write(results, figures, data, out)

@@ -187,3 +187,32 @@ def test_init_follows_config():
 def test_softplus_identity():
     s = torch.linspace(-5, 5, 11)
     assert torch.allclose(F.softplus(-s), -torch.sigmoid(s).log(), atol=1e-6)
+
+
+def test_recon_weight_adds_the_cycle_term_to_the_generator_only():
+    m0 = build("ali")
+    m1 = build("ali", 1, "model.recon_weight=0.5")
+    m1.load_state_dict(m0.state_dict())
+    m0.eval(), m1.eval()  # population BN statistics: one decoder pass equals two
+    x, z = torch.randn(8, 2), m0.sample_prior(8)
+    torch.manual_seed(3)
+    out0 = m0.losses(x, z)
+    torch.manual_seed(3)
+    out1 = m1.losses(x, z)
+    torch.manual_seed(3)
+    sse = (x - m1.decode(m1.encode(x))).pow(2).sum(-1).mean()
+    torch.testing.assert_close(out1.g, out0.g + 0.5 * sse)
+    torch.testing.assert_close(out1.d, out0.d)
+    torch.testing.assert_close(out1.stats["recon_sse"], sse)
+    # The cycle term depends on the encoder and decoder only (the engine never lets the
+    # generator loss move the discriminator in any case).
+    assert torch.autograd.grad(sse, m1.parameters_d(), allow_unused=True) == \
+        tuple(None for _ in m1.parameters_d())
+
+
+def test_recon_weight_is_validated():
+    from ali.errors import ConfigError
+    with pytest.raises(ConfigError, match="model.recon_weight must be >= 0"):
+        build("ali", 1, "model.recon_weight=-1")
+    with pytest.raises(ConfigError, match="applies to model.kind=ali only"):
+        build("gan", 1, "model.recon_weight=1")

@@ -70,6 +70,10 @@ class ModelConfig:
     (toy family only): run r sees its own data and noise and has its own parameters."""
     posthoc_fraction: float = 0.5
     """gan_posthoc: fraction of train.steps spent on the GAN before inference is learned."""
+    recon_weight: float = 0.0
+    """ALI only, beyond the paper: weight of an explicit cycle term ||x - G(z_hat)||^2 (summed
+    over an example's dimensions) added to the generator loss, ALICE's remedy for unfaithful
+    reconstructions (Li et al., 2017). 0 is the paper's ALI."""
     dropout: bool = True
     """Image families: the discriminator's dropout as the paper's tables give it; false turns
     every dropout layer off (the toy networks have none)."""
@@ -82,6 +86,10 @@ class ModelConfig:
             _check(getattr(self, key) >= 1, f"model.{key} must be >= 1; got {getattr(self, key)}")
         _check(self.noise_dim >= 0, f"model.noise_dim must be >= 0; got {self.noise_dim}")
         _check(self.init_std > 0, f"model.init_std must be > 0; got {self.init_std}")
+        _check(self.recon_weight >= 0 and math.isfinite(self.recon_weight),
+               f"model.recon_weight must be >= 0; got {self.recon_weight}")
+        _check(self.recon_weight == 0 or self.kind == "ali",
+               "model.recon_weight applies to model.kind=ali only")
         _check(0 < self.posthoc_fraction < 1,
                f"model.posthoc_fraction must be in (0, 1); got {self.posthoc_fraction}")
         _check(isinstance(self.dropout, bool), f"model.dropout must be true or false; got "

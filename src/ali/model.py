@@ -216,18 +216,31 @@ class ALI(GenerativeModel):
         runs: independent copies trained side by side (toy networks only); z then has shape
             ``(B, runs, L)``.
         gen_loss: ``nonsaturating`` (Eq. 4, default) or ``saturating`` (Eq. 1).
+        recon_weight: beyond the paper, the weight of ALICE's explicit cycle term
+            ``||x - G(z_hat)||^2`` in the generator loss (Li et al., 2017); 0 (default) is ALI.
     """
 
     def __init__(self, encoder: StochasticEncoder, decoder: nn.Module,
                  discriminator: JointDiscriminator, latent_shape: tuple[int, ...],
-                 gen_loss: str = "nonsaturating", runs: int = 1) -> None:
+                 gen_loss: str = "nonsaturating", runs: int = 1,
+                 recon_weight: float = 0.0) -> None:
         super().__init__(decoder, latent_shape, encoder=encoder, discriminator=discriminator,
                          gen_loss=gen_loss, runs=runs)
+        self.recon_weight = recon_weight
 
     def losses(self, x: Tensor, z: Tensor) -> Losses:
         # x: (B, *data), z: (B, *latent) drawn from p(z)
         z_hat = self.encode(x)                          # (B, *latent) ~ q(z | x)
-        x_tilde = self.decode(z)                        # (B, *data)   ~ p(x | z)
+        if self.recon_weight:
+            # One decoder pass for G(z) and G(z_hat): (2B, *data)
+            x_tilde, x_rec = self.decode(torch.cat([z, z_hat])).chunk(2)
+        else:
+            x_tilde = self.decode(z)                    # (B, *data)   ~ p(x | z)
         logits = self.discriminator(torch.cat([x, x_tilde]), torch.cat([z_hat, z]))  # (2B, R)
         s_q, s_p = logits.chunk(2)                      # (B, R) each
-        return self._adversarial(s_q, s_p)
+        out = self._adversarial(s_q, s_p)
+        if self.recon_weight:
+            cycle = L.batch_mean_run_sum(L.per_example_sum((x - x_rec).pow(2), self.runs))
+            out.g = out.g + self.recon_weight * cycle
+            out.stats["recon_sse"] = cycle.detach() / self.runs
+        return out

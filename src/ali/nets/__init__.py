@@ -42,7 +42,7 @@ def build_model(cfg: Config) -> GenerativeModel:
     common = dict(gen_loss=m.gen_loss, runs=m.runs)
     if m.kind == "ali":
         return ALI(nets.encoder(m), nets.decoder(m), nets.discriminator(m, joint=True), lat,
-                   **common)
+                   recon_weight=m.recon_weight, **common)
     if m.kind == "gan":
         return GAN(nets.decoder(m), nets.discriminator(m, joint=False), lat, **common)
     if m.kind == "gan_inverse":
