@@ -77,6 +77,30 @@ def test_disk_full_leaves_previous_checkpoint(tmp_path, monkeypatch, target):
     assert _temporaries(tmp_path) == []
 
 
+def test_disk_full_while_logging_metrics_is_one_line(tmp_path, monkeypatch):
+    import builtins
+
+    cfg = tiny_toy("train.checkpoint_every=2", "train.log_every=2")
+    train(cfg, run_dir=tmp_path, quiet=True, until=2)
+    latest = tmp_path / "checkpoints" / "latest.pt"
+    before = latest.read_bytes()
+    real_open = builtins.open
+
+    def open_full_metrics(path, *args, **kwargs):
+        f = real_open(path, *args, **kwargs)
+        if str(path).endswith("metrics.jsonl"):
+            f.write = _fail_with_enospc
+        return f
+
+    monkeypatch.setattr(builtins, "open", open_full_metrics)
+    with pytest.raises(CheckpointError) as e:
+        train(cfg, run_dir=tmp_path, resume=True, quiet=True)
+    monkeypatch.undo()
+    msg = str(e.value)
+    assert "metrics.jsonl" in msg and "No space left" in msg and "\n" not in msg
+    assert latest.read_bytes() == before
+
+
 def test_atomic_save_failure_is_a_checkpoint_error(tmp_path, monkeypatch):
     target = tmp_path / "x.pt"
     atomic_save({"a": 1}, target)

@@ -407,8 +407,12 @@ class _Logger:
 
     def log(self, record: dict[str, Any]) -> None:
         if self.file:
-            self.file.write(json.dumps(record) + "\n")
-            self.file.flush()
+            try:
+                self.file.write(json.dumps(record) + "\n")
+                self.file.flush()
+            except OSError as e:  # a full disk: the checkpoints on disk are still whole
+                raise CheckpointError(f"cannot write {self.file.name} at step {record['step']}: "
+                                      f"{e.strerror or e}") from None
         if self.bar is not None:
             self.bar.set_postfix({k: f"{v:.3g}" for k, v in record.items()
                                   if k in ("loss_d", "loss_g", "acc_q", "acc_p")})
