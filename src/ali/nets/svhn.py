@@ -11,30 +11,14 @@ per-pixel bias (3 x 32 x 32) initialised from the data.
 
 from __future__ import annotations
 
-from .conv import ConvFamily, conv, convT
+from .cifar10 import DECODER as CIFAR10_DECODER
+from .cifar10 import _encoder as cifar10_encoder
+from .conv import ConvFamily, conv
 
 
-def _encoder(out: int):
-    return [  #  kernel stride maps                              spatial
-        conv(5, 1, 32),                                        # 32 -> 28
-        conv(4, 2, 64),                                        # 28 -> 13
-        conv(4, 1, 128),                                       # 13 -> 10
-        conv(4, 2, 256),                                       # 10 -> 4
-        conv(4, 1, 512),                                       # 4 -> 1
-        conv(1, 1, 512),
-        conv(1, 1, out, bn=False, act="linear"),               # 2L = 512
-    ]
+# The encoder and decoder tables are CIFAR-10's (the latent size is set by the config).
+_encoder, DECODER = cifar10_encoder, CIFAR10_DECODER
 
-
-DECODER = [
-    convT(4, 1, 256),                                          # 1 -> 4
-    convT(4, 2, 128),                                          # 4 -> 10
-    convT(4, 1, 64),                                           # 10 -> 13
-    convT(4, 2, 32),                                           # 13 -> 28
-    convT(5, 1, 32),                                           # 28 -> 32
-    conv(1, 1, 32),
-    conv(1, 1, 3, bn=False, act="sigmoid", pixel_bias=True),
-]
 
 DISC_X = [
     conv(5, 1, 32, bn=False, dropout=0.2),
