@@ -7,7 +7,7 @@ import torch
 from ali.cli import main
 from ali.config import get_config
 from ali.nets.conv import PixelBias
-from ali.train import load_run, train
+from ali.train import train
 
 
 @pytest.fixture

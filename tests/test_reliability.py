@@ -5,7 +5,6 @@ real CLI for a fraction of a second before a signal stops it.
 """
 
 import errno
-import math
 import os
 import random
 import shutil

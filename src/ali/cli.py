@@ -107,17 +107,22 @@ def _cmd_toy(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_run_and_data(args: argparse.Namespace):
+def _run_and_held_out(args: argparse.Namespace, n: int):
+    """(model, n held-out images) of an image run, the RNG seeded with --seed."""
+    import torch
+
     from .config import apply_overrides
     from .data import load_dataset
     from .train import load_run
+    from .viz import held_out
 
-    model, cfg, step = load_run(args.run_dir)
+    model, cfg, _ = load_run(args.run_dir)
     if cfg.model.nets == "toy":
         raise AliError(f"{args.run_dir} is a 2-D run; use `ali toy` or `ali train toy` for its "
                        "figures")
-    data_cfg = apply_overrides(cfg, args.overrides).data
-    return model, cfg, step, data_cfg, load_dataset
+    x = held_out(load_dataset(apply_overrides(cfg, args.overrides).data), n)
+    torch.manual_seed(args.seed)
+    return model, x
 
 
 def _cmd_sample(args: argparse.Namespace) -> int:
@@ -138,13 +143,9 @@ def _cmd_sample(args: argparse.Namespace) -> int:
 
 
 def _cmd_reconstruct(args: argparse.Namespace) -> int:
-    import torch
+    from .viz import grid_scale, reconstruction_grid, save_grid
 
-    from .viz import grid_scale, held_out, reconstruction_grid, save_grid
-
-    model, cfg, step, data_cfg, load_dataset = _load_run_and_data(args)
-    torch.manual_seed(args.seed)
-    x = held_out(load_dataset(data_cfg), args.n)
+    model, x = _run_and_held_out(args, args.n)
     imgs = reconstruction_grid(model, x)
     out = Path(args.out or Path(args.run_dir) / "reconstructions.png")
     save_grid(imgs, out, args.nrow, grid_scale(imgs))
@@ -153,13 +154,9 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
 
 
 def _cmd_interpolate(args: argparse.Namespace) -> int:
-    import torch
+    from .viz import grid_scale, interpolation_grid, save_grid
 
-    from .viz import grid_scale, held_out, interpolation_grid, save_grid
-
-    model, cfg, step, data_cfg, load_dataset = _load_run_and_data(args)
-    torch.manual_seed(args.seed)
-    x = held_out(load_dataset(data_cfg), 2 * args.pairs)
+    model, x = _run_and_held_out(args, 2 * args.pairs)
     if len(x) < 2 * args.pairs:
         raise AliError(f"only {len(x)} held-out images; need {2 * args.pairs} for --pairs")
     imgs = interpolation_grid(model, x[0::2], x[1::2], args.steps)

@@ -46,13 +46,12 @@ def sample_grid(model: GenerativeModel, n: int = 100) -> Tensor:
 
 
 @torch.no_grad()
-def reconstruction_grid(model: GenerativeModel, x: Tensor, nrow: int = 10) -> Tensor:
-    """Originals and their reconstructions G(z_hat), z_hat ~ q(z|x), in alternating columns:
-    odd columns are originals, even columns their reconstructions (as the paper's figures)."""
+def reconstruction_grid(model: GenerativeModel, x: Tensor) -> Tensor:
+    """Originals and their reconstructions G(z_hat), z_hat ~ q(z|x), interleaved: tiled with
+    an even number of images per row, odd columns are originals and even columns their
+    reconstructions (as the paper's figures)."""
     rec = model.reconstruct(x)
-    pairs = torch.stack([x, rec], dim=1)                    # (N, 2, C, H, W)
-    # Lay out so that each row holds nrow/2 (original, reconstruction) pairs.
-    return pairs.flatten(0, 1)
+    return torch.stack([x, rec], dim=1).flatten(0, 1)      # (2N, C, H, W)
 
 
 @torch.no_grad()

@@ -18,10 +18,8 @@ Two protocols:
 from __future__ import annotations
 
 import json
-import math
 import random
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -61,14 +59,6 @@ def paper_draw(run: int) -> dict[str, float]:
             "init_std": 10 ** rng.uniform(-2.3, -1)}
 
 
-@dataclass
-class ModelRuns:
-    """Scores of one model's runs, and run 0's points for the figure."""
-
-    metrics: dict[str, list[float]] = field(default_factory=lambda: {m: [] for m in METRICS})
-    figure: dict[str, np.ndarray] = field(default_factory=dict)
-
-
 @torch.no_grad()
 def evaluate(model: GenerativeModel, data: Dataset, seconds: float,
              n: int = N_EVAL) -> tuple[dict[str, list[float]], dict[str, np.ndarray]]:
@@ -81,8 +71,9 @@ def evaluate(model: GenerativeModel, data: Dataset, seconds: float,
     xr = x.unsqueeze(1).expand(n, runs, 2) if runs > 1 else x
     has_encoder = model.encoder is not None
     if has_encoder:
-        z_hat = model.encode(xr).cpu().view(n, runs, -1)
-        recon = model.decode(model.encode(xr)).cpu().view(n, runs, 2)
+        z = model.encode(xr)                                            # z_hat ~ q(z|x)
+        z_hat = z.cpu().view(n, runs, -1)
+        recon = model.decode(z).cpu().view(n, runs, 2)                  # G(z_hat)
     out: dict[str, list[float]] = {m: [] for m in METRICS}
     for r in range(runs):
         for k, v in mode_metrics(samples[:, r], data.centres, data.std).items():
