@@ -108,21 +108,77 @@ def _cmd_toy(args: argparse.Namespace) -> int:
 
 
 def _run_and_held_out(args: argparse.Namespace, n: int):
-    """(model, n held-out images) of an image run, the RNG seeded with --seed."""
+    """(model, n held-out images, their labels or None) of an image run, the RNG seeded with
+    --seed; the labels are those a conditional model needs."""
     import torch
 
     from .config import apply_overrides
     from .data import load_dataset
     from .train import load_run
-    from .viz import held_out
+    from .viz import held_out, held_out_labels
 
     model, cfg, _ = load_run(args.run_dir)
     if cfg.model.nets == "toy":
         raise AliError(f"{args.run_dir} is a 2-D run; use `ali toy` or `ali train toy` for its "
                        "figures")
-    x = held_out(load_dataset(apply_overrides(cfg, args.overrides).data), n)
+    data = load_dataset(apply_overrides(cfg, args.overrides).data)
+    x = held_out(data, n)
+    y = held_out_labels(data, n) if model.conditional else None
     torch.manual_seed(args.seed)
-    return model, x
+    return model, x, y
+
+
+def _parse_labels(text: str, names: list[str] | None, k: int, what: str) -> list[int]:
+    """Comma-separated indices or names (as the dataset names its classes or attributes)."""
+    out = []
+    for token in (t.strip() for t in text.split(",")):
+        if token.isdigit() and int(token) < k:
+            out.append(int(token))
+        elif names and token in names:
+            out.append(names.index(token))
+        else:
+            known = f" (known: {', '.join(names)})" if names else f" (0..{k - 1})"
+            raise AliError(f"unknown {what} {token!r}{known}")
+    return out
+
+
+def _condition_grid(model, cfg, args):
+    """(images, images per row, description) of ``ali sample --condition``.
+
+    Classes: one column per class of --condition and one row per z (--rows). Attributes
+    (Figure 7): ONE fixed z; row r turns on --condition's r-th attribute, column c > 0 also
+    turns on --vary's c-th (column 0: the row's attribute alone)."""
+    import torch
+
+    from .data import load_dataset
+
+    k = model.label_dim
+    names = None
+    if any(not t.strip().isdigit() for t in f"{args.condition},{args.vary or ''}".split(",")
+           if t.strip()):
+        names = load_dataset(cfg.data).label_names
+    device = next(model.parameters()).device
+    if not model.attributes:
+        if args.vary:
+            raise AliError("--vary applies to attribute-conditional runs; a class-conditional "
+                           "grid has one column per class and one row per z")
+        classes = list(range(k)) if args.condition == "all" else _parse_labels(
+            args.condition, names, k, "class")
+        z = model.sample_prior(args.rows).repeat_interleave(len(classes), 0)
+        y = torch.tensor(classes * args.rows, device=device)
+        return model.decode(z, y), len(classes), f"{args.rows} z x {len(classes)} classes"
+    rows = list(range(k)) if args.condition == "all" else _parse_labels(
+        args.condition, names, k, "attribute")
+    cols = _parse_labels(args.vary, names, k, "attribute") if args.vary else []
+    y = torch.zeros(len(rows), len(cols) + 1, k, device=device)
+    for i, r in enumerate(rows):
+        y[i, :, r] = 1
+        for j, c in enumerate(cols):
+            y[i, j + 1, c] = 1
+    y = y.flatten(0, 1)
+    z = model.sample_prior(1).expand(len(y), *model.latent_shape)
+    return (model.decode(z, y), len(cols) + 1,
+            f"one z, {len(rows)} attribute rows x {len(cols) + 1} columns")
 
 
 def _cmd_sample(args: argparse.Namespace) -> int:
@@ -133,20 +189,30 @@ def _cmd_sample(args: argparse.Namespace) -> int:
 
     model, cfg, step = load_run(args.run_dir)
     torch.manual_seed(args.seed)
-    imgs = sample_grid(model, args.n)
-    if imgs.dim() != 4:
+    if cfg.model.nets == "toy":
         raise AliError(f"{args.run_dir} is not an image run")
+    if (args.condition or args.vary) and not model.conditional:
+        raise AliError(f"{args.run_dir} is not a conditional run (model.conditional=true)")
+    if args.condition:
+        with torch.no_grad():
+            imgs, nrow, what = _condition_grid(model, cfg, args)
+    elif model.conditional and model.attributes:
+        raise AliError("an attribute-conditional run needs --condition ATTRS [--vary ATTRS]")
+    else:
+        imgs, nrow = sample_grid(model, args.n), args.nrow
+        what = (f"{args.n} samples" + (", classes 0..K-1 along each row"
+                                        if model.conditional else ""))
     out = Path(args.out or Path(args.run_dir) / "samples.png")
-    save_grid(imgs, out, args.nrow, grid_scale(imgs))
-    print(f"{args.n} samples of {cfg.name} at step {step} -> {out}")
+    save_grid(imgs, out, nrow, grid_scale(imgs))
+    print(f"{what} of {cfg.name} at step {step} -> {out}")
     return 0
 
 
 def _cmd_reconstruct(args: argparse.Namespace) -> int:
     from .viz import grid_scale, reconstruction_grid, save_grid
 
-    model, x = _run_and_held_out(args, args.n)
-    imgs = reconstruction_grid(model, x)
+    model, x, y = _run_and_held_out(args, args.n)
+    imgs = reconstruction_grid(model, x, y)
     out = Path(args.out or Path(args.run_dir) / "reconstructions.png")
     save_grid(imgs, out, args.nrow, grid_scale(imgs))
     print(f"{len(x)} held-out images (odd columns) and reconstructions (even columns) -> {out}")
@@ -156,10 +222,11 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
 def _cmd_interpolate(args: argparse.Namespace) -> int:
     from .viz import grid_scale, interpolation_grid, save_grid
 
-    model, x = _run_and_held_out(args, 2 * args.pairs)
+    model, x, y = _run_and_held_out(args, 2 * args.pairs)
     if len(x) < 2 * args.pairs:
         raise AliError(f"only {len(x)} held-out images; need {2 * args.pairs} for --pairs")
-    imgs = interpolation_grid(model, x[0::2], x[1::2], args.steps)
+    y1, y2 = (None, None) if y is None else (y[0::2], y[1::2])
+    imgs = interpolation_grid(model, x[0::2], x[1::2], args.steps, y1, y2)
     out = Path(args.out or Path(args.run_dir) / "interpolations.png")
     save_grid(imgs, out, args.steps + 2, grid_scale(imgs))
     print(f"{args.pairs} interpolations (first/last columns: the held-out pair) -> {out}")
@@ -230,6 +297,15 @@ def build_parser() -> argparse.ArgumentParser:
         if name != "sample":
             c.add_argument("--set", dest="overrides", action="append", default=[],
                            metavar="KEY=VALUE", help="override data settings, e.g. data.root")
+        else:
+            c.add_argument("--condition", metavar="LABELS",
+                           help="conditional runs: 'all' or comma-separated classes (the "
+                                "grid's columns) or attributes (its rows, Figure 7), as indices "
+                                "or names")
+            c.add_argument("--vary", metavar="ATTRS",
+                           help="attribute runs: attributes turned on along each row")
+            c.add_argument("--rows", type=int, default=10,
+                           help="class-conditional grid: rows, one z each")
         c.set_defaults(func=func)
 
     d = sub.add_parser("data", help="dataset tools")

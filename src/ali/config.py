@@ -77,6 +77,22 @@ class ModelConfig:
     dropout: bool = True
     """Image families: the discriminator's dropout as the paper's tables give it; false turns
     every dropout layer off (the toy networks have none)."""
+    semi_supervised: bool = False
+    """ALI with a K+1 discriminator (section 4.3, Salimans et al. 2016): D scores (x, z) pairs
+    into the dataset's K classes, the "fake" logit fixed at 0; a labelled batch (``data.labels``
+    examples) adds a cross-entropy term to D's loss. Classify with ``ali eval --metric
+    classify``."""
+    conditional: bool = False
+    """Conditional ALI (Eq. 7): a class (one-hot) or attribute (0/1) vector y, embedded
+    linearly, is given to the encoder, the decoder and the joint discriminator."""
+    label_dim: int = 0
+    """K: the classes of a K+1 discriminator or a class-conditional model, or the attributes of
+    an attribute-conditional one; 0 = the dataset's (filled in when training starts)."""
+    attributes: bool = False
+    """Conditional ALI: y is K 0/1 attributes (CelebA) rather than one of K classes; filled in
+    from the dataset when training starts."""
+    embed_dim: int = 64
+    """Conditional ALI: size of the linear embedding of y (the original CelebA code: 256)."""
 
     def __post_init__(self) -> None:
         _one_of(self.kind, MODEL_KINDS, "model.kind")
@@ -94,6 +110,19 @@ class ModelConfig:
                f"model.posthoc_fraction must be in (0, 1); got {self.posthoc_fraction}")
         _check(isinstance(self.dropout, bool), f"model.dropout must be true or false; got "
                                                 f"{self.dropout!r}")
+        _check(self.label_dim >= 0, f"model.label_dim must be >= 0; got {self.label_dim}")
+        _check(self.embed_dim >= 1, f"model.embed_dim must be >= 1; got {self.embed_dim}")
+        _check(not (self.semi_supervised and self.conditional),
+               "model.semi_supervised and model.conditional cannot be combined")
+        _check(not (self.semi_supervised and self.attributes),
+               "model.semi_supervised needs class labels, not attributes")
+        for key in ("semi_supervised", "conditional", "attributes"):
+            _check(isinstance(getattr(self, key), bool),
+                   f"model.{key} must be true or false; got {getattr(self, key)!r}")
+            _check(not getattr(self, key) or self.kind == "ali",
+                   f"model.{key} applies to model.kind=ali only")
+            _check(not getattr(self, key) or self.nets != "toy",
+                   f"model.{key} needs image networks (model.nets={self.nets} is the 2-D family)")
         if self.kind == "vae":
             _check(self.encoder == "gaussian",
                    "model.kind=vae needs model.encoder=gaussian (the KL term needs mu and sigma)")
@@ -210,6 +239,9 @@ class TrainConfig:
     """Multiplier of the learning rates at each rollback, in (0, 1)."""
     max_rollbacks: int = 3
     """Rollbacks allowed in a run (resumes included) before a divergence stops it."""
+    labelled_batch_size: int = 0
+    """Semi-supervised ALI: labelled examples per step (besides train.batch_size unlabelled
+    ones); 0 = train.batch_size, or all the labelled examples when there are fewer."""
 
     def __post_init__(self) -> None:
         _check(self.steps >= 1, f"train.steps must be >= 1; got {self.steps}")
@@ -230,6 +262,8 @@ class TrainConfig:
         _one_of(self.on_divergence, ON_DIVERGENCE, "train.on_divergence")
         _check(0 < self.rollback_lr_factor < 1,
                f"train.rollback_lr_factor must be in (0, 1); got {self.rollback_lr_factor}")
+        _check(self.labelled_batch_size >= 0,
+               f"train.labelled_batch_size must be >= 0; got {self.labelled_batch_size}")
         _check(self.max_rollbacks >= 0,
                f"train.max_rollbacks must be >= 0; got {self.max_rollbacks}")
         _check(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
@@ -512,3 +546,44 @@ def _tiny() -> Config:
     """A minuscule image model (8x8x3, latent 4) for tests and smoke runs, on any 8x8 RGB
     dataset (an npz file by default: --set data.root=FILE.npz)."""
     return _image("tiny", 4, 16, 20, DataConfig(name="npz"), log_every=5, checkpoint_every=10)
+
+
+# ---------------------------------------------------------------------------- labels (4.3-4.4)
+# Semi-supervised ALI (a K+1 discriminator, section 4.3) and conditional ALI (Eq. 7, section 4.4)
+# on the paper's networks. The paper gives no schedule for them; these keep each preset's own.
+
+SSL_LABELS = {"svhn": (1000,), "cifar10": (1000, 2000, 4000, 8000), "mnist": (100,)}
+
+
+def _semi_supervised(base: str, labels: int) -> Callable[[], Config]:
+    def make() -> Config:
+        cfg = get_config(base)
+        data = cfg.data
+        if base == "svhn":   # Table 1 used the 73,257-image train split, not extra
+            data = dataclasses.replace(data, train_split="train")
+        return dataclasses.replace(
+            cfg, name=f"{base}_ssl_{labels}",
+            model=dataclasses.replace(cfg.model, semi_supervised=True),
+            data=dataclasses.replace(data, labels=labels))
+    make.__doc__ = (f"Semi-supervised ALI on {base} with {labels} labels (K+1 discriminator, "
+                    "Tables 1-2).")
+    return make
+
+
+def _conditional(base: str, embed_dim: int) -> Callable[[], Config]:
+    def make() -> Config:
+        cfg = get_config(base)
+        return dataclasses.replace(
+            cfg, name=f"{base}_conditional",
+            model=dataclasses.replace(cfg.model, conditional=True, embed_dim=embed_dim))
+    make.__doc__ = (f"Conditional ALI on {base} (Eq. 7): "
+                    + ("its 40 attributes (Figure 7)." if base == "celeba" else "its classes."))
+    return make
+
+
+for _base, _counts in SSL_LABELS.items():
+    for _n in _counts:
+        register(f"{_base}_ssl_{_n}")(_semi_supervised(_base, _n))
+# The original CelebA code embedded the 40 attributes in 256 dimensions.
+for _base, _dim in (("celeba", 256), ("mnist", 64), ("cifar10", 64), ("svhn", 64)):
+    register(f"{_base}_conditional")(_conditional(_base, _dim))

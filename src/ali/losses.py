@@ -40,6 +40,20 @@ def generator_loss(s_q: Tensor, s_p: Tensor, kind: str = "nonsaturating") -> Ten
     raise ValueError(f"unknown generator loss {kind!r}")
 
 
+def k_plus_one_discriminator_loss(l_q: Tensor, l_p: Tensor, l_lab: Tensor, y_lab: Tensor) -> Tensor:
+    """The K+1 discriminator's loss of Salimans et al. (2016), as their code wrote it.
+
+    ``l_q``, ``l_p``: (B, K) class logits of the real (encoder) and fake (decoder) pairs;
+    ``l_lab``: (Bl, K) logits of labelled real pairs with classes ``y_lab``. The fake class's
+    logit is fixed at 0, so p(real) = sigmoid(lse(l)). ``L_lab`` is the cross-entropy over the K
+    classes; ``L_unl = 0.5 * (-E[lse(l_q)] + E[softplus(lse(l_q))] + E[softplus(lse(l_p))])``,
+    which is half of :func:`discriminator_loss` on ``s = lse(l)`` (their code's halves).
+    """
+    s_q, s_p = l_q.logsumexp(1), l_p.logsumexp(1)
+    l_unl = 0.5 * (-s_q.mean() + F.softplus(s_q).mean() + F.softplus(s_p).mean())
+    return F.cross_entropy(l_lab, y_lab) + l_unl
+
+
 def discriminator_accuracy(s_q: Tensor, s_p: Tensor) -> dict[str, Tensor]:
     """Fraction of encoder pairs called real (``acc_q``) and of decoder pairs called fake
     (``acc_p``), as detached tensors (no host sync)."""

@@ -57,44 +57,87 @@ class StochasticEncoder(nn.Module):
             eps = torch.randn(shape, device=x.device, dtype=x.dtype)
         return torch.cat([x, eps], dim=self.dim)
 
-    def stats(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """(mu, log_sigma) of a Gaussian encoder."""
+    def stats(self, x: Tensor, *c: Tensor) -> tuple[Tensor, Tensor]:
+        """(mu, log_sigma) of a Gaussian encoder (``c``: the embedded condition, if any)."""
         if self.kind != "gaussian":
             raise TypeError(f"a {self.kind} encoder has no (mu, log_sigma)")
-        mu, log_sigma = self.net(x).chunk(2, dim=self.dim)
+        mu, log_sigma = self.net(x, *c).chunk(2, dim=self.dim)
         return mu, log_sigma
 
-    def forward(self, x: Tensor) -> Tensor:
-        """A sample z_hat ~ q(z | x)."""
+    def forward(self, x: Tensor, *c: Tensor) -> Tensor:
+        """A sample z_hat ~ q(z | x) (or q(z | x, y) given the embedded condition ``c``)."""
         if self.kind == "gaussian":
-            mu, log_sigma = self.stats(x)
+            mu, log_sigma = self.stats(x, *c)
             return mu + log_sigma.exp() * torch.randn_like(mu)
         if self.kind == "noise":
-            return self.net(self._noise_input(x, None))
-        return self.net(x)
+            return self.net(self._noise_input(x, None), *c)
+        return self.net(x, *c)
 
-    def mean(self, x: Tensor) -> Tensor:
+    def mean(self, x: Tensor, *c: Tensor) -> Tensor:
         """A point estimate of z given x: mu for a Gaussian encoder, E(concat(x, 0)) for the
         noise-input encoder (eps at its mean), E(x) for a deterministic one."""
         if self.kind == "gaussian":
-            return self.stats(x)[0]
+            return self.stats(x, *c)[0]
         if self.kind == "noise":
             shape = list(x.shape)
             shape[self.dim] = self.noise_dim
-            return self.net(self._noise_input(x, x.new_zeros(shape)))
-        return self.net(x)
+            return self.net(self._noise_input(x, x.new_zeros(shape)), *c)
+        return self.net(x, *c)
+
+
+def condition_vector(y: Tensor, label_dim: int) -> Tensor:
+    """y as a float (B, K) vector: class indices (B,) one-hot, 0/1 attributes (B, K) as they are."""
+    if y.dim() == 1:
+        if y.is_floating_point():
+            raise TypeError("class labels must be integers")
+        # scatter rather than one_hot: no host sync for a range check in the training step
+        out = torch.zeros(len(y), label_dim, device=y.device)
+        return out.scatter_(1, y.long().unsqueeze(1), 1.0)
+    if y.dim() != 2 or y.shape[1] != label_dim:
+        raise ValueError(f"a condition must be (B,) class indices or (B, {label_dim}) attributes; "
+                         f"got shape {tuple(y.shape)}")
+    return y.float()
+
+
+class ConditionedNet(nn.Module):
+    """``head(concat(body(x), c))`` along the channel dim: how conditional ALI (Eq. 7) hands the
+    embedded condition ``c`` (B, E, 1, 1) to a network. Without ``c`` it is ``head(body(x))``."""
+
+    def __init__(self, body: nn.Module, head: nn.Module, dim: int = 1) -> None:
+        super().__init__()
+        self.body, self.head, self.dim = body, head, dim
+
+    def forward(self, x: Tensor, c: Tensor | None = None) -> Tensor:
+        h = self.body(x)                                 # (B, C, H, W)
+        if c is not None:
+            # (B, C + E, H, W): the condition is constant over space
+            h = torch.cat([h, c.expand(-1, -1, *h.shape[2:])], dim=self.dim)
+        return self.head(h)
 
 
 class JointDiscriminator(nn.Module):
-    """D(x, z) = D_xz(concat(D_x(x), D_z(z))): logits, one per pair (and per run)."""
+    """D(x, z) = D_xz(concat(D_x(x), D_z(z))): logits, one per pair (and per run), or K per pair
+    for a K+1 discriminator.
 
-    def __init__(self, d_x: nn.Module, d_z: nn.Module, d_xz: nn.Module, cat_dim: int = 1) -> None:
+    Conditional ALI: D(x, z, y) = D_xz(concat(D_x(x), D_z(z), embed(y))); the discriminator
+    owns its embedding ``embed``, so the generator's loss never moves what D sees of y.
+    """
+
+    def __init__(self, d_x: nn.Module, d_z: nn.Module, d_xz: nn.Module, cat_dim: int = 1,
+                 embed: nn.Module | None = None) -> None:
         super().__init__()
         self.d_x, self.d_z, self.d_xz, self.cat_dim = d_x, d_z, d_xz, cat_dim
+        self.embed = embed
 
-    def forward(self, x: Tensor, z: Tensor) -> Tensor:
-        h = torch.cat([self.d_x(x), self.d_z(z)], dim=self.cat_dim)
-        return self.d_xz(h).flatten(1)  # (B, runs): one logit per pair
+    def forward(self, x: Tensor, z: Tensor, y: Tensor | None = None) -> Tensor:
+        parts = [self.d_x(x), self.d_z(z)]              # (B, Cx, 1, 1), (B, Cz, 1, 1)
+        if self.embed is not None:
+            if y is None:
+                raise ValueError("this discriminator is conditional: give y")
+            e = self.embed(y)                            # (B, E)
+            parts.append(e.view(*e.shape, *([1] * (parts[0].dim() - 2))))
+        h = torch.cat(parts, dim=self.cat_dim)
+        return self.d_xz(h).flatten(1)  # (B, runs) or (B, K): logits per pair
 
 
 class MarginalDiscriminator(nn.Module):
@@ -121,7 +164,8 @@ class GenerativeModel(nn.Module):
     def __init__(self, decoder: nn.Module, latent_shape: tuple[int, ...],
                  encoder: StochasticEncoder | None = None,
                  discriminator: nn.Module | None = None,
-                 gen_loss: str = "nonsaturating", runs: int = 1) -> None:
+                 gen_loss: str = "nonsaturating", runs: int = 1,
+                 embed: nn.Module | None = None, label_dim: int = 0) -> None:
         super().__init__()
         self.runs = runs
         self.decoder = decoder
@@ -129,6 +173,34 @@ class GenerativeModel(nn.Module):
         self.discriminator = discriminator
         self.latent_shape = tuple(latent_shape)
         self.gen_loss = gen_loss
+        self.embed = embed
+        """Conditional models: the generator's linear embedding of y (None: unconditional)."""
+        self.label_dim = label_dim
+
+    @property
+    def conditional(self) -> bool:
+        return self.embed is not None
+
+    def _cond(self, y: Tensor | None) -> tuple[Tensor, ...]:
+        """The generator's embedded condition as (B, E, 1, ..., 1), or () when unconditional."""
+        if self.embed is None:
+            if y is not None:
+                raise ValueError(f"{type(self).__name__} is not conditional: y must be None")
+            return ()
+        if y is None:
+            raise ValueError("this model is conditional: give y (class indices or attributes)")
+        e = self.embed(condition_vector(y, self.label_dim))          # (B, E)
+        return (e.view(*e.shape, *([1] * (len(self.latent_shape) - 1))),)
+
+    def default_condition(self, n: int) -> Tensor | None:
+        """The y of :meth:`sample` when none is given: classes 0..K-1 in turn (class-conditional
+        models); None for unconditional ones. Attribute-conditional models need an explicit y."""
+        if self.embed is None:
+            return None
+        if getattr(self, "attributes", False):
+            raise ValueError("an attribute-conditional model needs y: (n, K) 0/1 attributes")
+        p = next(self.parameters())
+        return torch.arange(n, device=p.device) % self.label_dim
 
     # ------------------------------------------------------------------ parameters
     def parameters_d(self) -> list[nn.Parameter]:
@@ -149,14 +221,17 @@ class GenerativeModel(nn.Module):
         p = next(self.parameters())
         return torch.randn((n, *self.latent_shape), device=p.device, dtype=p.dtype)
 
-    def decode(self, z: Tensor) -> Tensor:
-        """x_tilde = G(z)."""
-        return self.decoder(z)
+    def decode(self, z: Tensor, y: Tensor | None = None) -> Tensor:
+        """x_tilde = G(z), or G(z, y) for a conditional model."""
+        return self.decoder(z, *self._cond(y))
 
     @torch.no_grad()
-    def sample(self, n: int) -> Tensor:
-        """n samples x_tilde ~ p(x)."""
-        return self.decode(self.sample_prior(n))
+    def sample(self, n: int, y: Tensor | None = None) -> Tensor:
+        """n samples x_tilde ~ p(x) (p(x | y) for a conditional model; y defaults to
+        :meth:`default_condition`)."""
+        if y is None:
+            y = self.default_condition(n)
+        return self.decode(self.sample_prior(n), y)
 
     # ------------------------------------------------------------------ q(x, z)
     def _need_encoder(self) -> StochasticEncoder:
@@ -164,36 +239,45 @@ class GenerativeModel(nn.Module):
             raise TypeError(f"{type(self).__name__} has no encoder")
         return self.encoder
 
-    def encode(self, x: Tensor) -> Tensor:
-        """z_hat ~ q(z | x), reparametrised so gradients reach the encoder."""
-        return self._need_encoder()(x)
+    def encode(self, x: Tensor, y: Tensor | None = None) -> Tensor:
+        """z_hat ~ q(z | x) (q(z | x, y) when conditional), reparametrised so gradients reach
+        the encoder."""
+        return self._need_encoder()(x, *self._cond(y))
 
-    def encode_mean(self, x: Tensor) -> Tensor:
+    def encode_mean(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         """A point estimate of z given x (mu for a Gaussian encoder)."""
-        return self._need_encoder().mean(x)
+        return self._need_encoder().mean(x, *self._cond(y))
 
     @torch.no_grad()
-    def reconstruct(self, x: Tensor) -> Tensor:
+    def reconstruct(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         """G(z_hat) with z_hat ~ q(z | x): the paper's reconstructions (Figures 2b-5b)."""
-        return self.decode(self.encode(x))
+        return self.decode(self.encode(x, y), y)
 
     @torch.no_grad()
-    def interpolate(self, x1: Tensor, x2: Tensor, steps: int) -> Tensor:
-        """Decode ``steps`` points on the line from z_hat(x1) to z_hat(x2) (Figure 6).
+    def interpolate(self, x1: Tensor, x2: Tensor, steps: int, y1: Tensor | None = None,
+                    y2: Tensor | None = None) -> Tensor:
+        """Decode ``steps`` points on the line from z_hat(x1) to z_hat(x2) (Figure 6); a
+        conditional model decodes each point with the condition vector interpolated alike.
 
         Returns shape (steps, *x1.shape): ``out[0]`` decodes z_hat(x1), ``out[-1]`` z_hat(x2).
         """
         if steps < 2:
             raise ValueError("interpolate needs steps >= 2")
-        z1, z2 = self.encode(x1), self.encode(x2)
+        z1, z2 = self.encode(x1, y1), self.encode(x2, y2)
         t = torch.linspace(0, 1, steps, device=z1.device, dtype=z1.dtype)
-        t = t.view(steps, *([1] * z1.dim()))
-        z = (1 - t) * z1 + t * z2                       # (steps, B, *latent)
-        x = self.decode(z.flatten(0, 1))                # (steps * B, *data)
+        z = torch.lerp(z1, z2, t.view(steps, *([1] * z1.dim())))           # (steps, B, *latent)
+        y = None
+        if self.conditional:
+            v1, v2 = (condition_vector(v, self.label_dim) for v in (y1, y2))
+            y = torch.lerp(v1, v2, t.view(steps, 1, 1)).flatten(0, 1)     # (steps * B, K)
+        x = self.decode(z.flatten(0, 1), y)             # (steps * B, *data)
         return x.view(steps, *x1.shape)
 
     # ------------------------------------------------------------------ training
-    def losses(self, x: Tensor, z: Tensor) -> Losses:
+    def losses(self, x: Tensor, z: Tensor, y: Tensor | None = None,
+               labelled: tuple[Tensor, Tensor] | None = None) -> Losses:
+        """The losses of one step on data ``x`` and prior draws ``z``; conditional models get the
+        batch's conditions ``y``, semi-supervised ones a labelled batch ``(x_l, y_l)``."""
         raise NotImplementedError
 
     def _adversarial(self, s_q: Tensor, s_p: Tensor) -> Losses:
@@ -218,25 +302,54 @@ class ALI(GenerativeModel):
         gen_loss: ``nonsaturating`` (Eq. 4, default) or ``saturating`` (Eq. 1).
         recon_weight: beyond the paper, the weight of ALICE's explicit cycle term
             ``||x - G(z_hat)||^2`` in the generator loss (Li et al., 2017); 0 (default) is ALI.
+        semi_supervised: the discriminator outputs K logits per pair (a K+1 discriminator whose
+            "fake" logit is fixed at 0, Salimans et al. 2016) and :meth:`losses` takes a labelled
+            batch.
+        embed, label_dim, attributes: conditional ALI (Eq. 7): the generator's linear embedding
+            of y, given to the encoder and the decoder (the discriminator has its own), the size
+            K of y, and whether y is K 0/1 attributes (else a class index in 0..K-1).
     """
 
     def __init__(self, encoder: StochasticEncoder, decoder: nn.Module,
                  discriminator: JointDiscriminator, latent_shape: tuple[int, ...],
                  gen_loss: str = "nonsaturating", runs: int = 1,
-                 recon_weight: float = 0.0) -> None:
+                 recon_weight: float = 0.0, semi_supervised: bool = False,
+                 embed: nn.Module | None = None, label_dim: int = 0,
+                 attributes: bool = False) -> None:
         super().__init__(decoder, latent_shape, encoder=encoder, discriminator=discriminator,
-                         gen_loss=gen_loss, runs=runs)
+                         gen_loss=gen_loss, runs=runs, embed=embed, label_dim=label_dim)
         self.recon_weight = recon_weight
+        self.semi_supervised = semi_supervised
+        self.attributes = attributes
 
-    def losses(self, x: Tensor, z: Tensor) -> Losses:
-        # x: (B, *data), z: (B, *latent) drawn from p(z)
-        z_hat = self.encode(x)                          # (B, *latent) ~ q(z | x)
+    def _discriminate(self, x: Tensor, z: Tensor, y: Tensor | None) -> Tensor:
+        v = None if y is None or self.embed is None else condition_vector(y, self.label_dim)
+        return self.discriminator(x, z, v) if v is not None else self.discriminator(x, z)
+
+    @torch.no_grad()
+    def classify(self, x: Tensor) -> Tensor:
+        """Class logits (B, K) of a semi-supervised model: its K+1 discriminator on the pair
+        (x, mu(x)), the encoder's mean standing in for the sampled z_hat."""
+        if not self.semi_supervised:
+            raise TypeError("only a semi-supervised model (model.semi_supervised=true) classifies")
+        return self.discriminator(x, self.encode_mean(x))
+
+    def losses(self, x: Tensor, z: Tensor, y: Tensor | None = None,
+               labelled: tuple[Tensor, Tensor] | None = None) -> Losses:
+        # x: (B, *data), z: (B, *latent) drawn from p(z), y: (B,) or (B, K) conditions
+        if self.semi_supervised:
+            if labelled is None:
+                raise ValueError("a semi-supervised model needs a labelled batch")
+            return self._semi_supervised_losses(x, z, *labelled)
+        z_hat = self.encode(x, y)                       # (B, *latent) ~ q(z | x)
         if self.recon_weight:
             # One decoder pass for G(z) and G(z_hat): (2B, *data)
-            x_tilde, x_rec = self.decode(torch.cat([z, z_hat])).chunk(2)
+            yy = None if y is None else torch.cat([y, y])
+            x_tilde, x_rec = self.decode(torch.cat([z, z_hat]), yy).chunk(2)
         else:
-            x_tilde = self.decode(z)                    # (B, *data)   ~ p(x | z)
-        logits = self.discriminator(torch.cat([x, x_tilde]), torch.cat([z_hat, z]))  # (2B, R)
+            x_tilde = self.decode(z, y)                 # (B, *data)   ~ p(x | z)
+        yy = None if y is None else torch.cat([y, y])
+        logits = self._discriminate(torch.cat([x, x_tilde]), torch.cat([z_hat, z]), yy)  # (2B, R)
         s_q, s_p = logits.chunk(2)                      # (B, R) each
         out = self._adversarial(s_q, s_p)
         if self.recon_weight:
@@ -244,3 +357,21 @@ class ALI(GenerativeModel):
             out.g = out.g + self.recon_weight * cycle
             out.stats["recon_sse"] = cycle.detach() / self.runs
         return out
+
+    def _semi_supervised_losses(self, x: Tensor, z: Tensor, x_l: Tensor, y_l: Tensor) -> Losses:
+        # x: (B, *data) unlabelled, x_l: (Bl, *data) labelled with classes y_l: (Bl,)
+        b = len(x)
+        z_hat = self.encode(torch.cat([x, x_l]))        # (B + Bl, *latent): one encoder pass
+        x_tilde = self.decode(z)                        # (B, *data)
+        logits = self.discriminator(torch.cat([x, x_tilde, x_l]),
+                                    torch.cat([z_hat[:b], z, z_hat[b:]]))   # (2B + Bl, K)
+        l_q, l_p, l_l = logits.split([b, b, len(x_l)])
+        # With the fake logit fixed at 0, D(x, z) = sigmoid(logsumexp(l)): the usual ALI game on
+        # s = logsumexp(l), and the classes come for free.
+        s_q, s_p = l_q.logsumexp(1, keepdim=True), l_p.logsumexp(1, keepdim=True)   # (B, 1)
+        out = self._adversarial(s_q, s_p)
+        out.d = L.k_plus_one_discriminator_loss(l_q, l_p, l_l, y_l)
+        out.stats["acc_lab"] = (l_l.detach().argmax(1) == y_l).float().mean()
+        return out
+
+

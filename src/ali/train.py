@@ -11,6 +11,7 @@ at logging intervals.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import json
 import math
@@ -31,7 +32,8 @@ import torch
 
 from . import __version__
 from .config import Config, TrainConfig
-from .data import Dataset, first_items, load_dataset, make_sampler
+from .data import (Dataset, ImageSampler, first_items, labelled_subset, load_dataset,
+                   make_sampler)
 from .errors import CheckpointError, ConfigError, DivergenceError, TrainingInterrupted
 from .model import GenerativeModel, Losses
 from .nets import build_model, family
@@ -253,6 +255,34 @@ def check_data_shape(cfg: Config, dataset: Dataset) -> None:
             "choose a config for this image size or set data.image_size / data.channels")
 
 
+def resolve_labels(cfg: Config, dataset: Dataset) -> Config:
+    """``cfg`` with ``model.label_dim`` and ``model.attributes`` filled in from the dataset's
+    labels, for semi-supervised and conditional models; a one-line error when the data cannot
+    serve the model."""
+    m = cfg.model
+    if not (m.semi_supervised or m.conditional):
+        return cfg
+    which = "model.semi_supervised" if m.semi_supervised else "model.conditional"
+    y = dataset.train_labels
+    if y is None:
+        raise ConfigError(f"{which}=true needs labels, and dataset {dataset.name!r} has none "
+                          "here")
+    attributes = y.dim() == 2
+    k = int(y.shape[1]) if attributes else int(dataset.num_classes or 0)
+    if m.semi_supervised and attributes:
+        raise ConfigError(f"{which}=true needs class labels; {dataset.name} has attributes")
+    if k < 1:
+        raise ConfigError(f"{which}=true: cannot tell how many classes {dataset.name} has")
+    if m.label_dim and m.label_dim != k:
+        raise ConfigError(f"model.label_dim={m.label_dim} but {dataset.name} has {k} "
+                          f"{'attributes' if attributes else 'classes'}")
+    if m.conditional and not attributes and bool((y < 0).any()):
+        raise ConfigError("model.conditional=true needs the label of every training example; "
+                          "unset data.labels")
+    return dataclasses.replace(cfg, model=dataclasses.replace(m, label_dim=k,
+                                                               attributes=attributes))
+
+
 def init_from_data_(model: GenerativeModel, dataset: Dataset) -> None:
     """Data-dependent initialisation: the decoder's per-pixel bias, where it has one."""
     from .nets.conv import PixelBias, init_decoder_bias_
@@ -344,15 +374,19 @@ class _SignalGuard:
 
 def train_step(model: GenerativeModel, x: torch.Tensor, z: torch.Tensor,
                opt_d: torch.optim.Optimizer | None, opt_g: torch.optim.Optimizer | None,
-               params_d: list[torch.nn.Parameter], params_g: list[torch.nn.Parameter]) -> Losses:
+               params_d: list[torch.nn.Parameter], params_g: list[torch.nn.Parameter],
+               **inputs: Any) -> Losses:
     """One simultaneous update of both players from ONE forward pass.
+
+    ``inputs`` go to :meth:`~ali.model.GenerativeModel.losses` (a conditional model's ``y``, a
+    semi-supervised model's ``labelled`` batch).
 
     The discriminator loss is differentiated w.r.t. the discriminator's parameters only and the
     generator loss w.r.t. the encoder's and decoder's only, both from the same graph; neither
     optimiser steps before both backward passes are done, so no saved tensor is modified in
     place (the bug of ports that step D before G's backward).
     """
-    out = model.losses(x, z)
+    out = model.losses(x, z, **inputs)
     for opt in (opt_d, opt_g):
         if opt is not None:
             opt.zero_grad(set_to_none=True)
@@ -480,15 +514,24 @@ def train(cfg: Config, *, run_dir: Path | str | None = None, resume: bool = Fals
     seed_everything(t.seed)
     run_dir = Path(run_dir) if run_dir is not None else None
 
+    if dataset is None:
+        dataset = load_dataset(cfg.data)
+    cfg = resolve_labels(cfg, dataset)
     if model is None:
         model = build_model(cfg)
     model.to(device).train()
-    if dataset is None:
-        dataset = load_dataset(cfg.data)
     check_data_shape(cfg, dataset)
     if not resume:
         init_from_data_(model, dataset)
-    sampler = make_sampler(dataset, t.batch_size, model.runs, seed=t.seed, device=device)
+    sampler = make_sampler(dataset, t.batch_size, model.runs, seed=t.seed, device=device,
+                           with_labels=cfg.model.conditional)
+    labelled_sampler = None
+    if cfg.model.semi_supervised:
+        x_lab, y_lab = labelled_subset(dataset)
+        size = t.labelled_batch_size or min(t.batch_size, len(y_lab))
+        # Its own seed, so the unlabelled batches are those of the same run without labels.
+        labelled_sampler = ImageSampler(x_lab.to(device), size, 1, seed=t.seed + 1,
+                                        device=device, labels=y_lab)
 
     params_d, params_g = model.parameters_d(), model.parameters_g()
     lr_d = t.lr if t.lr_d is None else t.lr_d
@@ -501,6 +544,7 @@ def train(cfg: Config, *, run_dir: Path | str | None = None, resume: bool = Fals
                 "opt_d": opt_d.state_dict() if opt_d else None,
                 "opt_g": opt_g.state_dict() if opt_g else None,
                 "sampler": sampler.state_dict(), "rng": _rng_state(), "version": __version__,
+                "labelled_sampler": labelled_sampler.state_dict() if labelled_sampler else None,
                 "lr_scale": lr_scale, "rollbacks": rollbacks}
 
     def restore(ckpt: dict[str, Any], name: str) -> int:
@@ -511,6 +555,8 @@ def train(cfg: Config, *, run_dir: Path | str | None = None, resume: bool = Fals
                 if opt is not None:
                     opt.load_state_dict(ckpt[key])
             sampler.load_state_dict(ckpt["sampler"])
+            if labelled_sampler is not None:
+                labelled_sampler.load_state_dict(ckpt["labelled_sampler"])
             _set_rng_state(ckpt["rng"])
             lr_scale = float(ckpt.get("lr_scale", 1.0))
             rollbacks = int(ckpt.get("rollbacks", 0))
@@ -587,9 +633,14 @@ def train(cfg: Config, *, run_dir: Path | str | None = None, resume: bool = Fals
             while step < end:
                 model.schedule(step, t.steps)
                 set_lr(step)
+                inputs: dict[str, Any] = {}
                 x = sampler.next()                              # (B, *data) ~ q(x)
+                if isinstance(x, tuple):                        # conditional: (x, y) ~ q(x, y)
+                    x, inputs["y"] = x
+                if labelled_sampler is not None:                # (x_l, y_l): (Bl, *data), (Bl,)
+                    inputs["labelled"] = labelled_sampler.next()
                 z = model.sample_prior(t.batch_size)            # (B, *latent) ~ p(z)
-                out = train_step(model, x, z, opt_d, opt_g, params_d, params_g)
+                out = train_step(model, x, z, opt_d, opt_g, params_d, params_g, **inputs)
 
                 scalars = {"loss_g": out.g.detach() / model.runs, **out.stats}
                 if out.d is not None:

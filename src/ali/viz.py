@@ -46,19 +46,22 @@ def sample_grid(model: GenerativeModel, n: int = 100) -> Tensor:
 
 
 @torch.no_grad()
-def reconstruction_grid(model: GenerativeModel, x: Tensor) -> Tensor:
+def reconstruction_grid(model: GenerativeModel, x: Tensor, y: Tensor | None = None) -> Tensor:
     """Originals and their reconstructions G(z_hat), z_hat ~ q(z|x), interleaved: tiled with
     an even number of images per row, odd columns are originals and even columns their
-    reconstructions (as the paper's figures)."""
-    rec = model.reconstruct(x)
+    reconstructions (as the paper's figures). ``y``: the originals' conditions (conditional
+    models)."""
+    rec = model.reconstruct(x, y)
     return torch.stack([x, rec], dim=1).flatten(0, 1)      # (2N, C, H, W)
 
 
 @torch.no_grad()
-def interpolation_grid(model: GenerativeModel, x1: Tensor, x2: Tensor, steps: int = 10) -> Tensor:
+def interpolation_grid(model: GenerativeModel, x1: Tensor, x2: Tensor, steps: int = 10,
+                       y1: Tensor | None = None, y2: Tensor | None = None) -> Tensor:
     """For each pair (x1[i], x2[i]): x1, decodings of z interpolated from z_hat(x1) to
-    z_hat(x2), then x2 (Figure 6). Returns rows of ``steps + 2`` images: (N * (steps+2), C, H, W)."""
-    path = model.interpolate(x1, x2, steps)                 # (steps, N, C, H, W)
+    z_hat(x2), then x2 (Figure 6). Returns rows of ``steps + 2`` images: (N * (steps+2), C, H, W).
+    ``y1``, ``y2``: the pairs' conditions (conditional models)."""
+    path = model.interpolate(x1, x2, steps, y1, y2)         # (steps, N, C, H, W)
     rows = torch.cat([x1.unsqueeze(1), path.transpose(0, 1), x2.unsqueeze(1)], dim=1)
     return rows.flatten(0, 1)
 
@@ -75,6 +78,14 @@ def held_out(dataset, n: int, offset: int = 0) -> Tensor:
     return x.float() / 255 if x.dtype == torch.uint8 else x.float()
 
 
+def held_out_labels(dataset, n: int, offset: int = 0) -> Tensor:
+    """The labels of :func:`held_out`'s images."""
+    y = dataset.test_labels if dataset.test is not None else dataset.train_labels
+    if y is None:
+        raise ValueError(f"dataset {dataset.name!r} has no labels")
+    return y[offset:offset + n]
+
+
 def grid_scale(images: Tensor) -> int:
     """Enlarge small images so a grid is comfortable to look at."""
     return max(1, 64 // images.shape[-1])
@@ -88,9 +99,14 @@ def write_run_images(model: GenerativeModel, dataset, run_dir: Path, step: int,
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    s = sample_grid(model, n)
     x = held_out(dataset, n // 2).to(device)
-    r = reconstruction_grid(model, x)
+    y = y_s = None
+    if getattr(model, "conditional", False):
+        y = held_out_labels(dataset, n // 2).to(device)
+        # attributes: those of held-out images; classes: the model's default (one per column)
+        y_s = held_out_labels(dataset, n).to(device) if model.attributes else None
+    s = model.sample(n, y_s)
+    r = reconstruction_grid(model, x, y)
     model.train(was_training)
     out = []
     for name, imgs in (("samples", s), ("reconstructions", r)):

@@ -152,11 +152,13 @@ class TensorSampler:
     checkpoint, so a resumed run sees exactly the batches it would have seen.
     """
 
-    def __init__(self, data: Tensor, batch_size: int, runs: int = 1, seed: int = 0) -> None:
+    def __init__(self, data: Tensor, batch_size: int, runs: int = 1, seed: int = 0,
+                 labels: Tensor | None = None) -> None:
         if batch_size > len(data):
             raise ConfigError(
                 f"train.batch_size={batch_size} is larger than the dataset ({len(data)} items)")
         self.data, self.batch_size, self.runs = data, batch_size, runs
+        self.labels = None if labels is None else labels.to(data.device)
         self.generator = torch.Generator(device=data.device).manual_seed(seed)
         self.perm: Tensor | None = None
         self.pos = 0
@@ -167,14 +169,22 @@ class TensorSampler:
         self.perm = keys.argsort(dim=1)                     # (R, N)
         self.pos = 0
 
-    def next(self) -> Tensor:
-        """The next batch; drops the last incomplete batch of each epoch."""
+    def next(self) -> Tensor | tuple[Tensor, Tensor]:
+        """The next batch, or (batch, its labels) for a sampler with labels; drops the last
+        incomplete batch of each epoch."""
         if self.perm is None or self.pos + self.batch_size > self.perm.shape[1]:
             self._new_epoch()
         idx = self.perm[:, self.pos:self.pos + self.batch_size].T    # (B, R)
         self.pos += self.batch_size
         x = self.data[idx]                                            # (B, R, *item)
-        return x.squeeze(1) if self.runs == 1 else x
+        x = x.squeeze(1) if self.runs == 1 else x
+        if self.labels is None:
+            return x
+        y = self.labels[idx.to(self.labels.device)]                   # (B, R, *label)
+        return self._convert(x), (y.squeeze(1) if self.runs == 1 else y)
+
+    def _convert(self, x: Tensor) -> Tensor:
+        return x
 
     def state_dict(self) -> dict:
         return {"generator": self.generator.get_state(), "perm": self.perm, "pos": self.pos}
@@ -192,15 +202,20 @@ class ImageSampler(TensorSampler):
     """
 
     def __init__(self, data: Tensor, batch_size: int, runs: int = 1, seed: int = 0,
-                 device: torch.device | str | None = None) -> None:
-        super().__init__(data, batch_size, runs, seed)
+                 device: torch.device | str | None = None, labels: Tensor | None = None) -> None:
+        super().__init__(data, batch_size, runs, seed, labels)
         self.device = torch.device(device) if device is not None else data.device
+        if self.labels is not None:
+            self.labels = self.labels.to(self.device)
         if self.device.type == "cuda" and data.device.type == "cpu":
             self.data = data.pin_memory()
 
-    def next(self) -> Tensor:
-        x = super().next()
+    def _convert(self, x: Tensor) -> Tensor:
         return x.to(self.device, non_blocking=True).float().div_(255)
+
+    def next(self) -> Tensor | tuple[Tensor, Tensor]:
+        out = super().next()
+        return out if isinstance(out, tuple) else self._convert(out)
 
 
 class StreamSampler:
@@ -212,14 +227,17 @@ class StreamSampler:
     """
 
     def __init__(self, source: ImageSource, batch_size: int, runs: int = 1, seed: int = 0,
-                 device: torch.device | str = "cpu", workers: int = 0) -> None:
+                 device: torch.device | str = "cpu", workers: int = 0,
+                 labels: Tensor | None = None) -> None:
         if batch_size > len(source):
             raise ConfigError(
                 f"train.batch_size={batch_size} is larger than the dataset ({len(source)} items)")
         self.source, self.batch_size, self.runs, self.seed = source, batch_size, runs, seed
         self.device, self.workers = torch.device(device), workers
+        self.labels = None if labels is None else labels.to(self.device)
         self.taken = 0
         self._it: Iterator | None = None
+        self._label_idx: Iterator[list[int]] | None = None
 
     def _batches(self, start: int) -> Iterator[list[int]]:
         per_epoch = len(self.source) // self.batch_size
@@ -238,8 +256,10 @@ class StreamSampler:
             collate_fn=collate, pin_memory=self.device.type == "cuda",
             prefetch_factor=4 if self.workers else None, persistent_workers=False)
         self._it = iter(loader)
+        # The same batch order again, walked in step with the loader, for the labels.
+        self._label_idx = self._batches(self.taken)
 
-    def next(self) -> Tensor:
+    def next(self) -> Tensor | tuple[Tensor, Tensor]:
         if self._it is None:
             self._start()
         x = next(self._it)
@@ -249,17 +269,21 @@ class StreamSampler:
         x = x.to(self.device, non_blocking=True).float().div_(255)
         if self.runs > 1:
             x = x.view(self.batch_size, self.runs, *x.shape[1:])
-        return x
+        if self.labels is None:
+            return x
+        idx = torch.tensor(next(self._label_idx), device=self.device)
+        y = self.labels[idx]
+        return x, (y.view(self.batch_size, self.runs, *y.shape[1:]) if self.runs > 1 else y)
 
     def close(self) -> None:
-        self._it = None
+        self._it = self._label_idx = None
 
     def state_dict(self) -> dict:
         return {"taken": self.taken, "seed": self.seed}
 
     def load_state_dict(self, state: dict) -> None:
         self.taken, self.seed = int(state["taken"]), int(state["seed"])
-        self._it = None
+        self._it = self._label_idx = None
 
 
 def first_items(dataset: Dataset, n: int) -> Tensor:
@@ -274,8 +298,10 @@ def first_items(dataset: Dataset, n: int) -> Tensor:
 
 def make_sampler(dataset: Dataset, batch_size: int, runs: int = 1, seed: int = 0,
                  device: torch.device | str = "cpu", workers: int | None = None,
-                 device_bytes: int = DEVICE_BYTES) -> TensorSampler | StreamSampler:
-    """The sampler of ``dataset.train``: ``.next()`` is a float batch on ``device``.
+                 device_bytes: int = DEVICE_BYTES,
+                 with_labels: bool = False) -> TensorSampler | StreamSampler:
+    """The sampler of ``dataset.train``: ``.next()`` is a float batch on ``device``, or
+    ``(batch, labels)`` ``with_labels``.
 
     2-D data: :class:`TensorSampler` on the device. Images in memory: :class:`ImageSampler`,
     the uint8 tensor on the device when it is at most ``device_bytes``, else in host memory.
@@ -283,10 +309,28 @@ def make_sampler(dataset: Dataset, batch_size: int, runs: int = 1, seed: int = 0
     """
     device = torch.device(device)
     x = dataset.train
+    y = dataset.train_labels if with_labels else None
+    if with_labels and y is None:
+        raise ConfigError(f"dataset {dataset.name!r} has no training labels")
     if isinstance(x, ImageSource):
         return StreamSampler(x, batch_size, runs, seed, device,
-                             dataset.workers if workers is None else workers)
+                             dataset.workers if workers is None else workers, labels=y)
     if x.dtype == torch.uint8:
         on_device = x.numel() <= device_bytes
-        return ImageSampler(x.to(device) if on_device else x, batch_size, runs, seed, device)
-    return TensorSampler(x.to(device), batch_size, runs, seed)
+        return ImageSampler(x.to(device) if on_device else x, batch_size, runs, seed, device,
+                            labels=y)
+    return TensorSampler(x.to(device), batch_size, runs, seed, labels=y)
+
+
+def labelled_subset(dataset: Dataset) -> tuple[Tensor, Tensor]:
+    """The training items whose label was kept (``data.labels``) and their classes, on the
+    CPU; streamed images are decoded now (a labelled subset is small)."""
+    y = dataset.train_labels
+    if y is None or y.dim() != 1:
+        raise ConfigError(f"dataset {dataset.name!r} has no class labels")
+    keep = torch.nonzero(y >= 0).flatten()
+    if len(keep) == 0:
+        raise ConfigError("no training example has a label (data.labels)")
+    x = dataset.train
+    x = x.select(keep.numpy()).load_all() if isinstance(x, ImageSource) else x[keep]
+    return x, y[keep]

@@ -518,14 +518,16 @@ def npz(cfg: DataConfig) -> Spec:
                             f"{x.dtype} {x.shape}")
         y = arrays.get(f"y_{name}")
         if y is not None:
-            if not np.issubdtype(y.dtype, np.integer) or y.ndim != 1 or len(y) != len(x):
-                raise DataError(f"{path}: 'y_{name}' must hold {len(x)} integer labels; got "
-                                f"{y.dtype} {y.shape}")
+            # (N,) class indices, or (N, K) 0/1 attributes (as CelebA's)
+            if (not np.issubdtype(y.dtype, np.integer) or y.ndim not in (1, 2)
+                    or len(y) != len(x) or (y.ndim == 2 and not np.isin(y, (0, 1)).all())):
+                raise DataError(f"{path}: 'y_{name}' must hold {len(x)} integer labels (N,) or "
+                                f"0/1 attributes (N, K); got {y.dtype} {y.shape}")
             y = torch.from_numpy(y.astype(np.int64))
         x = hwc(x)
         return (x[:, :3] if x.shape[1] == 4 else x), y
 
-    ys = [arrays[k] for k in ("y_train", "y_test") if k in arrays]
+    ys = [arrays[k] for k in ("y_train", "y_test") if k in arrays and arrays[k].ndim == 1]
     k = int(max(int(y.max()) for y in ys if y.size) + 1) if any(y.size for y in ys) else None
     return Spec({n: _cached(functools.partial(split, n)) for n in ("train", "test")},
                 num_classes=k)

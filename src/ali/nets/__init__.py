@@ -20,7 +20,7 @@ from ..baselines import GAN, VAE, GANInverse, GANPostHoc
 from ..config import Config
 from ..errors import ConfigError
 from ..model import ALI, GenerativeModel
-from .conv import init_decoder_bias_
+from .conv import condition_embedding, init_decoder_bias_
 
 __all__ = ["FAMILIES", "build_model", "family", "init_decoder_bias_"]
 
@@ -41,8 +41,10 @@ def build_model(cfg: Config) -> GenerativeModel:
     lat = nets.latent_shape(m)
     common = dict(gen_loss=m.gen_loss, runs=m.runs)
     if m.kind == "ali":
+        embed = condition_embedding(m) if m.conditional else None
         return ALI(nets.encoder(m), nets.decoder(m), nets.discriminator(m, joint=True), lat,
-                   recon_weight=m.recon_weight, **common)
+                   recon_weight=m.recon_weight, semi_supervised=m.semi_supervised, embed=embed,
+                   label_dim=m.label_dim, attributes=m.attributes, **common)
     if m.kind == "gan":
         return GAN(nets.decoder(m), nets.discriminator(m, joint=False), lat, **common)
     if m.kind == "gan_inverse":

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from ..config import ModelConfig
 from ..errors import ConfigError
-from ..model import JointDiscriminator, MarginalDiscriminator, StochasticEncoder
+from ..model import ConditionedNet, JointDiscriminator, MarginalDiscriminator, StochasticEncoder
 from .layers import BN_EPS, BN_MOMENTUM, Maxout, init_normal_
 
 OPS = ("conv", "convT")
@@ -131,6 +131,23 @@ def stack(in_channels: int, table: list[Layer], slope: float, init_std: float,
     return net
 
 
+def _need_label_dim(cfg: ModelConfig) -> None:
+    if cfg.label_dim < 1:
+        raise ConfigError("model.label_dim is 0: it is filled in from the dataset when training "
+                          "starts; set it (the number of classes or attributes) to build the "
+                          "networks without data")
+
+
+def condition_embedding(cfg: ModelConfig) -> nn.Linear:
+    """The linear embedding of y (K -> model.embed_dim) of conditional ALI. Weights start
+    N(0, 1) so that y enters the networks on the same scale as z ~ N(0, I)."""
+    _need_label_dim(cfg)
+    embed = nn.Linear(cfg.label_dim, cfg.embed_dim)
+    nn.init.normal_(embed.weight, 0.0, 1.0)
+    nn.init.zeros_(embed.bias)
+    return embed
+
+
 def out_channels(net: nn.Sequential) -> int:
     """Channels a :func:`stack` network outputs."""
     return net[-1].out_channels
@@ -173,31 +190,56 @@ class ConvFamily:
 
     # ------------------------------------------------------------------ the family API
     def build_encoder(self, cfg: ModelConfig) -> StochasticEncoder:
-        """q(z | x): Gaussian (2L output maps: mu, log sigma) or deterministic (L maps)."""
+        """q(z | x): Gaussian (2L output maps: mu, log sigma) or deterministic (L maps).
+
+        Conditional (Eq. 7): the embedded y joins the last hidden map, before the final conv.
+        """
         self._check(cfg)
         if cfg.encoder == "noise":
             raise ConfigError(f"model.encoder=noise is only available for the toy networks; "
                               f"use gaussian or deterministic for {cfg.nets}")
         out = 2 * cfg.latent_dim if cfg.encoder == "gaussian" else cfg.latent_dim
-        net = self._stack(self.image_shape[0], self.encoder(out), cfg)
+        table = self.encoder(out)
+        if cfg.conditional:
+            body = self._stack(self.image_shape[0], table[:-1], cfg)
+            head = self._stack(out_channels(body) + cfg.embed_dim, table[-1:], cfg)
+            net: nn.Module = ConditionedNet(body, head)
+        else:
+            net = self._stack(self.image_shape[0], table, cfg)
         return StochasticEncoder(net, cfg.encoder, cfg.latent_dim, 0, dim=1)
 
-    def build_decoder(self, cfg: ModelConfig) -> nn.Sequential:
-        """p(x | z): z (B, L, 1, 1) -> x (B, C, H, W) in (0, 1)."""
+    def build_decoder(self, cfg: ModelConfig) -> nn.Module:
+        """p(x | z): z (B, L, 1, 1) -> x (B, C, H, W) in (0, 1); conditional: the embedded y
+        (B, E, 1, 1) is concatenated to z."""
         self._check(cfg)
+        if cfg.conditional:
+            net = self._stack(cfg.latent_dim + cfg.embed_dim, self.decoder, cfg, pixel=True)
+            return ConditionedNet(nn.Identity(), net)
         return self._stack(cfg.latent_dim, self.decoder, cfg, pixel=True)
 
     def build_discriminator(self, cfg: ModelConfig, joint: bool = True) -> nn.Module:
         """D(x, z) = D_xz(concat(D_x(x), D_z(z))) (``joint``), or the GAN's D(x): D_x followed
-        by a 1x1 conv head with the joint network's last dropout."""
+        by a 1x1 conv head with the joint network's last dropout.
+
+        Semi-supervised: the last conv outputs K class logits. Conditional: D owns a linear
+        embedding of y, concatenated to D_xz's input (512 + 1024 + 256 maps for CelebA)."""
         self._check(cfg)
         d_x = self._stack(self.image_shape[0], self.disc_x, cfg)
         if not joint:
             head = self._stack(out_channels(d_x), self.disc_joint[-1:], cfg)
             return MarginalDiscriminator(d_x, head)
         d_z = self._stack(cfg.latent_dim, self.disc_z, cfg)
-        d_xz = self._stack(out_channels(d_x) + out_channels(d_z), self.disc_joint, cfg)
-        return JointDiscriminator(d_x, d_z, d_xz, cat_dim=1)
+        table = list(self.disc_joint)
+        if cfg.semi_supervised:
+            _need_label_dim(cfg)
+            table[-1] = replace(table[-1], maps=cfg.label_dim)
+        embed = None
+        in_xz = out_channels(d_x) + out_channels(d_z)
+        if cfg.conditional:
+            embed = condition_embedding(cfg)
+            in_xz += cfg.embed_dim
+        d_xz = self._stack(in_xz, table, cfg)
+        return JointDiscriminator(d_x, d_z, d_xz, cat_dim=1, embed=embed)
 
     def latent_shape(self, cfg: ModelConfig) -> tuple[int, ...]:
         return (cfg.latent_dim, 1, 1)

@@ -1,0 +1,33 @@
+"""Test error of a semi-supervised ALI's K+1 discriminator (section 4.3, Tables 1-2)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ..model import GenerativeModel
+
+
+@torch.no_grad()
+def predict(model: GenerativeModel, x: Tensor, batch_size: int = 500) -> Tensor:
+    """Predicted classes (N,) of images ``x`` (N, C, H, W), uint8 or float in [0, 1]: argmax of
+    the discriminator's K logits on (x, mu(x)), in evaluation mode."""
+    if not getattr(model, "semi_supervised", False):
+        raise TypeError("only a semi-supervised run (model.semi_supervised=true) classifies")
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    out = []
+    for i in range(0, len(x), batch_size):
+        xb = x[i:i + batch_size].to(device)
+        xb = xb.float() / 255 if xb.dtype == torch.uint8 else xb.float()
+        out.append(model.classify(xb).argmax(1).cpu())
+    model.train(was_training)
+    return torch.cat(out) if out else torch.empty(0, dtype=torch.long)
+
+
+def classification_error(model: GenerativeModel, x: Tensor, y: Tensor) -> float:
+    """Percentage of ``x`` whose predicted class is not ``y``."""
+    if len(x) == 0:
+        raise ValueError("no test images")
+    return 100.0 * float((predict(model, x) != y.cpu()).float().mean())

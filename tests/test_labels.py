@@ -1,0 +1,202 @@
+"""Semi-supervised ALI (K+1 discriminator) and conditional ALI (Eq. 7)."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ali import losses as L
+from ali.cli import main
+from ali.config import get_config
+from ali.data import load_dataset
+from ali.errors import ConfigError
+from ali.eval.classify import classification_error
+from ali.model import condition_vector
+from ali.nets import build_model
+from ali.train import load_run, resolve_labels, train
+
+
+def _images(rng, n):
+    # Two kinds of 8x8 RGB images: bright top half (class 0) or bright left half (class 1).
+    x = rng.integers(0, 40, size=(n, 8, 8, 3), dtype=np.uint8)
+    x[: n // 2, :4] += 200
+    x[n // 2:, :, :4] += 200
+    return x, np.repeat(np.arange(2), n // 2)
+
+
+@pytest.fixture
+def classes_npz(tmp_path):
+    rng = np.random.default_rng(0)
+    x, y = _images(rng, 96)
+    xt, yt = _images(rng, 32)
+    path = tmp_path / "classes.npz"
+    np.savez(path, x_train=x, y_train=y, x_test=xt, y_test=yt)
+    return path
+
+
+@pytest.fixture
+def attributes_npz(tmp_path):
+    rng = np.random.default_rng(1)
+    x, y = _images(rng, 48)
+    attrs = np.stack([y, 1 - y, rng.integers(0, 2, 48)], axis=1)      # 3 attributes
+    path = tmp_path / "attrs.npz"
+    np.savez(path, x_train=x[:40], y_train=attrs[:40], x_test=x[40:], y_test=attrs[40:])
+    return path
+
+
+def _tiny(path, *over):
+    return get_config("tiny", [f"data.root={path}", "train.steps=4", "train.progress=off",
+                               "train.log_every=2", "train.checkpoint_every=4", *over])
+
+
+# ---------------------------------------------------------------------------- the K+1 loss
+
+def test_k_plus_one_loss_is_salimans_formula():
+    torch.manual_seed(0)
+    l_q, l_p, l_l = torch.randn(5, 3), torch.randn(5, 3), torch.randn(4, 3)
+    y = torch.tensor([0, 2, 1, 2])
+    lse = lambda t: t.logsumexp(1)  # noqa: E731
+    want = (-(l_l.gather(1, y[:, None]).squeeze(1)).mean() + lse(l_l).mean()
+            + 0.5 * (-lse(l_q).mean() + F.softplus(lse(l_q)).mean()
+                     + F.softplus(lse(l_p)).mean()))
+    got = L.k_plus_one_discriminator_loss(l_q, l_p, l_l, y)
+    assert torch.allclose(got, want, atol=1e-6)
+    # The unlabelled half is half of ALI's discriminator loss on s = lse(l).
+    half = 0.5 * L.discriminator_loss(lse(l_q)[:, None], lse(l_p)[:, None])
+    assert torch.allclose(got - F.cross_entropy(l_l, y), half, atol=1e-6)
+
+
+def test_condition_vector():
+    v = condition_vector(torch.tensor([2, 0]), 3)
+    assert v.tolist() == [[0, 0, 1], [1, 0, 0]]
+    a = torch.tensor([[1, 0, 1]])
+    assert condition_vector(a, 3).tolist() == [[1.0, 0.0, 1.0]]
+    with pytest.raises(ValueError):
+        condition_vector(torch.zeros(2, 4), 3)
+
+
+# ---------------------------------------------------------------------------- semi-supervised
+
+def test_semi_supervised_discriminator_has_k_logits_and_losses_move_the_right_players(
+        classes_npz):
+    cfg = _tiny(classes_npz, "model.semi_supervised=true", "data.labels=10")
+    cfg = resolve_labels(cfg, load_dataset(cfg.data))
+    assert cfg.model.label_dim == 2
+    model = build_model(cfg)
+    x, z = torch.rand(6, 3, 8, 8), model.sample_prior(6)
+    x_l, y_l = torch.rand(4, 3, 8, 8), torch.tensor([0, 1, 1, 0])
+    with pytest.raises(ValueError, match="labelled batch"):
+        model.losses(x, z)
+    out = model.losses(x, z, labelled=(x_l, y_l))
+    assert model.discriminator(x, model.encode(x)).shape == (6, 2)
+    assert set(out.stats) >= {"acc_q", "acc_p", "acc_lab"}
+    # The labels enter D's loss only (the labelled images reach the generator's loss only
+    # through batch norm's statistics).
+    torch.manual_seed(1)
+    out = model.losses(x, z, labelled=(x_l, y_l))
+    torch.manual_seed(1)
+    flipped = model.losses(x, z, labelled=(x_l, 1 - y_l))
+    assert torch.equal(flipped.g, out.g) and not torch.equal(flipped.d, out.d)
+    model.eval()
+    assert model.classify(x).shape == (6, 2)
+
+
+def test_semi_supervised_run_learns_to_classify_and_reloads(classes_npz, tmp_path):
+    cfg = _tiny(classes_npz, "model.semi_supervised=true", "data.labels=10", "train.steps=60",
+                "train.lr=1e-3", "train.log_every=20", "train.checkpoint_every=60")
+    data = load_dataset(cfg.data)
+    assert int((data.train_labels >= 0).sum()) == 10     # 5 per class, the rest unlabelled
+    result = train(cfg, run_dir=tmp_path / "run", quiet=True, dataset=data)
+    err = classification_error(result.model, data.test, data.test_labels)
+    assert err < 20.0, err                                # chance is 50%
+    model, saved, _ = load_run(tmp_path / "run")
+    assert saved.model.label_dim == 2
+    assert classification_error(model, data.test, data.test_labels) == err
+    # The labelled sampler's state is in the checkpoint: resuming continues the same run.
+    assert (tmp_path / "run" / "checkpoints" / "latest.pt").is_file()
+
+
+def test_semi_supervised_errors_are_one_line(tmp_path, classes_npz):
+    with pytest.raises(ConfigError, match="cannot be combined"):
+        get_config("tiny", ["model.semi_supervised=true", "model.conditional=true"])
+    with pytest.raises(ConfigError, match="image networks"):
+        get_config("toy", ["model.semi_supervised=true"])
+    with pytest.raises(ConfigError, match="kind=ali only"):
+        get_config("tiny", ["model.kind=gan", "model.conditional=true"])
+    cfg = _tiny(classes_npz, "model.semi_supervised=true", "model.label_dim=5")
+    with pytest.raises(ConfigError, match="has 2 classes"):
+        resolve_labels(cfg, load_dataset(cfg.data))
+    nolabels = tmp_path / "nolabels.npz"
+    np.savez(nolabels, x_train=np.zeros((20, 8, 8, 3), np.uint8))
+    cfg = get_config("tiny", [f"data.root={nolabels}", "data.test_split=",
+                              "model.semi_supervised=true"])
+    with pytest.raises(ConfigError, match="needs labels"):
+        resolve_labels(cfg, load_dataset(cfg.data))
+
+
+# ---------------------------------------------------------------------------- conditional
+
+def test_conditional_networks_see_y_and_each_player_owns_its_embedding(classes_npz):
+    cfg = _tiny(classes_npz, "model.conditional=true", "model.embed_dim=5")
+    cfg = resolve_labels(cfg, load_dataset(cfg.data))
+    model = build_model(cfg).eval()
+    z = model.sample_prior(2)
+    y0, y1 = torch.tensor([0, 0]), torch.tensor([1, 1])
+    assert not torch.allclose(model.decode(z, y0), model.decode(z, y1))
+    x = torch.rand(2, 3, 8, 8)
+    assert not torch.allclose(model.encode_mean(x, y0), model.encode_mean(x, y1))
+    v0, v1 = condition_vector(y0, 2), condition_vector(y1, 2)
+    assert not torch.allclose(model.discriminator(x, z, v0), model.discriminator(x, z, v1))
+    d_ids = {id(p) for p in model.parameters_d()}
+    assert id(model.discriminator.embed.weight) in d_ids
+    assert id(model.embed.weight) not in d_ids
+    assert id(model.embed.weight) in {id(p) for p in model.parameters_g()}
+    with pytest.raises(ValueError, match="conditional"):
+        model.decode(z)
+    # Without y, samples cycle through the classes.
+    assert model.sample(4).shape == (4, 3, 8, 8)
+
+
+def test_conditional_run_trains_reloads_and_samples_a_class_grid(classes_npz, tmp_path, capsys):
+    run = tmp_path / "run"
+    cfg = _tiny(classes_npz, "model.conditional=true")
+    result = train(cfg, run_dir=run, quiet=True)
+    model, saved, _ = load_run(run)
+    assert saved.model.label_dim == 2 and not saved.model.attributes
+    torch.manual_seed(3)
+    z = model.sample_prior(2)
+    y = torch.tensor([0, 1])
+    assert torch.equal(model.decode(z, y), result.model.eval().decode(z, y))
+    out = tmp_path / "grid.png"
+    assert main(["sample", str(run), "--condition", "all", "--rows", "3",
+                 "--out", str(out)]) == 0
+    from PIL import Image
+    w, h = Image.open(out).size
+    assert h > w                                          # 2 class columns, 3 rows of z
+    assert main(["sample", str(run), "--condition", "1,0", "--rows", "1",
+                 "--out", str(out)]) == 0
+    w, h = Image.open(out).size
+    assert w > h                                          # 2 class columns, 1 row
+    assert "classes" in capsys.readouterr().out
+
+
+def test_conditional_with_dropped_labels_is_refused(classes_npz):
+    cfg = _tiny(classes_npz, "model.conditional=true", "data.labels=10")
+    with pytest.raises(ConfigError, match="every training example"):
+        resolve_labels(cfg, load_dataset(cfg.data))
+
+
+def test_attribute_conditional_run_and_figure7_grid(attributes_npz, tmp_path, capsys):
+    run = tmp_path / "run"
+    cfg = _tiny(attributes_npz, "model.conditional=true")
+    train(cfg, run_dir=run, quiet=True)
+    model, saved, _ = load_run(run)
+    assert saved.model.attributes and saved.model.label_dim == 3
+    with pytest.raises(ValueError, match="attribute-conditional"):
+        model.sample(2)
+    out = tmp_path / "fig7.png"
+    assert main(["sample", str(run), "--condition", "0,1", "--vary", "2",
+                 "--out", str(out)]) == 0
+    assert out.is_file()
+    assert main(["sample", str(run), "--condition", "Nope", "--out", str(out)]) == 2
+    assert "unknown attribute" in capsys.readouterr().err
