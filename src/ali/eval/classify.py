@@ -26,8 +26,9 @@ def predict(model: GenerativeModel, x: Tensor, batch_size: int = 500) -> Tensor:
     return torch.cat(out) if out else torch.empty(0, dtype=torch.long)
 
 
-def classification_error(model: GenerativeModel, x: Tensor, y: Tensor) -> float:
+def classification_error(model: GenerativeModel, x: Tensor, y: Tensor,
+                         batch_size: int = 500) -> float:
     """Percentage of ``x`` whose predicted class is not ``y``."""
     if len(x) == 0:
         raise ValueError("no test images")
-    return 100.0 * float((predict(model, x) != y.cpu()).float().mean())
+    return 100.0 * float((predict(model, x, batch_size) != y.cpu()).float().mean())
