@@ -16,6 +16,7 @@ classifier, :mod:`ali.eval.classifier`) or the path of a TorchScript file.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -88,16 +89,23 @@ def embed(net: FeatureNet, data: Any, batch_size: int = 200,
     return torch.cat(out)
 
 
-def torchscript_net(path: str | Path, device: str | torch.device = "cpu") -> FeatureNet:
-    """A TorchScript file as a feature network (images in [0, 1] -> (B, D))."""
+def load_feature_net(path: str | Path, device: str | torch.device = "cpu") -> FeatureNet:
+    """A saved network as a feature network (images in [0, 1] -> (B, D)): a TorchScript file
+    (``torch.jit.save``) or a ``torch.export`` program (``torch.export.save``, ending ``.pt2``;
+    export it with a dynamic batch dimension)."""
     path = Path(path)
     if not path.is_file():
         raise AliError(f"--feature-net {path}: no such file (give inception, classifier or the "
-                       "path of a TorchScript file)")
+                       "path of a TorchScript or torch.export file)")
     try:
-        net = torch.jit.load(str(path), map_location=device)
+        if path.suffix == ".pt2":
+            net = torch.export.load(str(path)).module().to(device)
+        else:
+            with warnings.catch_warnings():  # TorchScript is deprecated in recent PyTorch
+                warnings.simplefilter("ignore", DeprecationWarning)
+                net = torch.jit.load(str(path), map_location=device)
+                net.eval()
     except Exception as e:
-        raise AliError(f"--feature-net {path} is not a TorchScript file "
+        raise AliError(f"--feature-net {path} is not a TorchScript or torch.export file "
                        f"({type(e).__name__})") from None
-    net.eval()
     return net

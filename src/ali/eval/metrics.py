@@ -22,7 +22,8 @@ N_ITEMS = option("--n", type=int, help="held-out images used (default: all, at m
 FEATURE_NET = option("--feature-net", default="inception", metavar="NET",
                      help="inception (pytorch-fid's InceptionV3 pool3, weights downloaded once), "
                           "classifier (the pixel classifier's penultimate layer) or the path of "
-                          "a TorchScript file mapping images in [0, 1] to features")
+                          "a TorchScript or torch.export (.pt2) file mapping images in [0, 1] "
+                          "to features")
 LABELS_HELP = "labelled training examples, class-balanced (svm: per SVM; knn: 0 = all)"
 BATCH = option("--batch-size", type=int, default=200, help="images per forward pass")
 
@@ -54,7 +55,8 @@ def _features(ctx: EvalContext, kind: str, data: Any, idx=None):
         option("--val-size", type=int,
                help="validation split for C (default 10,000 or a third of the training split)"),
         option("--c-grid", default="-20:20:50", metavar="LO:HI:N",
-               help="C from exp(linspace(LO, HI, N))"),
+               help="C from exp(linspace(LO, HI, N)); write --c-grid=-20:20:50 (with =) "
+                    "when LO is negative"),
         option("--max-iter", type=int, default=1000, help="LinearSVC max_iter"),
         variant=_variant("encoder"))
 def svm(ctx: EvalContext, o: argparse.Namespace) -> dict[str, Any]:
@@ -147,7 +149,7 @@ def recon(ctx: EvalContext, o: argparse.Namespace) -> dict[str, Any]:
 
 
 def _feature_net(ctx: EvalContext, spec: str, classifier: str | None):
-    from .fid import torchscript_net
+    from .fid import load_feature_net
 
     if spec == "inception":
         from .inception import fid_inception
@@ -156,7 +158,7 @@ def _feature_net(ctx: EvalContext, spec: str, classifier: str | None):
     if spec == "classifier":
         clf, _ = ctx.classifier(classifier)
         return clf.to(ctx.device).eval().features
-    return torchscript_net(spec, ctx.device)
+    return load_feature_net(spec, ctx.device)
 
 
 def _sample_and_real(ctx: EvalContext, o: argparse.Namespace):
