@@ -16,7 +16,12 @@ from ali.eval.features import extract, svm_layers
 from ali.nets import build_model
 from ali.report import tensorboard_hook
 
-pytest.importorskip("sklearn")
+try:
+    import sklearn  # noqa: F401
+    HAS_SKLEARN = True
+except ImportError:
+    HAS_SKLEARN = False
+needs_sklearn = pytest.mark.skipif(not HAS_SKLEARN, reason="needs scikit-learn (ali[eval])")
 
 
 def blobs(n_per_class, classes=3, dim=5, spread=0.1, seed=0):
@@ -66,6 +71,7 @@ def test_svm_plan_is_class_balanced_and_disjoint_from_validation():
         assert sorted(np.bincount(y[idx])) == [2, 2, 3, 3]
 
 
+@needs_sklearn
 def test_svm_separable_features_near_zero_error_random_labels_near_chance():
     x, y = blobs(60)
     xt, yt = blobs(40, seed=0)
@@ -190,6 +196,7 @@ def tiny_run(tmp_path_factory, tiny_images):
 SVM_FAST = ["--labels", "10", "--repeats", "2", "--c-grid=-2:2:3"]
 
 
+@needs_sklearn
 def test_eval_writes_json_and_prints_one_object(tiny_run, capsys):
     capsys.readouterr()
     assert main(["eval", str(tiny_run), "--metric", "svm", *SVM_FAST, "--json"]) == 0
@@ -212,6 +219,7 @@ def test_eval_writes_json_and_prints_one_object(tiny_run, capsys):
     assert (tiny_run / "eval" / "classifier.pt").is_file()
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_fid_and_kid_with_a_torchscript_net(tiny_run, tmp_path, capsys):
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 6, 3), torch.nn.ReLU(),
@@ -236,6 +244,7 @@ def test_fid_and_kid_with_a_torchscript_net(tiny_run, tmp_path, capsys):
     assert json.loads(capsys.readouterr().out.splitlines()[-1])["fid"] == pytest.approx(first)
 
 
+@needs_sklearn
 @pytest.mark.parametrize("args, message", [
     (["--metric", "svn"], "did you mean 'svm'"),
     (["--metric", "svm", "--mean"], "--mean does not apply to --metric svm"),
@@ -302,3 +311,10 @@ def test_tensorboard_hook_sends_scalars_and_images(tiny_run):
     hook(4, model, tiny_run)
     assert ("scalar", "train/loss_d", 4) in calls
     assert {c[1] for c in calls if c[0] == "image"} == {"samples", "reconstructions"}
+
+
+def test_missing_scikit_learn_is_one_line(tiny_run, monkeypatch, capsys):
+    monkeypatch.setitem(__import__("sys").modules, "sklearn", None)   # import sklearn fails
+    assert main(["eval", str(tiny_run), "--metric", "svm"]) == 2
+    err = capsys.readouterr().err
+    assert "pip install 'ali[eval]'" in err and err.count("\n") == 1
