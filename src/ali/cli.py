@@ -197,10 +197,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result))
     else:
-        main = {k: v for k, v in result.items() if k not in ("options", "errors", "c_search")}
+        shown = {k: v for k, v in result.items() if k not in ("options", "errors", "c_search")}
         print(f"{args.metric} of {args.run_dir} (step {result['step']}): "
               + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                          for k, v in main.items() if k != "metric"))
+                          for k, v in shown.items() if k != "metric"))
         print(f"-> {path}")
     return 0
 
