@@ -63,6 +63,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
                 write_run_images(model, dataset, run_dir, step)
 
         hooks.append(image_hook)
+    from .report import tensorboard_hook
+
+    tb = tensorboard_hook(cfg.train.checkpoint_every, dataset)
+    if tb is not None:  # only when the tensorboard package is installed
+        hooks.append(tb)
     result = train(cfg, run_dir=out, resume=args.resume, hooks=hooks, dataset=dataset)
     if cfg.model.nets == "toy":
         from .data import load_dataset
@@ -250,6 +255,31 @@ def _cmd_arch(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from .eval.registry import EvalContext, run_metric
+
+    overrides = [*args.overrides, *([f"data.root={args.root}"] if args.root else [])]
+    ctx = EvalContext(Path(args.run_dir), overrides, args.device, args.seed, quiet=args.json)
+    result, path = run_metric(ctx, args.metric, args, args.out)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        shown = {k: v for k, v in result.items() if k not in ("options", "errors", "c_search")}
+        print(f"{args.metric} of {args.run_dir} (step {result['step']}): "
+              + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                          for k, v in shown.items() if k != "metric"))
+        print(f"-> {path}")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from .report import write_report
+
+    out = write_report(Path(args.run_dir), Path(args.out) if args.out else None)
+    print(f"report of {args.run_dir} -> {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="ali", description="Adversarially Learned Inference (Dumoulin et al., 2016).")
@@ -329,6 +359,33 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a config field, e.g. --set model.latent_dim=128")
     a.add_argument("--json", action="store_true", help="print JSON instead of tables")
     a.set_defaults(func=_cmd_arch)
+
+    from .eval.registry import add_arguments, metrics
+
+    e = sub.add_parser("eval", help="compute a metric of a trained run",
+                       description="Compute a metric of a run and write it to "
+                                   "RUN_DIR/eval/NAME.json. Metrics: " + "; ".join(
+                                       f"{m.name}: {m.help}" for m in metrics().values()))
+    e.add_argument("run_dir", help="a run folder written by `ali train`")
+    e.add_argument("--metric", required=True, metavar="NAME",
+                   help=f"one of {', '.join(metrics())}")
+    e.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    e.add_argument("--out", help="result file (default RUN_DIR/eval/NAME.json)")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--device", default="cpu", help="cpu | cuda[:N]")
+    e.add_argument("--root", help="the dataset's folder or file, if not the run's data.root")
+    e.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override the run's data settings, e.g. data.test_range=9000:")
+    add_arguments(e)
+    e.set_defaults(func=_cmd_eval)
+
+    r = sub.add_parser("report", help="write a run's HTML report",
+                       description="Write one self-contained HTML page (RUN_DIR/report.html) "
+                                   "with the run's config, curves, latest images and every "
+                                   "metric in RUN_DIR/eval.")
+    r.add_argument("run_dir", help="a run folder written by `ali train`")
+    r.add_argument("--out", help="HTML path (default RUN_DIR/report.html)")
+    r.set_defaults(func=_cmd_report)
     return p
 
 

@@ -62,6 +62,7 @@ DISC_JOINT = [                                                 # input 512 + 102
 FAMILY = ConvFamily(
     image_shape=(3, 64, 64), slope=0.02, encoder=_encoder, decoder=DECODER, disc_x=DISC_X,
     disc_z=DISC_Z, disc_joint=DISC_JOINT,
+    svm_layers=(3, 4),  # k7s2-256 (256x4x4), k4s1-512: as SVHN's 4x4 and 1x1 layers
     notes=("D(x,z) input 1536 channels (512 + 1024), not the table's 1024",
            "D(x): first conv without BN, dropout 0.2 before every conv (table: BN, no dropout)",
            "decoder input is z, 256x1x1 (the table's 512 is the encoder's mu and log sigma)",

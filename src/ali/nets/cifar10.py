@@ -61,6 +61,7 @@ DISC_JOINT = [                                                 # input 256 + 256
 FAMILY = ConvFamily(
     image_shape=(3, 32, 32), slope=0.1, encoder=_encoder, decoder=DECODER, disc_x=DISC_X,
     disc_z=DISC_Z, disc_joint=DISC_JOINT, pieces=2,
+    svm_layers=(3, 4, 5),  # k4s2-256 (256x4x4), k4s1-512, k1-512: the original code's
     notes=("D(x,z) input 512 channels, not the table's 1024: maxout halves D(x) and D(z)",
            "no dropout before D(x)'s k4s2 256 conv (the table shows 0.5)",
            "the last D conv outputs a logit; the table's sigmoid is in the loss",

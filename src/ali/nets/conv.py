@@ -173,6 +173,9 @@ class ConvFamily:
     """Maxout pieces (contiguous channels)."""
     notes: tuple[str, ...] = field(default=())
     """Where the paper's table and the original code disagree (we follow the code)."""
+    svm_layers: tuple[int, ...] = field(default=())
+    """Indices of the encoder blocks whose post-BN, pre-activation outputs join mu as the
+    features of the paper's L2-SVM protocol (:mod:`ali.eval.features`)."""
 
     # ------------------------------------------------------------------ helpers
     def _check(self, cfg: ModelConfig) -> None:

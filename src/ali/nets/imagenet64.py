@@ -63,6 +63,7 @@ DISC_JOINT = [                                                 # input 256 + 204
 FAMILY = ConvFamily(
     image_shape=(3, 64, 64), slope=0.01, encoder=_encoder, decoder=DECODER, disc_x=DISC_X,
     disc_z=DISC_Z, disc_joint=DISC_JOINT,
+    svm_layers=(5, 6, 7),  # k4s1-256, k1-2048, k1-2048: the last three hidden layers
     notes=("layers as Table 6",
            "the last D conv outputs a logit; the table's sigmoid is in the loss",
            "decoder output bias is per pixel (3x64x64), initialised from the data"))

@@ -48,6 +48,7 @@ DISC_JOINT = [                                                 # input 256 + 256
 FAMILY = ConvFamily(
     image_shape=(1, 28, 28), slope=0.1, encoder=_encoder, decoder=DECODER, disc_x=DISC_X,
     disc_z=DISC_Z, disc_joint=DISC_JOINT,
+    svm_layers=(1, 2),  # k5s2-64 (64x5x5), k5s1-256: the hidden layers after the first
     notes=("our own design (the paper has no MNIST model)",))
 
 encoder, decoder, discriminator, latent_shape, data_shape = FAMILY.exports()

@@ -42,6 +42,7 @@ DISC_JOINT = [                                                 # input 512 + 512
 FAMILY = ConvFamily(
     image_shape=(3, 32, 32), slope=0.01, encoder=_encoder, decoder=DECODER, disc_x=DISC_X,
     disc_z=DISC_Z, disc_joint=DISC_JOINT,
+    svm_layers=(3, 4, 5),  # k4s2-256 (256x4x4), k4s1-512, k1-512: the original code's
     notes=("layers as Table 4",
            "the last D conv outputs a logit; the table's sigmoid is in the loss",
            "decoder output bias is per pixel (3x32x32), initialised from the data"))

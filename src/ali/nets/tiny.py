@@ -40,7 +40,8 @@ DISC_JOINT = [                                                 # input 16 + 8 = 
 
 FAMILY = ConvFamily(
     image_shape=(3, 8, 8), slope=0.1, encoder=_encoder, decoder=DECODER, disc_x=DISC_X,
-    disc_z=DISC_Z, disc_joint=DISC_JOINT, pieces=2, notes=("a test family, not in the paper",))
+    disc_z=DISC_Z, disc_joint=DISC_JOINT, pieces=2, svm_layers=(0, 1),
+    notes=("a test family, not in the paper",))
 
 encoder, decoder, discriminator, latent_shape, data_shape = FAMILY.exports()
 NOTES = FAMILY.notes

@@ -1,0 +1,113 @@
+"""Features of images for the evaluation metrics.
+
+- ``encoder``: the paper's L2-SVM features (section 4.3, as the original code computed them):
+  mu of q(z|x) concatenated with the post-batch-norm, pre-activation outputs of the encoder
+  blocks its family names in ``svm_layers`` (:class:`~ali.nets.conv.ConvFamily`), flattened,
+  with the model in evaluation mode so batch norm uses its population statistics. For SVHN and
+  CIFAR-10 these are the k4s2-256 (256x4x4), k4s1-512 and k1-512 layers: 5,376 numbers for SVHN.
+- ``mu``: mu alone (the encoder's point estimate, :meth:`~ali.model.GenerativeModel.encode_mean`).
+- ``pixels``: the raw pixels in [0, 1], the baseline.
+
+Images are read in batches from a uint8 tensor or a streamed
+:class:`~ali.data.images.ImageSource`; features come back as float32 (N, D) CPU tensors.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ..errors import AliError
+from ..model import GenerativeModel
+from . import FEATURE_KINDS as KINDS
+
+BATCH = 500
+
+
+def take(data: Any, idx: np.ndarray | Tensor | slice | None = None) -> Tensor:
+    """Items ``idx`` of ``data`` (uint8 tensor, float tensor or ImageSource) as float in
+    [0, 1] (images) or as they are (2-D data), on the CPU."""
+    from ..data.images import ImageSource
+
+    if isinstance(data, ImageSource):
+        x = (data if idx is None else data.select(idx)).load_all()
+    else:
+        x = data if idx is None else data[torch.as_tensor(idx) if not isinstance(idx, slice)
+                                          else idx]
+        x = x.cpu()
+    return x.float() / 255 if x.dtype == torch.uint8 else x.float()
+
+
+def batches(data: Any, idx: np.ndarray | None = None, size: int = BATCH) -> Iterator[Tensor]:
+    """``data`` (or its items ``idx``) as float batches of at most ``size`` items."""
+    n = len(data) if idx is None else len(idx)
+    for start in range(0, n, size):
+        part = slice(start, start + size) if idx is None else idx[start:start + size]
+        yield take(data, part)
+
+
+def svm_layers(model: GenerativeModel, nets: str) -> list[tuple[str, nn.Module]]:
+    """(name, module) of the encoder layers whose outputs join mu in the ``encoder`` features:
+    the batch norm of each block in the family's ``svm_layers`` (its conv where it has none)."""
+    from ..nets import family
+
+    fam = getattr(family(nets), "FAMILY", None)
+    picks = getattr(fam, "svm_layers", ())
+    if model.encoder is None:
+        raise AliError(f"a {type(model).__name__} has no encoder to take features from")
+    net = model.encoder.net
+    out = []
+    for i in picks:
+        block = net[i]
+        where = "bn" if hasattr(block, "bn") else "conv"
+        spec = block.spec
+        out.append((f"encoder[{i}] k{spec.kernel}s{spec.stride}-{spec.maps} {where}",
+                    getattr(block, where)))
+    return out
+
+
+@torch.no_grad()
+def encoder_features(model: GenerativeModel, x: Tensor,
+                     layers: list[tuple[str, nn.Module]] | None = None) -> Tensor:
+    """mu(x) concatenated with the flattened outputs of ``layers`` (forward hooks): (B, D).
+
+    The caller puts the model in evaluation mode (population batch-norm statistics).
+    """
+    captured: list[Tensor] = []
+    handles = [m.register_forward_hook(lambda mod, inp, out: captured.append(out.flatten(1)))
+               for _, m in (layers or [])]
+    try:
+        mu = model.encode_mean(x).flatten(1)
+    finally:
+        for h in handles:
+            h.remove()
+    return torch.cat([mu, *captured], dim=1)
+
+
+@torch.no_grad()
+def extract(model: GenerativeModel | None, nets: str, data: Any, kind: str = "encoder",
+            idx: np.ndarray | None = None, device: str | torch.device = "cpu",
+            batch_size: int = BATCH) -> Tensor:
+    """Features ``kind`` (see the module doc) of ``data`` (or of its items ``idx``):
+    float32 (N, D) on the CPU."""
+    if kind not in KINDS:
+        raise AliError(f"unknown features {kind!r} (known: {', '.join(KINDS)})")
+    out = []
+    if kind == "pixels":
+        for x in batches(data, idx, batch_size):
+            out.append(x.flatten(1))
+        return torch.cat(out)
+    if model is None:
+        raise AliError(f"features {kind!r} need a model")
+    layers = svm_layers(model, nets) if kind == "encoder" else []
+    was_training = model.training
+    model.eval()
+    try:
+        for x in batches(data, idx, batch_size):
+            out.append(encoder_features(model, x.to(device), layers).float().cpu())
+    finally:
+        model.train(was_training)
+    return torch.cat(out)

@@ -1,0 +1,211 @@
+"""The built-in metrics of ``ali eval`` (see :mod:`ali.eval.registry` to add one)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from ..errors import AliError
+from . import FEATURE_KINDS
+from .registry import EvalContext, metric, option
+
+# numpy, torch and the metric modules are imported inside the functions: building the command
+# line's parser registers the metrics, and must stay quick.
+
+FEATURES = option("--features", choices=FEATURE_KINDS,
+                  help="encoder: mu + the family's svm_layers activations; mu: mu alone; "
+                       "pixels: raw pixels (the baseline)")
+CLASSIFIER = option("--classifier", metavar="PATH",
+                    help="pixel classifier file (default RUN_DIR/eval/classifier.pt, trained "
+                         "there on the run's labelled training images if missing)")
+N_ITEMS = option("--n", type=int, help="held-out images used (default: all, at most 10,000)")
+FEATURE_NET = option("--feature-net", default="inception", metavar="NET",
+                     help="inception (pytorch-fid's InceptionV3 pool3, weights downloaded once), "
+                          "classifier (the pixel classifier's penultimate layer) or the path of "
+                          "a TorchScript or torch.export (.pt2) file mapping images in [0, 1] "
+                          "to features")
+LABELS_HELP = "labelled training examples, class-balanced (svm: per SVM; knn: 0 = all)"
+BATCH = option("--batch-size", type=int, default=200, help="images per forward pass")
+
+
+def _class_labels(ctx: EvalContext, what: str):
+    d = ctx.dataset
+    if d.train_labels is None or d.test_labels is None or d.train_labels.ndim != 1:
+        raise AliError(f"{what} needs class labels on the training and held-out splits "
+                       f"(dataset {d.name!r} has none)")
+    if d.test is None:
+        raise AliError(f"{what} needs a held-out split (data.test_split)")
+    return d.train_labels.numpy(), d.test_labels.numpy()
+
+
+def _variant(default: str):
+    return lambda o: None if o.features == default else o.features
+
+
+def _features(ctx: EvalContext, kind: str, data: Any, idx=None):
+    from .features import extract
+
+    return extract(ctx.model, ctx.nets, data, kind, idx, ctx.device)
+
+
+@metric("svm", "the paper's L2-SVM protocol on encoder features (error %, mean/std)",
+        option("--features", default="encoder", **FEATURES.kwargs),
+        option("--labels", type=int, default=1000, help=LABELS_HELP),
+        option("--repeats", type=int, default=100, help="SVMs, each on a fresh subset"),
+        option("--val-size", type=int,
+               help="validation split for C (default 10,000 or a third of the training split)"),
+        option("--c-grid", default="-20:20:50", metavar="LO:HI:N",
+               help="C from exp(linspace(LO, HI, N)); write --c-grid=-20:20:50 (with =) "
+                    "when LO is negative"),
+        option("--max-iter", type=int, default=1000, help="LinearSVC max_iter"),
+        variant=_variant("encoder"))
+def svm(ctx: EvalContext, o: argparse.Namespace) -> dict[str, Any]:
+    import numpy as np
+
+    from . import svm as S
+
+    try:
+        lo, hi, n = o.c_grid.split(":")
+        grid = tuple(np.exp(np.linspace(float(lo), float(hi), int(n))).tolist())
+    except ValueError:
+        raise AliError(f"--c-grid must look like LO:HI:N (e.g. -20:20:50); got {o.c_grid!r}") \
+            from None
+    S.require_sklearn()
+    y_tr, y_te = _class_labels(ctx, "--metric svm")
+    d = ctx.dataset
+    f_te = _features(ctx, o.features, d.test).numpy()
+    res = S.run(lambda idx: _features(ctx, o.features, d.train, idx).numpy(), y_tr, f_te, y_te,
+                o.labels, o.repeats, o.val_size, grid, ctx.seed, o.max_iter, ctx.log)
+    return {"error_mean": res.pop("error_mean"), "error_std": res.pop("error_std"),
+            "labels": res.pop("labels"), "repeats": res.pop("repeats"),
+            "feature_dim": res.pop("feature_dim"), "features": o.features, **res}
+
+
+@metric("knn", "1-nearest-neighbour accuracy on encoder features (BiGAN's protocol)",
+        option("--features", default="mu", **FEATURES.kwargs),
+        option("--distance", choices=("cosine", "euclidean"), default="cosine"),
+        option("--labels", type=int, default=0, help=LABELS_HELP),
+        variant=_variant("mu"))
+def knn(ctx: EvalContext, o: argparse.Namespace) -> dict[str, Any]:
+    import numpy as np
+    import torch
+
+    from . import knn as K
+    from .svm import balanced_subset
+
+    y_tr, y_te = _class_labels(ctx, "--metric knn")
+    idx = np.flatnonzero(y_tr >= 0)
+    if o.labels:
+        rng = np.random.default_rng(ctx.seed)
+        idx = np.sort(balanced_subset(y_tr, idx, o.labels, np.unique(y_tr[idx]), rng))
+    d = ctx.dataset
+    f_tr = _features(ctx, o.features, d.train, idx)
+    f_te = _features(ctx, o.features, d.test)
+    acc = K.accuracy(f_tr, torch.as_tensor(y_tr[idx]), f_te, torch.as_tensor(y_te), o.distance)
+    return {"accuracy": acc, "features": o.features, "distance": o.distance,
+            "train_size": int(len(idx)), "test_size": int(len(y_te)),
+            "feature_dim": int(f_tr.shape[1])}
+
+
+def _held_out(ctx: EvalContext, n: int | None):
+    """The first ``n`` (default up to 10,000) held-out items as floats, and their labels."""
+    import numpy as np
+
+    from .features import take
+
+    x, y = ctx.held_out()
+    if n is not None and n < 1:
+        raise AliError(f"--n must be >= 1; got {n}")
+    n = min(len(x), n or 10_000)
+    return take(x, np.arange(n)), (None if y is None else y[:n])
+
+
+@metric("recon", "reconstruction error on held-out data (mse, BiGAN's ratio, class agreement)",
+        N_ITEMS,
+        option("--mean", action="store_true", default=False,
+               help="reconstruct from mu instead of z_hat ~ q(z|x)"),
+        CLASSIFIER,
+        option("--no-classifier", action="store_true", default=False,
+               help="skip class_agreement (no pixel classifier is trained)"))
+def recon(ctx: EvalContext, o: argparse.Namespace) -> dict[str, Any]:
+    from .recon import reconstructions, scores
+
+    x, y = _held_out(ctx, o.n)
+    x, rec = reconstructions(ctx.model, x, o.mean, ctx.device)
+    images = x.dim() == 4
+    classify = None
+    extra: dict[str, Any] = {}
+    if images and y is not None and not o.no_classifier:
+        clf, meta = ctx.classifier(o.classifier)
+        classify = clf.predict
+        extra = {"classifier_accuracy": meta.get("accuracy"),
+                 "classifier_accuracy_on_originals": float(
+                     (clf.predict(x) == y).double().mean())}
+    res = scores(x, rec, ctx.seed, classify, y if classify else None)
+    out = {"mse": res.pop("mse"), "ratio": res.pop("ratio")}
+    if "class_agreement" in res:
+        out["class_agreement"] = res.pop("class_agreement")
+    return {**out, **res, **extra, "z": "mu" if o.mean else "z_hat"}
+
+
+def _feature_net(ctx: EvalContext, spec: str, classifier: str | None):
+    from .fid import load_feature_net
+
+    if spec == "inception":
+        from .inception import fid_inception
+
+        return fid_inception(ctx.device, ctx.log)
+    if spec == "classifier":
+        clf, _ = ctx.classifier(classifier)
+        return clf.to(ctx.device).eval().features
+    return load_feature_net(spec, ctx.device)
+
+
+def _sample_and_real(ctx: EvalContext, o: argparse.Namespace):
+    import torch
+
+    from .fid import embed
+
+    x, _ = _held_out(ctx, o.n)
+    if x.dim() != 4:
+        raise AliError("FID and KID need an image run")
+    net = _feature_net(ctx, o.feature_net, o.classifier)
+    model = ctx.model.eval()
+    # as many samples as held-out images; sample() runs without gradients
+    samples = torch.cat([model.sample(min(o.batch_size, len(x) - i)).float().cpu()
+                         for i in range(0, len(x), o.batch_size)])
+    ctx.log(f"features of {len(x)} held-out images and {len(samples)} samples "
+            f"({o.feature_net})")
+    f_real = embed(net, x, o.batch_size, ctx.device)
+    f_fake = embed(net, samples, o.batch_size, ctx.device)
+    return f_real, f_fake
+
+
+def _feature_net_variant(o: argparse.Namespace) -> str | None:
+    if o.feature_net == "inception":
+        return None
+    return "classifier" if o.feature_net == "classifier" else "custom"
+
+
+@metric("fid", "Frechet distance between samples and held-out images in a feature space",
+        N_ITEMS, FEATURE_NET, CLASSIFIER, BATCH, variant=_feature_net_variant)
+def fid(ctx: EvalContext, o: argparse.Namespace) -> dict[str, Any]:
+    from .fid import fid as frechet
+
+    f_real, f_fake = _sample_and_real(ctx, o)
+    return {"fid": frechet(f_real, f_fake), "feature_net": o.feature_net, "n": len(f_real),
+            "feature_dim": int(f_real.shape[1])}
+
+
+@metric("kid", "kernel inception distance (unbiased cubic-kernel MMD^2 over subsets)",
+        N_ITEMS, FEATURE_NET, CLASSIFIER, BATCH,
+        option("--subsets", type=int, default=100, help="random subsets"),
+        option("--subset-size", type=int, default=1000, help="items per subset (at most n)"),
+        variant=_feature_net_variant)
+def kid(ctx: EvalContext, o: argparse.Namespace) -> dict[str, Any]:
+    from .fid import kid as kernel
+
+    f_real, f_fake = _sample_and_real(ctx, o)
+    mean, std = kernel(f_real, f_fake, o.subsets, o.subset_size, ctx.seed)
+    return {"kid_mean": mean, "kid_std": std, "feature_net": o.feature_net, "n": len(f_real),
+            "feature_dim": int(f_real.shape[1])}
