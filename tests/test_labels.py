@@ -200,3 +200,28 @@ def test_attribute_conditional_run_and_figure7_grid(attributes_npz, tmp_path, ca
     assert out.is_file()
     assert main(["sample", str(run), "--condition", "Nope", "--out", str(out)]) == 2
     assert "unknown attribute" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------- ali eval
+
+def test_eval_classify_and_conditional_metrics(classes_npz, tmp_path, capsys):
+    import json
+
+    ssl, cond = tmp_path / "ssl", tmp_path / "cond"
+    train(_tiny(classes_npz, "model.semi_supervised=true", "data.labels=10"), run_dir=ssl,
+          quiet=True)
+    train(_tiny(classes_npz, "model.conditional=true"), run_dir=cond, quiet=True)
+    capsys.readouterr()
+    assert main(["eval", str(ssl), "--metric", "classify", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert 0 <= out["error"] <= 100 and out["n"] == 32
+    assert json.loads((ssl / "eval" / "classify.json").read_text())["error"] == out["error"]
+    assert main(["eval", str(cond), "--metric", "conditional", "--samples", "20", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert 0 <= out["accuracy"] <= 1 and len(out["per_class"]) == 2
+    assert out["diversity"] is not None and out["diversity"] >= 0
+    # Each metric refuses the other kind of run in one line.
+    assert main(["eval", str(cond), "--metric", "classify"]) == 2
+    assert "not a semi-supervised run" in capsys.readouterr().err
+    assert main(["eval", str(ssl), "--metric", "conditional"]) == 2
+    assert "not a class-conditional run" in capsys.readouterr().err

@@ -32,7 +32,7 @@ from typing import Any, Callable
 
 from ..errors import AliError
 
-MODULES = ("ali.eval.metrics",)
+MODULES = ("ali.eval.metrics", "ali.eval.labels")
 """Modules whose import registers metrics."""
 
 
