@@ -553,6 +553,9 @@ def _tiny() -> Config:
 # on the paper's networks. The paper gives no schedule for them; these keep each preset's own.
 
 SSL_LABELS = {"svhn": (1000,), "cifar10": (1000, 2000, 4000, 8000), "mnist": (100,)}
+MNIST_SSL_STEPS = 3_000           # within a 20-minute CPU budget
+MNIST_CONDITIONAL_STEPS = 3_000
+MNIST_CONDITIONAL_RECON = 0.03
 
 
 def _semi_supervised(base: str, labels: int) -> Callable[[], Config]:
@@ -561,10 +564,14 @@ def _semi_supervised(base: str, labels: int) -> Callable[[], Config]:
         data = cfg.data
         if base == "svhn":   # Table 1 used the 73,257-image train split, not extra
             data = dataclasses.replace(data, train_split="train")
+        train = cfg.train
+        if base == "mnist":  # measured (README): 2.8% test error after 2,400 steps at lr 3e-4
+            train = dataclasses.replace(train, lr=3e-4, steps=MNIST_SSL_STEPS, log_every=250,
+                                        checkpoint_every=1000)
         return dataclasses.replace(
             cfg, name=f"{base}_ssl_{labels}",
             model=dataclasses.replace(cfg.model, semi_supervised=True),
-            data=dataclasses.replace(data, labels=labels))
+            data=dataclasses.replace(data, labels=labels), train=train)
     make.__doc__ = (f"Semi-supervised ALI on {base} with {labels} labels (K+1 discriminator, "
                     "Tables 1-2).")
     return make
@@ -573,9 +580,15 @@ def _semi_supervised(base: str, labels: int) -> Callable[[], Config]:
 def _conditional(base: str, embed_dim: int) -> Callable[[], Config]:
     def make() -> Config:
         cfg = get_config(base)
-        return dataclasses.replace(
-            cfg, name=f"{base}_conditional",
-            model=dataclasses.replace(cfg.model, conditional=True, embed_dim=embed_dim))
+        model = dataclasses.replace(cfg.model, conditional=True, embed_dim=embed_dim)
+        train = cfg.train
+        if base == "mnist":
+            # Pure Eq. 7 had collapsed each class to one image after 2,000 steps (README);
+            # ALICE's cycle term makes the decoder use z, and 3,000 steps reach 96% accuracy.
+            model = dataclasses.replace(model, recon_weight=MNIST_CONDITIONAL_RECON)
+            train = dataclasses.replace(train, steps=MNIST_CONDITIONAL_STEPS, log_every=250,
+                                        checkpoint_every=1000)
+        return dataclasses.replace(cfg, name=f"{base}_conditional", model=model, train=train)
     make.__doc__ = (f"Conditional ALI on {base} (Eq. 7): "
                     + ("its 40 attributes (Figure 7)." if base == "celeba" else "its classes."))
     return make
