@@ -554,7 +554,7 @@ def _tiny() -> Config:
 
 SSL_LABELS = {"svhn": (1000,), "cifar10": (1000, 2000, 4000, 8000), "mnist": (100,)}
 MNIST_SSL_STEPS = 3_000           # within a 20-minute CPU budget
-MNIST_CONDITIONAL_STEPS = 3_000
+MNIST_CONDITIONAL_STEPS = 4_000
 MNIST_CONDITIONAL_RECON = 0.03
 
 
@@ -584,7 +584,8 @@ def _conditional(base: str, embed_dim: int) -> Callable[[], Config]:
         train = cfg.train
         if base == "mnist":
             # Pure Eq. 7 had collapsed each class to one image after 2,000 steps (README);
-            # ALICE's cycle term makes the decoder use z, and 3,000 steps reach 96% accuracy.
+            # ALICE's cycle term makes the decoder use z: 96.5% accuracy at 3,000 steps,
+            # 97.7% at 4,000 (README).
             model = dataclasses.replace(model, recon_weight=MNIST_CONDITIONAL_RECON)
             train = dataclasses.replace(train, steps=MNIST_CONDITIONAL_STEPS, log_every=250,
                                         checkpoint_every=1000)
