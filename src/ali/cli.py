@@ -183,6 +183,32 @@ def _cmd_arch(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import bench, peak_gflops
+
+    for key in ("steps", "batch_size", "repeats"):
+        if getattr(args, key) is not None and getattr(args, key) < 1:
+            raise AliError(f"--{key.replace('_', '-')} must be >= 1; got {getattr(args, key)}")
+    r = bench(args.name, steps=args.steps, batch_size=args.batch_size, precision=args.precision,
+              compile=True if args.compile else None, repeats=args.repeats,
+              overrides=args.overrides)
+    if args.peak:
+        r["peak_gflops"] = peak_gflops(get_config(args.name, args.overrides).train.device,
+                                       r["precision"])
+        r["fraction_of_peak"] = r["achieved_gflops"] / r["peak_gflops"]
+    if args.json:
+        print(json.dumps(r))
+        return 0
+    print(f"{r['config']} on {r['device']}, {r['precision']}, batch {r['batch_size']}"
+          f"{', channels-last' if r['channels_last'] else ''}"
+          f"{', compiled' if r['compile'] else ''}: {r['step_ms']:.1f} ms/step, "
+          f"{r['images_per_s']:.1f} images/s, {r['flops_per_image'] / 1e9:.3f} GFLOP/image, "
+          f"{r['achieved_gflops']:.1f} GFLOP/s"
+          + (f" ({100 * r['fraction_of_peak']:.0f}% of the measured peak "
+             f"{r['peak_gflops']:.0f})" if args.peak else ""))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="ali", description="Adversarially Learned Inference (Dumoulin et al., 2016).")
@@ -253,6 +279,26 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a config field, e.g. --set model.latent_dim=128")
     a.add_argument("--json", action="store_true", help="print JSON instead of tables")
     a.set_defaults(func=_cmd_arch)
+
+    b = sub.add_parser("bench", help="time full training steps of a config on this machine",
+                       description="Time full training steps (both updates) of a named config "
+                                   "after a warm-up, on random data of the config's data shape "
+                                   "(no dataset needed), on the configured device; FLOPs are "
+                                   "counted over one real step by torch.utils.flop_counter.")
+    b.add_argument("name", help="config name")
+    b.add_argument("--steps", type=int, default=20, help="timed steps (default 20)")
+    b.add_argument("--batch-size", type=int, help="override train.batch_size")
+    b.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"),
+                   help="override train.precision")
+    b.add_argument("--compile", action="store_true", help="torch.compile the step")
+    b.add_argument("--repeats", type=int, default=5,
+                   help="chunks the steps are timed in; the median is reported (default 5)")
+    b.add_argument("--peak", action="store_true",
+                   help="also measure the peak GFLOP/s of a large matrix multiply")
+    b.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field, e.g. --set train.device=cpu")
+    b.add_argument("--json", action="store_true", help="print one JSON object")
+    b.set_defaults(func=_cmd_bench)
     return p
 
 

@@ -197,7 +197,9 @@ class GenerativeModel(nn.Module):
         raise NotImplementedError
 
     def _adversarial(self, s_q: Tensor, s_p: Tensor) -> Losses:
-        """Algorithm 1's losses on logits for the 'real' pairs s_q and the 'fake' pairs s_p."""
+        """Algorithm 1's losses on logits for the 'real' pairs s_q and the 'fake' pairs s_p,
+        in fp32 whatever the precision of the forward pass."""
+        s_q, s_p = L.full(s_q), L.full(s_p)
         return Losses(
             d=L.discriminator_loss(s_q, s_p),
             g=L.generator_loss(s_q, s_p, self.gen_loss),
