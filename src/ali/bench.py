@@ -36,6 +36,7 @@ def _sync(device: torch.device) -> None:
 def synthetic_dataset(cfg: Config, batch_size: int, seed: int = 0) -> Dataset:
     """Random data of ``cfg``'s data shape: uint8 images, or 2-D points."""
     shape = tuple(family(cfg.model.nets).data_shape(cfg.model))
+    shape = shape[1:] if cfg.model.runs > 1 else shape      # one run's item; the sampler stacks
     g = torch.Generator().manual_seed(seed)
     n = SYNTHETIC_BATCHES * batch_size
     if len(shape) == 3:

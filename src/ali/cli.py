@@ -32,8 +32,10 @@ def _default_out(name: str) -> Path:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    from .distributed import from_env
     from .train import run_config, train
 
+    main = from_env().main      # under torchrun, only rank 0 prints and writes
     cfg = get_config(args.name, args.overrides)
     if args.resume and args.out is None:
         raise AliError("--resume needs --out RUN_DIR (the folder of the run to continue)")
@@ -49,8 +51,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if not args.resume and (out / "checkpoints" / "latest.pt").exists():
         raise AliError(f"{out} already holds a run; pass --resume to continue it, "
                        "or choose another --out")
-    print(f"training {cfg.name} ({cfg.model.kind}) for {cfg.train.steps} steps -> {out}",
-          flush=True)
+    if main:
+        print(f"training {cfg.name} ({cfg.model.kind}) for {cfg.train.steps} steps -> {out}",
+              flush=True)
     hooks, dataset = [], None
     if cfg.model.nets != "toy":
         from .data import load_dataset
@@ -64,6 +67,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
         hooks.append(image_hook)
     result = train(cfg, run_dir=out, resume=args.resume, hooks=hooks, dataset=dataset)
+    if not main:
+        return 0
     if cfg.model.nets == "toy":
         from .data import load_dataset
         from .experiments.toy import evaluate
