@@ -207,7 +207,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     print(f"{r['config']} on {r['device']}, {r['precision']}, batch {r['batch_size']}"
           f"{', channels-last' if r['channels_last'] else ''}"
           f"{', compiled' if r['compile'] else ''}: {r['step_ms']:.1f} ms/step, "
-          f"{r['images_per_s']:.1f} images/s, {r['flops_per_image'] / 1e9:.3f} GFLOP/image, "
+          f"{r['images_per_s']:.1f} images/s, {r['flops_per_image'] / 1e6:.4g} MFLOP/image, "
           f"{r['achieved_gflops']:.1f} GFLOP/s"
           + (f" ({100 * r['fraction_of_peak']:.0f}% of the measured peak "
              f"{r['peak_gflops']:.0f})" if args.peak else ""))

@@ -114,6 +114,11 @@ class Stepper:
         self.forward = model.losses
         self._untried = settings.compile    # the first compiled call compiles
         if settings.compile:
+            # Both gradients come from one graph (two backward calls, the first retaining it),
+            # which AOTAutograd allows only without donating the forward's buffers.
+            import torch._functorch.config as functorch_config
+
+            functorch_config.donated_buffer = False
             self.forward = torch.compile(model.losses)
 
     def __call__(self, x: Tensor, z: Tensor):

@@ -101,10 +101,11 @@ class Dropout(nn.Dropout):
     """``nn.Dropout`` whose mask on a CPU comes from 16 random bits per unit (four units per
     64-bit draw) instead of one ``bernoulli_`` draw each: 4-6x faster to draw. The drop
     probability is rounded to a multiple of 1/65536 (0.2 -> 0.199997). Elsewhere (GPUs, eval
-    mode) it is ``nn.Dropout``."""
+    mode, torch.compile) it is ``nn.Dropout``."""
 
     def forward(self, x: Tensor) -> Tensor:
-        if not self.training or self.p == 0 or x.device.type != "cpu" or self.inplace:
+        if (not self.training or self.p == 0 or x.device.type != "cpu" or self.inplace
+                or torch.compiler.is_compiling()):     # compiled code draws its own mask
             return super().forward(x)
         n = x.numel()
         bits = torch.empty((n + 3) // 4, dtype=torch.int64).random_(-2**63, 2**63 - 1)
