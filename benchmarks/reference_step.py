@@ -7,7 +7,7 @@ The reference loop, as most public PyTorch ports write it, on the same networks 
 layer tables, built from torch.nn's own Conv2d, ConvTranspose2d and Dropout), the same batch
 and fp32:
 
-1. z_hat = E(x), x_tilde = G(z); D on (x, z_hat.detach()) and (x_tilde.detach(), z) (the two
+1. z_hat = E(x), x_tilde = G(z) (NCHW memory format); D on (x, z_hat.detach()) and (x_tilde.detach(), z) (the two
    halves as one batch, as ours, so batch norm and dropout see the same thing); D's loss,
    backward, Adam step;
 2. a second full forward of E, G and D for the generator's loss; backward; Adam step.
@@ -88,15 +88,16 @@ def main() -> None:
         return get_config(a.name, [f"train.batch_size={a.batch_size}", "train.device=cpu",
                                    *a.overrides, *extra])
 
-    steps = {"reference (fp32)": reference_step(prepare(cfg("train.precision=fp32")))}
+    plain = ("train.precision=fp32", "train.channels_last=off")   # a port's model: NCHW, fp32
+    steps = {"reference (fp32)": reference_step(prepare(cfg(*plain)))}
     for prec in a.precision:
         steps[f"ours ({prec})"] = prepare(cfg(f"train.precision={prec}")).step
     if a.ablate:
         s = prepare(cfg("train.precision=fp32"))
         plain_layers_(s.model)
         steps["ours, torch.nn layers (fp32)"] = s.step
-        steps["reference, our layers (fp32)"] = reference_step(
-            prepare(cfg("train.precision=fp32")), fast_layers=True)
+        steps["reference, our layers (fp32)"] = reference_step(prepare(cfg(*plain)),
+                                                               fast_layers=True)
     device = torch.device("cpu")
     for step in steps.values():                               # warm-up
         time_chunk(step, device, 2)

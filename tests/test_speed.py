@@ -49,7 +49,7 @@ def test_bad_speed_settings_are_one_line(argv, msg, capsys):
 
 def test_auto_settings_on_cpu():
     s = resolve(get_config("svhn").train, CPU)
-    assert (s.precision, s.channels_last, s.compile) == ("fp32", False, False)
+    assert (s.precision, s.channels_last, s.compile) == ("fp32", True, False)
     s = resolve(get_config("svhn", ["train.channels_last=on"]).train, CPU, images=False)
     assert not s.channels_last                          # 2-D networks have no image format
     with pytest.raises(ConfigError, match="fp16 needs a GPU"):
@@ -101,3 +101,17 @@ def test_fast_dropout_rate_and_scale():
     assert torch.equal(x.grad, y.detach())
     d.eval()
     assert torch.equal(d(x), x)
+
+
+def test_compile_failure_is_one_line(monkeypatch, capsys):
+    def broken(fn):
+        def run(*a, **k):
+            raise RuntimeError("inductor says\nmany\nlines")
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken)
+    assert main(["bench", "tiny", "--compile", "--steps", "1", "--repeats", "1",
+                 "--set", "train.device=cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "torch.compile failed (RuntimeError: inductor says many lines)" in err
+    assert err.count("\n") == 1

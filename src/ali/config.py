@@ -215,13 +215,14 @@ class TrainConfig:
     precision: str = "auto"
     """Arithmetic of the forward pass (autocast; losses, weights and optimiser stay fp32):
     fp32 | bf16 (CPU and GPU) | fp16 (GPU only, with loss scaling) | auto: the fastest setting
-    measured to keep quality on the device kind (README, "Speed"): fp32 on a CPU, bf16 on a GPU
-    that supports it."""
+    measured to keep quality on the device kind (README, "Speed"): fp32 on a CPU (bf16 was
+    slower there without AMX), bf16 on a GPU that supports it."""
     compile: bool = False
-    """Compile the forward pass with torch.compile (needs a C++ compiler on a CPU)."""
+    """Compile the forward pass with torch.compile (needs a C++ compiler on a CPU; measured
+    slower than eager on a 2-core CPU, hence off by default)."""
     channels_last: str = "auto"
-    """Image networks in channels-last memory format: on | off | auto (on, where measured to
-    help: GPUs; off on a CPU, where it was measured not to)."""
+    """Image networks in channels-last memory format: on | off | auto (on: measured faster on a
+    CPU, and what GPU tensor cores want)."""
 
     def __post_init__(self) -> None:
         _check(self.steps >= 1, f"train.steps must be >= 1; got {self.steps}")
