@@ -7,10 +7,13 @@ The reference loop, as most public PyTorch ports write it, on the same networks 
 layer tables, built from torch.nn's own Conv2d, ConvTranspose2d and Dropout), the same batch
 and fp32:
 
-1. z_hat = E(x), x_tilde = G(z) (NCHW memory format); D on (x, z_hat.detach()) and (x_tilde.detach(), z) (the two
-   halves as one batch, as ours, so batch norm and dropout see the same thing); D's loss,
-   backward, Adam step;
-2. a second full forward of E, G and D for the generator's loss; backward; Adam step.
+1. z_hat = E(x), x_tilde = G(z) (NCHW memory format); D on (x, z_hat.detach()) and
+   (x_tilde.detach(), z) (the two halves as one batch, as ours, so batch norm and dropout see
+   the same thing); D's loss, backward, Adam step;
+2. a second full forward of E, G and D for the generator's loss; a full backward (it also
+   computes D's gradients, which the next step zeroes); Adam step.
+
+Its optimisers are torch.optim.Adam with the defaults (not the fused kernel).
 
 Ours is ``ali.bench``'s step, i.e. exactly what ``ali train`` runs (one forward, both
 gradients from it, fused Adam, the fast layers of ``ali.nets.layers``) in each --precision.
