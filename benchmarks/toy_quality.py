@@ -29,12 +29,15 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--out", default=None)
     p.add_argument("--models", default=None, help="comma-separated subset")
+    p.add_argument("--set", dest="overrides", action="append", default=[],
+                   help="override for every run, e.g. train.precision=bf16")
     a = p.parse_args()
     runs = a.runs or (2 if a.quick else 10)
     out = Path(a.out or f"runs/bench-toy-{a.dataset}-{a.protocol}{'-quick' if a.quick else ''}")
     t0 = time.perf_counter()
     models = tuple(a.models.split(",")) if a.models else toy.MODELS
-    results, figures = toy.run(a.dataset, a.protocol, runs, a.quick, models, steps=a.steps)
+    results, figures = toy.run(a.dataset, a.protocol, runs, a.quick, models, steps=a.steps,
+                               overrides=tuple(a.overrides))
     wall = time.perf_counter() - t0
     data = load_dataset(get_config("toy", [f"data.name={a.dataset}"]).data)
     toy.write(results, figures, data, out)

@@ -225,3 +225,13 @@ def test_eval_classify_and_conditional_metrics(classes_npz, tmp_path, capsys):
     assert "not a semi-supervised run" in capsys.readouterr().err
     assert main(["eval", str(ssl), "--metric", "conditional"]) == 2
     assert "not a class-conditional run" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("extra", [["model.semi_supervised=true", "data.labels=10"],
+                                   ["model.conditional=true", "model.recon_weight=0.1"]])
+def test_label_models_train_in_bf16_channels_last(classes_npz, extra):
+    cfg = _tiny(classes_npz, "train.precision=bf16", "train.channels_last=on", *extra)
+    result = train(cfg, quiet=True)
+    assert result.step == 4
+    assert all(torch.isfinite(p).all() for p in result.model.parameters())
+    assert all(np.isfinite(v) for r in result.history for v in r.values())

@@ -32,8 +32,10 @@ def _default_out(name: str) -> Path:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    from .distributed import from_env
     from .train import run_config, train
 
+    main = from_env().main      # under torchrun, only rank 0 prints and writes
     cfg = get_config(args.name, args.overrides)
     if args.resume and args.out is None:
         raise AliError("--resume needs --out RUN_DIR (the folder of the run to continue)")
@@ -49,8 +51,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if not args.resume and (out / "checkpoints" / "latest.pt").exists():
         raise AliError(f"{out} already holds a run; pass --resume to continue it, "
                        "or choose another --out")
-    print(f"training {cfg.name} ({cfg.model.kind}) for {cfg.train.steps} steps -> {out}",
-          flush=True)
+    if main:
+        print(f"training {cfg.name} ({cfg.model.kind}) for {cfg.train.steps} steps -> {out}",
+              flush=True)
     hooks, dataset = [], None
     if cfg.model.nets != "toy":
         from .data import load_dataset
@@ -69,6 +72,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if tb is not None:  # only when the tensorboard package is installed
         hooks.append(tb)
     result = train(cfg, run_dir=out, resume=args.resume, hooks=hooks, dataset=dataset)
+    if not main:
+        return 0
     if cfg.model.nets == "toy":
         from .data import load_dataset
         from .experiments.toy import evaluate
@@ -280,6 +285,32 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import bench, peak_gflops
+
+    for key in ("steps", "batch_size", "repeats"):
+        if getattr(args, key) is not None and getattr(args, key) < 1:
+            raise AliError(f"--{key.replace('_', '-')} must be >= 1; got {getattr(args, key)}")
+    r = bench(args.name, steps=args.steps, batch_size=args.batch_size, precision=args.precision,
+              compile=True if args.compile else None, repeats=args.repeats,
+              overrides=args.overrides)
+    if args.peak:
+        r["peak_gflops"] = peak_gflops(get_config(args.name, args.overrides).train.device,
+                                       r["precision"])
+        r["fraction_of_peak"] = r["achieved_gflops"] / r["peak_gflops"]
+    if args.json:
+        print(json.dumps(r))
+        return 0
+    print(f"{r['config']} on {r['device']}, {r['precision']}, batch {r['batch_size']}"
+          f"{', channels-last' if r['channels_last'] else ''}"
+          f"{', compiled' if r['compile'] else ''}: {r['step_ms']:.1f} ms/step, "
+          f"{r['images_per_s']:.1f} images/s, {r['flops_per_image'] / 1e6:.4g} MFLOP/image, "
+          f"{r['achieved_gflops']:.1f} GFLOP/s"
+          + (f" ({100 * r['fraction_of_peak']:.0f}% of the measured peak "
+             f"{r['peak_gflops']:.0f})" if args.peak else ""))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="ali", description="Adversarially Learned Inference (Dumoulin et al., 2016).")
@@ -386,6 +417,25 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("run_dir", help="a run folder written by `ali train`")
     r.add_argument("--out", help="HTML path (default RUN_DIR/report.html)")
     r.set_defaults(func=_cmd_report)
+    b = sub.add_parser("bench", help="time full training steps of a config on this machine",
+                       description="Time full training steps (both updates) of a named config "
+                                   "after a warm-up, on random data of the config's data shape "
+                                   "(no dataset needed), on the configured device; FLOPs are "
+                                   "counted over one real step by torch.utils.flop_counter.")
+    b.add_argument("name", help="config name")
+    b.add_argument("--steps", type=int, default=20, help="timed steps (default 20)")
+    b.add_argument("--batch-size", type=int, help="override train.batch_size")
+    b.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"),
+                   help="override train.precision")
+    b.add_argument("--compile", action="store_true", help="torch.compile the step")
+    b.add_argument("--repeats", type=int, default=5,
+                   help="chunks the steps are timed in; the median is reported (default 5)")
+    b.add_argument("--peak", action="store_true",
+                   help="also measure the peak GFLOP/s of a large matrix multiply")
+    b.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field, e.g. --set train.device=cpu")
+    b.add_argument("--json", action="store_true", help="print one JSON object")
+    b.set_defaults(func=_cmd_bench)
     return p
 
 

@@ -28,6 +28,8 @@ GEN_LOSSES = ("nonsaturating", "saturating")
 LR_SCHEDULES = ("constant", "linear")
 MNIST_STEPS = 12_000  # 20 epochs of 60,000 images at batch 100
 ON_DIVERGENCE = ("stop", "rollback")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+CHANNELS_LAST = ("auto", "on", "off")
 
 
 def _check(cond: bool, msg: str) -> None:
@@ -242,6 +244,17 @@ class TrainConfig:
     labelled_batch_size: int = 0
     """Semi-supervised ALI: labelled examples per step (besides train.batch_size unlabelled
     ones); 0 = train.batch_size, or all the labelled examples when there are fewer."""
+    precision: str = "auto"
+    """Arithmetic of the forward pass (autocast; losses, weights and optimiser stay fp32):
+    fp32 | bf16 (CPU and GPU) | fp16 (GPU only, with loss scaling) | auto: the fastest setting
+    measured to keep quality on the device kind (README, "Speed"): fp32 on a CPU (bf16 was
+    slower there without AMX), bf16 on a GPU that supports it."""
+    compile: bool = False
+    """Compile the forward pass with torch.compile (needs a C++ compiler on a CPU; measured
+    slower than eager on a 2-core CPU, hence off by default)."""
+    channels_last: str = "auto"
+    """Image networks in channels-last memory format: on | off | auto (on: measured faster on a
+    CPU, and what GPU tensor cores want)."""
 
     def __post_init__(self) -> None:
         _check(self.steps >= 1, f"train.steps must be >= 1; got {self.steps}")
@@ -268,6 +281,12 @@ class TrainConfig:
                f"train.max_rollbacks must be >= 0; got {self.max_rollbacks}")
         _check(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
                f"train.device must be auto, cpu or cuda[:N]; got {self.device!r}")
+        _one_of(self.precision, PRECISIONS, "train.precision")
+        _check(not (self.precision == "fp16" and self.device == "cpu"),
+               "train.precision=fp16 needs a GPU (train.device=cuda); use bf16 on a CPU")
+        _check(isinstance(self.compile, bool),
+               f"train.compile must be true or false; got {self.compile!r}")
+        _one_of(self.channels_last, CHANNELS_LAST, "train.channels_last")
 
 
 @dataclass(frozen=True)
@@ -287,11 +306,12 @@ class Config:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Config":
-        """Rebuild a config from :meth:`to_dict` output (e.g. a run's ``config.json``)."""
+        """Rebuild a config from :meth:`to_dict` output (e.g. a run's ``config.json``, whose
+        ``run`` record of how the run ran (processes, precision, ...) is not part of it)."""
         if not isinstance(d, dict):
             raise ConfigError("a config must be a JSON object")
         top = {f.name for f in dataclasses.fields(cls)}
-        unknown_top = sorted((k for k in d if k not in top), key=repr)
+        unknown_top = sorted((k for k in d if k not in top and k != "run"), key=repr)
         if unknown_top:
             raise ConfigError(f"unknown config section {reprlib.repr(unknown_top[0])} "
                               f"(known: {', '.join(sorted(top))})")

@@ -18,8 +18,14 @@ from __future__ import annotations
 
 import math
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+
+def full(t: Tensor) -> Tensor:
+    """``t`` in fp32 when it is in a half precision (mixed-precision forward), else as it is."""
+    return t.float() if t.dtype in (torch.bfloat16, torch.float16) else t
 
 
 def _batch_mean_run_sum(t: Tensor) -> Tensor:
@@ -74,16 +80,18 @@ def batch_mean_run_sum(t: Tensor) -> Tensor:
 
 
 def gaussian_kl(mu: Tensor, log_sigma: Tensor) -> Tensor:
-    """KL(N(mu, sigma^2) || N(0, 1)) elementwise."""
+    """KL(N(mu, sigma^2) || N(0, 1)) elementwise, in fp32."""
+    mu, log_sigma = full(mu), full(log_sigma)
     return 0.5 * (mu.pow(2) + (2 * log_sigma).exp() - 1) - log_sigma
 
 
 def gaussian_nll(x: Tensor, mean: Tensor, log_sigma: Tensor) -> Tensor:
-    """-log N(x; mean, sigma^2) elementwise."""
+    """-log N(x; mean, sigma^2) elementwise, in fp32."""
+    x, mean, log_sigma = full(x), full(mean), full(log_sigma)
     return 0.5 * ((x - mean) * (-log_sigma).exp()).pow(2) + log_sigma + 0.5 * math.log(2 * math.pi)
 
 
 def bernoulli_nll(x: Tensor, mean: Tensor, eps: float = 1e-7) -> Tensor:
-    """-log Bernoulli(x; mean) elementwise for x in [0, 1]."""
-    mean = mean.clamp(eps, 1 - eps)
+    """-log Bernoulli(x; mean) elementwise for x in [0, 1], in fp32 (1 - 1e-7 is 1 in bf16)."""
+    x, mean = full(x), full(mean).clamp(eps, 1 - eps)
     return -(x * mean.log() + (1 - x) * (1 - mean).log())

@@ -281,7 +281,9 @@ class GenerativeModel(nn.Module):
         raise NotImplementedError
 
     def _adversarial(self, s_q: Tensor, s_p: Tensor) -> Losses:
-        """Algorithm 1's losses on logits for the 'real' pairs s_q and the 'fake' pairs s_p."""
+        """Algorithm 1's losses on logits for the 'real' pairs s_q and the 'fake' pairs s_p,
+        in fp32 whatever the precision of the forward pass."""
+        s_q, s_p = L.full(s_q), L.full(s_p)
         return Losses(
             d=L.discriminator_loss(s_q, s_p),
             g=L.generator_loss(s_q, s_p, self.gen_loss),
@@ -353,7 +355,8 @@ class ALI(GenerativeModel):
         s_q, s_p = logits.chunk(2)                      # (B, R) each
         out = self._adversarial(s_q, s_p)
         if self.recon_weight:
-            cycle = L.batch_mean_run_sum(L.per_example_sum((x - x_rec).pow(2), self.runs))
+            cycle = L.batch_mean_run_sum(L.per_example_sum((x - L.full(x_rec)).pow(2),
+                                                           self.runs))
             out.g = out.g + self.recon_weight * cycle
             out.stats["recon_sse"] = cycle.detach() / self.runs
         return out
@@ -363,8 +366,8 @@ class ALI(GenerativeModel):
         b = len(x)
         z_hat = self.encode(torch.cat([x, x_l]))        # (B + Bl, *latent): one encoder pass
         x_tilde = self.decode(z)                        # (B, *data)
-        logits = self.discriminator(torch.cat([x, x_tilde, x_l]),
-                                    torch.cat([z_hat[:b], z, z_hat[b:]]))   # (2B + Bl, K)
+        logits = L.full(self.discriminator(torch.cat([x, x_tilde, x_l]),
+                                           torch.cat([z_hat[:b], z, z_hat[b:]])))  # (2B+Bl, K)
         l_q, l_p, l_l = logits.split([b, b, len(x_l)])
         # With the fake logit fixed at 0, D(x, z) = sigmoid(logsumexp(l)): the usual ALI game on
         # s = logsumexp(l), and the classes come for free.

@@ -30,7 +30,7 @@ from typing import Any, BinaryIO, Callable, Iterable
 import numpy as np
 import torch
 
-from . import __version__
+from . import __version__, distributed, speed
 from .config import Config, TrainConfig
 from .data import (Dataset, ImageSampler, first_items, labelled_subset, load_dataset,
                    make_sampler)
@@ -374,8 +374,11 @@ class _SignalGuard:
 
 def train_step(model: GenerativeModel, x: torch.Tensor, z: torch.Tensor,
                opt_d: torch.optim.Optimizer | None, opt_g: torch.optim.Optimizer | None,
-               params_d: list[torch.nn.Parameter], params_g: list[torch.nn.Parameter],
-               **inputs: Any) -> Losses:
+               params_d: list[torch.nn.Parameter], params_g: list[torch.nn.Parameter], *,
+               forward: Callable[..., Losses] | None = None,
+               autocast: Callable[[], contextlib.AbstractContextManager] | None = None,
+               scaler: torch.amp.GradScaler | None = None,
+               sync: Callable[[], None] | None = None, **inputs: Any) -> Losses:
     """One simultaneous update of both players from ONE forward pass.
 
     ``inputs`` go to :meth:`~ali.model.GenerativeModel.losses` (a conditional model's ``y``, a
@@ -385,26 +388,39 @@ def train_step(model: GenerativeModel, x: torch.Tensor, z: torch.Tensor,
     generator loss w.r.t. the encoder's and decoder's only, both from the same graph; neither
     optimiser steps before both backward passes are done, so no saved tensor is modified in
     place (the bug of ports that step D before G's backward).
+
+    ``forward`` replaces ``model.losses`` (a compiled version of it), ``autocast`` makes the
+    context the forward pass runs in (mixed precision), ``scaler`` scales both losses (fp16)
+    and ``sync`` runs between the backward passes and the optimiser steps (gradient averaging
+    across processes). See :class:`ali.speed.Stepper`.
     """
-    out = model.losses(x, z, **inputs)
+    with autocast() if autocast is not None else contextlib.nullcontext():
+        out = (forward or model.losses)(x, z, **inputs)
     for opt in (opt_d, opt_g):
         if opt is not None:
             opt.zero_grad(set_to_none=True)
+    scale = scaler.scale if scaler is not None else (lambda loss: loss)
     if out.d is not None:
-        out.d.backward(inputs=params_d, retain_graph=True)
-    out.g.backward(inputs=params_g)
+        scale(out.d).backward(inputs=params_d, retain_graph=True)
+    scale(out.g).backward(inputs=params_g)
+    if sync is not None:
+        sync()
     for opt in (opt_d, opt_g):
         if opt is not None:
-            opt.step()
+            scaler.step(opt) if scaler is not None else opt.step()
+    if scaler is not None:
+        scaler.update()
     return out
 
 
 # Keys that may change when a run is resumed: how long it runs and how it reports.
 # So are the failure policies: the learning-rate scale and rollback count they produced are
 # part of the checkpoint, so changing them does not alter the steps already taken.
+# How fast the step runs may change too (the device, and with it the number of processes, may).
 RESUMABLE_KEYS = {"train.steps", "train.log_every", "train.checkpoint_every", "train.progress",
                   "train.device", "train.keep_checkpoints", "train.on_divergence",
-                  "train.rollback_lr_factor", "train.max_rollbacks"}
+                  "train.rollback_lr_factor", "train.max_rollbacks", "train.precision",
+                  "train.compile", "train.channels_last"}
 
 
 def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
@@ -491,6 +507,11 @@ def train(cfg: Config, *, run_dir: Path | str | None = None, resume: bool = Fals
     current step, write a checkpoint and raise :class:`~ali.errors.TrainingInterrupted`; a
     second signal raises KeyboardInterrupt at once.
 
+    Under torchrun (``RANK``/``WORLD_SIZE`` set) each process trains its share of every batch
+    and the gradients are averaged (:mod:`ali.distributed`); only rank 0 writes ``run_dir``,
+    prints and runs ``hooks``, and the other ranks return ``run_dir=None``. Every rank reads
+    the checkpoint to resume, so ``run_dir`` must be visible to all of them.
+
     Args:
         cfg: the run's configuration.
         run_dir: where ``config.json``, ``metrics.jsonl`` and ``checkpoints/`` go; None keeps
@@ -510,9 +531,24 @@ def train(cfg: Config, *, run_dir: Path | str | None = None, resume: bool = Fals
         CheckpointError: an unusable run folder or checkpoint, or one that cannot be written.
     """
     t = cfg.train
-    device = resolve_device(t.device)
+    ctx, device, own_group = distributed.init(t.device)
+    try:
+        return _train(cfg, ctx, device, run_dir, resume, model, dataset, quiet, hooks, until)
+    finally:
+        if own_group:
+            distributed.shutdown()
+
+
+def _train(cfg: Config, ctx: distributed.Context, device: torch.device,
+           run_dir: Path | str | None, resume: bool, model: GenerativeModel | None,
+           dataset: Dataset | None, quiet: bool, hooks: Iterable[Hook],
+           until: int | None) -> TrainResult:
+    t = cfg.train
     seed_everything(t.seed)
-    run_dir = Path(run_dir) if run_dir is not None else None
+    read_dir = Path(run_dir) if run_dir is not None else None
+    run_dir = read_dir if ctx.main else None       # only rank 0 writes
+    quiet = quiet or not ctx.main
+    batch = distributed.local_batch(t.batch_size, ctx)
 
     if dataset is None:
         dataset = load_dataset(cfg.data)
@@ -524,18 +560,25 @@ def train(cfg: Config, *, run_dir: Path | str | None = None, resume: bool = Fals
     if not resume:
         init_from_data_(model, dataset)
     sampler = make_sampler(dataset, t.batch_size, model.runs, seed=t.seed, device=device,
-                           with_labels=cfg.model.conditional)
+                           shard=(ctx.rank, ctx.world_size), with_labels=cfg.model.conditional)
     labelled_sampler = None
     if cfg.model.semi_supervised:
         x_lab, y_lab = labelled_subset(dataset)
         size = t.labelled_batch_size or min(t.batch_size, len(y_lab))
         # Its own seed, so the unlabelled batches are those of the same run without labels.
+        # Every process draws the same labelled batch.
         labelled_sampler = ImageSampler(x_lab.to(device), size, 1, seed=t.seed + 1,
                                         device=device, labels=y_lab)
+    images = len(family(cfg.model.nets).data_shape(cfg.model)) == 3
+    settings = speed.resolve(t, device, images)
+    speed.prepare(model, settings, device)
 
     params_d, params_g = model.parameters_d(), model.parameters_g()
     lr_d = t.lr if t.lr_d is None else t.lr_d
     opt_d, opt_g = make_optimizer(params_d, t, lr_d), make_optimizer(params_g, t)
+    stepper = speed.Stepper(model, opt_d, opt_g, params_d, params_g, device, settings,
+                            sync=distributed.GradientAverager(list(model.parameters()))
+                            if ctx.enabled else None)
     base_lr = [(o, lr) for o, lr in ((opt_d, lr_d), (opt_g, t.lr)) if o is not None]
     lr_scale, rollbacks = 1.0, 0          # changed by rollbacks; saved in every checkpoint
 
@@ -545,7 +588,7 @@ def train(cfg: Config, *, run_dir: Path | str | None = None, resume: bool = Fals
                 "opt_g": opt_g.state_dict() if opt_g else None,
                 "sampler": sampler.state_dict(), "rng": _rng_state(), "version": __version__,
                 "labelled_sampler": labelled_sampler.state_dict() if labelled_sampler else None,
-                "lr_scale": lr_scale, "rollbacks": rollbacks}
+                "lr_scale": lr_scale, "rollbacks": rollbacks, "scaler": stepper.state_dict()}
 
     def restore(ckpt: dict[str, Any], name: str) -> int:
         nonlocal lr_scale, rollbacks
@@ -558,6 +601,7 @@ def train(cfg: Config, *, run_dir: Path | str | None = None, resume: bool = Fals
             if labelled_sampler is not None:
                 labelled_sampler.load_state_dict(ckpt["labelled_sampler"])
             _set_rng_state(ckpt["rng"])
+            stepper.load_state_dict(ckpt.get("scaler"))
             lr_scale = float(ckpt.get("lr_scale", 1.0))
             rollbacks = int(ckpt.get("rollbacks", 0))
         except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as e:
@@ -569,21 +613,29 @@ def train(cfg: Config, *, run_dir: Path | str | None = None, resume: bool = Fals
     ckpt_dir = run_dir / "checkpoints" if run_dir else None
     latest = ckpt_dir / LATEST if ckpt_dir else None
     if resume:
-        if run_dir is None:
+        if read_dir is None:
             raise CheckpointError("--resume needs a run folder")
-        path = run_checkpoint_path(run_dir)
+        path = run_checkpoint_path(read_dir)
         ckpt = load_checkpoint(path)
         diff = config_differences(ckpt["config"], cfg.to_dict())
         if diff:
             raise CheckpointError(f"{path} was written by a different config "
                                   f"({diff[0]}); resume with the run's own settings")
         start = restore(ckpt, str(path))
+    if ctx.enabled:
+        # One model in every process (rank 0's), and each process its own noise.
+        distributed.broadcast_module(model)
+        if not ctx.main:
+            seed_everything(distributed.rank_seed(t.seed, ctx.rank, start))
     if run_dir:
         if run_dir.exists() and not run_dir.is_dir():
             raise CheckpointError(f"{run_dir} exists and is not a folder; choose another --out")
         try:
             run_dir.mkdir(parents=True, exist_ok=True)
-            (run_dir / "config.json").write_text(cfg.to_json() + "\n")
+            record = {**cfg.to_dict(), "run": {
+                "world_size": ctx.world_size, "batch_per_process": batch, "device": str(device),
+                **settings.to_dict(), "torch": torch.__version__, "ali": __version__}}
+            (run_dir / "config.json").write_text(json.dumps(record, indent=2) + "\n")
             _remove_stale_temporaries(ckpt_dir)
         except OSError as e:
             raise CheckpointError(f"cannot use run folder {run_dir}: {_one_line(e)}") from None
@@ -639,8 +691,8 @@ def train(cfg: Config, *, run_dir: Path | str | None = None, resume: bool = Fals
                     x, inputs["y"] = x
                 if labelled_sampler is not None:                # (x_l, y_l): (Bl, *data), (Bl,)
                     inputs["labelled"] = labelled_sampler.next()
-                z = model.sample_prior(t.batch_size)            # (B, *latent) ~ p(z)
-                out = train_step(model, x, z, opt_d, opt_g, params_d, params_g, **inputs)
+                z = model.sample_prior(batch)                   # (B, *latent) ~ p(z)
+                out = stepper(x, z, **inputs)
 
                 scalars = {"loss_g": out.g.detach() / model.runs, **out.stats}
                 if out.d is not None:
@@ -651,7 +703,16 @@ def train(cfg: Config, *, run_dir: Path | str | None = None, resume: bool = Fals
                 step += 1
 
                 problem = None
-                if step % t.log_every == 0 or step == t.steps:
+                at_log = step % t.log_every == 0 or step == t.steps
+                at_ckpt = step % t.checkpoint_every == 0 or step == end
+                stop = False
+                if ctx.enabled and (at_log or at_ckpt):
+                    # Every process decides alike: on the averaged losses, rank 0's batch-norm
+                    # statistics, and a signal any of them got (looked at only here).
+                    stop = distributed.agree(guard.signum is not None, device)
+                    sums = distributed.average(sums)
+                    distributed.broadcast_module(model, buffers_only=True)
+                if at_log:
                     now = time.perf_counter()
                     record: dict[str, Any] = {"step": step}
                     record.update({k: float(v) / n_sum for k, v in sorted(sums.items())})
@@ -666,17 +727,17 @@ def train(cfg: Config, *, run_dir: Path | str | None = None, resume: bool = Fals
                     else:
                         history.append(record)
                         sums, n_sum, t_log = {}, 0, now
-                        for hook in hooks:
+                        for hook in hooks if ctx.main else ():
                             hook(step, model, run_dir)
+                stop = stop or (not ctx.enabled and guard.signum is not None)
                 # Never write bad weights over the last good checkpoint.
-                if problem is None and (step % t.checkpoint_every == 0 or step == end
-                                        or guard.signum is not None):
+                if problem is None and (at_ckpt or stop):
                     problem = _non_finite(model, sums)
                     if problem is None:
                         save(step)
 
                 if problem is not None:
-                    if rollback and rollbacks < t.max_rollbacks and guard.signum is None:
+                    if rollback and rollbacks < t.max_rollbacks and not stop:
                         assert good is not None
                         bad_step, (step, data) = step, good
                         # The good state's own scale and count predate this divergence.
@@ -695,8 +756,9 @@ def train(cfg: Config, *, run_dir: Path | str | None = None, resume: bool = Fals
                             else "lower train.lr or set train.on_divergence=rollback")
                     raise DivergenceError(f"training diverged at step {step}: {problem}; "
                                           f"{where}; {hint}", step)
-                if guard.signum is not None:
-                    name = signal.Signals(guard.signum).name
+                if stop:
+                    signum = guard.signum or signal.SIGTERM    # a signal another process got
+                    name = signal.Signals(signum).name
                     model.eval()
                     result = TrainResult(model, step, run_dir, time.perf_counter() - t0, history)
                     if run_dir is None:
@@ -705,7 +767,7 @@ def train(cfg: Config, *, run_dir: Path | str | None = None, resume: bool = Fals
                         msg = (f"interrupted by {name} at step {step}; checkpoint {latest}; "
                                f"resume with: ali train {shlex.quote(cfg.name)} --out "
                                f"{shlex.quote(str(run_dir))} --resume")
-                    raise TrainingInterrupted(msg, guard.signum, step, result)
+                    raise TrainingInterrupted(msg, signum, step, result)
                 logger.advance(1)
     finally:
         logger.close()

@@ -150,15 +150,19 @@ class TensorSampler:
     Each run walks its own permutation of the data. Batches are (B, *item) for one run and
     (B, R, *item) for R runs. The state (epoch permutation, position, generator) is part of a
     checkpoint, so a resumed run sees exactly the batches it would have seen.
+
+    ``shard=(rank, world_size)``: every process walks the same order and takes its
+    ``B / world_size`` share of each batch of ``B`` (multi-process training).
     """
 
     def __init__(self, data: Tensor, batch_size: int, runs: int = 1, seed: int = 0,
-                 labels: Tensor | None = None) -> None:
+                 labels: Tensor | None = None, shard: tuple[int, int] = (0, 1)) -> None:
         if batch_size > len(data):
             raise ConfigError(
                 f"train.batch_size={batch_size} is larger than the dataset ({len(data)} items)")
         self.data, self.batch_size, self.runs = data, batch_size, runs
         self.labels = None if labels is None else labels.to(data.device)
+        self.share = _share(batch_size, shard)
         self.generator = torch.Generator(device=data.device).manual_seed(seed)
         self.perm: Tensor | None = None
         self.pos = 0
@@ -175,6 +179,7 @@ class TensorSampler:
         if self.perm is None or self.pos + self.batch_size > self.perm.shape[1]:
             self._new_epoch()
         idx = self.perm[:, self.pos:self.pos + self.batch_size].T    # (B, R)
+        idx = idx[self.share]                                         # this process's share
         self.pos += self.batch_size
         x = self.data[idx]                                            # (B, R, *item)
         x = x.squeeze(1) if self.runs == 1 else x
@@ -202,8 +207,9 @@ class ImageSampler(TensorSampler):
     """
 
     def __init__(self, data: Tensor, batch_size: int, runs: int = 1, seed: int = 0,
-                 device: torch.device | str | None = None, labels: Tensor | None = None) -> None:
-        super().__init__(data, batch_size, runs, seed, labels)
+                 device: torch.device | str | None = None, labels: Tensor | None = None,
+                 shard: tuple[int, int] = (0, 1)) -> None:
+        super().__init__(data, batch_size, runs, seed, labels, shard)
         self.device = torch.device(device) if device is not None else data.device
         if self.labels is not None:
             self.labels = self.labels.to(self.device)
@@ -228,11 +234,12 @@ class StreamSampler:
 
     def __init__(self, source: ImageSource, batch_size: int, runs: int = 1, seed: int = 0,
                  device: torch.device | str = "cpu", workers: int = 0,
-                 labels: Tensor | None = None) -> None:
+                 labels: Tensor | None = None, shard: tuple[int, int] = (0, 1)) -> None:
         if batch_size > len(source):
             raise ConfigError(
                 f"train.batch_size={batch_size} is larger than the dataset ({len(source)} items)")
         self.source, self.batch_size, self.runs, self.seed = source, batch_size, runs, seed
+        self.share = _share(batch_size, shard)
         self.device, self.workers = torch.device(device), workers
         self.labels = None if labels is None else labels.to(self.device)
         self.taken = 0
@@ -247,7 +254,7 @@ class StreamSampler:
             perm = torch.rand(self.runs, len(self.source), generator=g).argsort(dim=1)
             for p in range(pos, per_epoch):
                 b = self.batch_size
-                yield perm[:, p * b:(p + 1) * b].T.reshape(-1).tolist()   # (B * R,)
+                yield perm[:, p * b:(p + 1) * b].T[self.share].reshape(-1).tolist()  # (B * R,)
             epoch, pos = epoch + 1, 0
 
     def _start(self) -> None:
@@ -268,12 +275,12 @@ class StreamSampler:
         self.taken += 1
         x = x.to(self.device, non_blocking=True).float().div_(255)
         if self.runs > 1:
-            x = x.view(self.batch_size, self.runs, *x.shape[1:])
+            x = x.view(-1, self.runs, *x.shape[1:])
         if self.labels is None:
             return x
         idx = torch.tensor(next(self._label_idx), device=self.device)
         y = self.labels[idx]
-        return x, (y.view(self.batch_size, self.runs, *y.shape[1:]) if self.runs > 1 else y)
+        return x, (y.view(-1, self.runs, *y.shape[1:]) if self.runs > 1 else y)
 
     def close(self) -> None:
         self._it = self._label_idx = None
@@ -298,7 +305,7 @@ def first_items(dataset: Dataset, n: int) -> Tensor:
 
 def make_sampler(dataset: Dataset, batch_size: int, runs: int = 1, seed: int = 0,
                  device: torch.device | str = "cpu", workers: int | None = None,
-                 device_bytes: int = DEVICE_BYTES,
+                 device_bytes: int = DEVICE_BYTES, shard: tuple[int, int] = (0, 1),
                  with_labels: bool = False) -> TensorSampler | StreamSampler:
     """The sampler of ``dataset.train``: ``.next()`` is a float batch on ``device``, or
     ``(batch, labels)`` ``with_labels``.
@@ -306,6 +313,7 @@ def make_sampler(dataset: Dataset, batch_size: int, runs: int = 1, seed: int = 0
     2-D data: :class:`TensorSampler` on the device. Images in memory: :class:`ImageSampler`,
     the uint8 tensor on the device when it is at most ``device_bytes``, else in host memory.
     Streamed images: :class:`StreamSampler` with ``workers`` (default ``dataset.workers``).
+    ``shard=(rank, world_size)``: this process's share of each batch (multi-process training).
     """
     device = torch.device(device)
     x = dataset.train
@@ -314,12 +322,20 @@ def make_sampler(dataset: Dataset, batch_size: int, runs: int = 1, seed: int = 0
         raise ConfigError(f"dataset {dataset.name!r} has no training labels")
     if isinstance(x, ImageSource):
         return StreamSampler(x, batch_size, runs, seed, device,
-                             dataset.workers if workers is None else workers, labels=y)
+                             dataset.workers if workers is None else workers, labels=y,
+                             shard=shard)
     if x.dtype == torch.uint8:
         on_device = x.numel() <= device_bytes
         return ImageSampler(x.to(device) if on_device else x, batch_size, runs, seed, device,
-                            labels=y)
-    return TensorSampler(x.to(device), batch_size, runs, seed, labels=y)
+                            labels=y, shard=shard)
+    return TensorSampler(x.to(device), batch_size, runs, seed, labels=y, shard=shard)
+
+
+def _share(batch_size: int, shard: tuple[int, int]) -> slice:
+    """The rows of a batch of ``batch_size`` that process ``rank`` of ``world_size`` takes."""
+    rank, world = shard
+    n = batch_size // world
+    return slice(rank * n, (rank + 1) * n)
 
 
 def labelled_subset(dataset: Dataset) -> tuple[Tensor, Tensor]:

@@ -97,9 +97,13 @@ def _train_and_score(cfg: Config, data: Dataset) -> tuple[dict[str, list[float]]
 
 def run(dataset: str = "grid", protocol: str = "tuned", runs: int = 10, quick: bool = False,
         models: tuple[str, ...] = MODELS, steps: int | None = None, device: str = "auto",
-        log: Callable[[str], None] = print) -> tuple[dict[str, Any], dict[str, dict]]:
-    """Train and score every model; returns (results.json content, run 0's figure points)."""
-    base = ("model.runs=1", f"data.name={dataset}", f"train.device={device}")
+        log: Callable[[str], None] = print, overrides: tuple[str, ...] = ()
+        ) -> tuple[dict[str, Any], dict[str, dict]]:
+    """Train and score every model; returns (results.json content, run 0's figure points).
+
+    ``overrides`` (``section.key=value``) apply to every run, e.g. ``train.precision=bf16``.
+    """
+    base = ("model.runs=1", f"data.name={dataset}", f"train.device={device}", *overrides)
     data = load_dataset(get_config("toy", base).data)
     results: dict[str, Any] = {"dataset": dataset, "protocol": protocol, "runs": runs,
                                "models": {}}

@@ -29,7 +29,8 @@ from torch import Tensor, nn
 from ..config import ModelConfig
 from ..errors import ConfigError
 from ..model import ConditionedNet, JointDiscriminator, MarginalDiscriminator, StochasticEncoder
-from .layers import BN_EPS, BN_MOMENTUM, Maxout, init_normal_
+from .layers import (BN_EPS, BN_MOMENTUM, Conv2d, ConvTranspose2d, Dropout, Maxout,
+                     init_normal_)
 
 OPS = ("conv", "convT")
 ACTS = ("lrelu", "relu", "maxout", "linear", "sigmoid")
@@ -93,8 +94,8 @@ class ConvBlock(nn.Sequential):
                  pixel_shape: tuple[int, int, int] | None = None) -> None:
         mods: OrderedDict[str, nn.Module] = OrderedDict()
         if spec.dropout > 0:
-            mods["dropout"] = nn.Dropout(spec.dropout)
-        Conv = nn.Conv2d if spec.op == "conv" else nn.ConvTranspose2d
+            mods["dropout"] = Dropout(spec.dropout)
+        Conv = Conv2d if spec.op == "conv" else ConvTranspose2d
         mods["conv"] = Conv(in_channels, spec.maps, spec.kernel, spec.stride, padding=0,
                             bias=not (spec.bn or spec.pixel_bias))
         if spec.bn:

@@ -1,0 +1,164 @@
+"""``ali bench``: how fast the training step of a config runs on this machine.
+
+:func:`bench` times full training steps (both updates, exactly as :func:`ali.train.train` runs
+them: the same sampler, noise, precision, memory format and compilation) after a warm-up, on
+random data of the config's data shape, so no dataset is needed. The FLOPs of one real step
+(forward and both backward passes) are counted by :class:`torch.utils.flop_counter.FlopCounterMode`.
+:func:`peak_gflops` measures the machine's peak for comparison: a large matrix multiply in
+the same precision.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+
+from . import speed
+from .config import Config, apply_overrides, get_config
+from .data import Dataset, make_sampler
+from .errors import ConfigError
+from .nets import build_model, family
+from .train import make_optimizer, resolve_device, train_step
+
+SYNTHETIC_BATCHES = 4
+"""The random dataset holds this many batches (drawn from on the device, as a real run)."""
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def synthetic_dataset(cfg: Config, batch_size: int, seed: int = 0) -> Dataset:
+    """Random data of ``cfg``'s data shape: uint8 images, or 2-D points."""
+    shape = tuple(family(cfg.model.nets).data_shape(cfg.model))
+    shape = shape[1:] if cfg.model.runs > 1 else shape      # one run's item; the sampler stacks
+    g = torch.Generator().manual_seed(seed)
+    n = SYNTHETIC_BATCHES * batch_size
+    if len(shape) == 3:
+        x = torch.randint(0, 256, (n, *shape), generator=g, dtype=torch.uint8)
+    else:
+        x = torch.randn((n, *shape), generator=g)
+    return Dataset("random", x, None, data_shape=shape)
+
+
+@dataclass
+class StepUnderTest:
+    """A training step ready to be timed: ``step()`` draws a batch and z and updates both
+    players, as :func:`ali.train.train` does."""
+
+    cfg: Config
+    device: torch.device
+    settings: speed.StepSettings
+    model: Any
+    stepper: speed.Stepper
+    sampler: Any
+
+    def step(self) -> None:
+        self.model.schedule(0, self.cfg.train.steps)
+        self.stepper(self.sampler.next(), self.model.sample_prior(self.cfg.train.batch_size))
+
+
+def prepare(cfg: Config) -> StepUnderTest:
+    """The model, optimisers and step of ``cfg`` on its device, with random data."""
+    t = cfg.train
+    device = resolve_device(t.device)
+    torch.manual_seed(t.seed)
+    data = synthetic_dataset(cfg, t.batch_size, t.seed)
+    settings = speed.resolve(t, device, images=len(data.data_shape or ()) == 3)
+    model = build_model(cfg).to(device).train()
+    speed.prepare(model, settings, device)
+    params_d, params_g = model.parameters_d(), model.parameters_g()
+    opt_d = make_optimizer(params_d, t, t.lr if t.lr_d is None else t.lr_d)
+    opt_g = make_optimizer(params_g, t)
+    stepper = speed.Stepper(model, opt_d, opt_g, params_d, params_g, device, settings)
+    sampler = make_sampler(data, t.batch_size, model.runs, seed=t.seed, device=device)
+    return StepUnderTest(cfg, device, settings, model, stepper, sampler)
+
+
+def time_chunk(step: Callable[[], None], device: torch.device, n: int) -> float:
+    """Seconds per call of ``step`` over ``n`` calls (the device synchronised around them)."""
+    _sync(device)
+    t0 = time.perf_counter()
+    for _ in range(n):
+        step()
+    _sync(device)
+    return (time.perf_counter() - t0) / n
+
+
+def bench(name: str | Config, steps: int = 20, batch_size: int | None = None,
+          precision: str | None = None, compile: bool | None = None, warmup: int = 3,
+          repeats: int = 5, overrides: tuple[str, ...] | list[str] = ()) -> dict[str, Any]:
+    """Time ``steps`` training steps of config ``name`` after ``warmup`` untimed ones.
+
+    The steps are timed in ``repeats`` equal chunks and the median chunk is reported (other
+    processes on a shared machine make single timings noisy).
+
+    Returns a dict with ``config``, ``device``, ``precision``, ``batch_size``,
+    ``images_per_s`` (items of data per second: images, or 2-D points times runs),
+    ``step_ms``, ``flops_per_image``, ``achieved_gflops`` and the settings used.
+    """
+    if steps < 1 or warmup < 0 or repeats < 1:
+        raise ConfigError("bench needs steps >= 1, warmup >= 0 and repeats >= 1")
+    cfg = name if isinstance(name, Config) else get_config(name, overrides)
+    extra = [f"train.batch_size={batch_size}"] if batch_size is not None else []
+    extra += [f"train.precision={precision}"] if precision is not None else []
+    extra += [f"train.compile={compile}"] if compile is not None else []
+    s = prepare(apply_overrides(cfg, extra))
+    for _ in range(warmup):
+        s.step()
+    chunk = max(1, steps // repeats)
+    step_s = statistics.median(time_chunk(s.step, s.device, chunk) for _ in range(repeats))
+    b = s.cfg.train.batch_size
+    flops = step_flops(s.model, s.stepper, s.sampler.next(), s.model.sample_prior(b))
+    items = b * s.model.runs
+    per_item = flops / items
+    return {"config": s.cfg.name, "device": _device_name(s.device),
+            "precision": s.settings.precision, "batch_size": b,
+            "images_per_s": items / step_s, "step_ms": step_s * 1e3,
+            "flops_per_image": per_item, "achieved_gflops": per_item * items / step_s / 1e9,
+            "channels_last": s.settings.channels_last, "compile": s.settings.compile,
+            "threads": torch.get_num_threads(), "steps": chunk * repeats, "runs": s.model.runs}
+
+
+def step_flops(model: Any, stepper: speed.Stepper, x: torch.Tensor, z: torch.Tensor) -> int:
+    """FLOPs of one real training step (forward and both backward passes), counted by
+    :class:`~torch.utils.flop_counter.FlopCounterMode` on the uncompiled step (a compiled one
+    does the same arithmetic)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    if stepper.settings.channels_last:
+        x, z = speed.to_channels_last(x), speed.to_channels_last(z)
+    with FlopCounterMode(display=False) as counter:
+        train_step(model, x, z, stepper.opt_d, stepper.opt_g, stepper.params_d,
+                   stepper.params_g, autocast=stepper.autocast, scaler=stepper.scaler)
+    return int(counter.get_total_flops())
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return f"cpu ({torch.get_num_threads()} threads)"
+
+
+def peak_gflops(device: str = "auto", precision: str = "fp32", n: int = 4096,
+                repeats: int = 5) -> float:
+    """The machine's measured peak: GFLOP/s of an ``n`` x ``n`` matrix multiply in
+    ``precision`` (median of ``repeats``, after a warm-up)."""
+    dev = resolve_device(device)
+    dtype = {"fp32": torch.float32, **speed.DTYPES}[precision]
+    a = torch.randn(n, n, device=dev).to(dtype)
+    b = torch.randn(n, n, device=dev).to(dtype)
+    a @ b
+    times = []
+    for _ in range(repeats):
+        _sync(dev)
+        t0 = time.perf_counter()
+        a @ b
+        _sync(dev)
+        times.append(time.perf_counter() - t0)
+    return 2 * n**3 / statistics.median(times) / 1e9

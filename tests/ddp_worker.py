@@ -1,0 +1,22 @@
+"""One process of a multi-process run, started by torchrun from test_distributed.py.
+
+    python -m torch.distributed.run --standalone --nproc_per_node=2 tests/ddp_worker.py \
+        RUN_DIR OUT_DIR KEY=VALUE...
+
+Trains config ``tiny`` with the overrides into RUN_DIR and saves this rank's final state dict
+to OUT_DIR/rank<RANK>.pt.
+"""
+
+import os
+import sys
+
+import torch
+
+from ali.config import get_config
+from ali.train import train
+
+torch.set_num_threads(1)
+run_dir, out_dir, overrides = sys.argv[1], sys.argv[2], sys.argv[3:]
+result = train(get_config("tiny", overrides), run_dir=run_dir, quiet=True)
+torch.save({"state": result.model.state_dict(), "run_dir": result.run_dir},
+           os.path.join(out_dir, f"rank{os.environ['RANK']}.pt"))

@@ -1,0 +1,85 @@
+"""Multi-process training: 2 CPU processes with gloo, started by torchrun."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ali.cli import main
+from ali.train import load_checkpoint
+
+HERE = Path(__file__).parent
+SRC = HERE.parent / "src"
+
+
+@pytest.fixture
+def tiny_npz(tmp_path):
+    x = np.random.default_rng(0).integers(0, 256, size=(64, 8, 8, 3), dtype=np.uint8)
+    path = tmp_path / "tiny.npz"
+    np.savez(path, x_train=x[:48], x_test=x[48:])
+    return path
+
+
+def _torchrun(*args: str) -> subprocess.CompletedProcess:
+    path = os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])
+    env = {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           "--nproc_per_node=2", *args], env=env, capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_two_processes_end_identical_and_only_rank0_writes(tiny_npz, tmp_path):
+    run, out = tmp_path / "run", tmp_path / "out"
+    out.mkdir()
+    over = [f"data.root={tiny_npz}", "train.steps=4", "train.log_every=2",
+            "train.checkpoint_every=2", "train.device=cpu", "train.progress=off"]
+    p = _torchrun(str(HERE / "ddp_worker.py"), str(run), str(out), *over)
+    assert p.returncode == 0, p.stderr[-2000:]
+    r0, r1 = (torch.load(out / f"rank{r}.pt", weights_only=False) for r in (0, 1))
+    assert r0["run_dir"] == run and r1["run_dir"] is None
+    assert r0["state"].keys() == r1["state"].keys()
+    for k, v in r0["state"].items():
+        assert torch.equal(v, r1["state"][k]), k
+    # Rank 0 alone wrote the run folder: one record per logging interval, not two.
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(l)["step"] for l in lines] == [2, 4]
+    record = json.loads((run / "config.json").read_text())["run"]
+    assert record["world_size"] == 2 and record["batch_per_process"] == 8
+    ckpt = load_checkpoint(run / "checkpoints" / "latest.pt")
+    assert all(torch.equal(ckpt["model"][k], v) for k, v in r0["state"].items())
+
+    # Resume the 2-process run in one process, then with two again through the CLI.
+    assert main(["train", "tiny", "--out", str(run), "--resume", "--set", "train.steps=6",
+                 "--set", "train.progress=off"]) == 0
+    assert load_checkpoint(run / "checkpoints" / "latest.pt")["step"] == 6
+    assert json.loads((run / "config.json").read_text())["run"]["world_size"] == 1
+    p = _torchrun("-m", "ali", "train", "tiny", "--out", str(run), "--resume",
+                  "--set", "train.steps=8", "--set", "train.progress=off")
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert p.stdout.count("training tiny") == 1        # rank 1 prints nothing
+    assert load_checkpoint(run / "checkpoints" / "latest.pt")["step"] == 8
+    assert json.loads((run / "config.json").read_text())["run"]["world_size"] == 2
+
+
+def test_batch_must_split_over_processes(monkeypatch):
+    from ali.distributed import Context, local_batch
+    from ali.errors import ConfigError
+
+    assert local_batch(100, Context(0, 4)) == 25
+    with pytest.raises(ConfigError, match="does not split evenly over 3 processes"):
+        local_batch(100, Context(0, 3))
+
+
+def test_shards_split_the_same_global_batch():
+    from ali.data import TensorSampler
+
+    data = torch.arange(40.0).view(20, 2)
+    whole = TensorSampler(data, 6, seed=3)
+    parts = [TensorSampler(data, 6, seed=3, shard=(r, 2)) for r in range(2)]
+    for _ in range(5):                                  # across an epoch boundary
+        assert torch.equal(whole.next(), torch.cat([p.next() for p in parts]))
