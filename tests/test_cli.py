@@ -28,6 +28,13 @@ def test_train_writes_run_folder(tmp_path, capsys):
     assert steps == [2, 4, 6]
 
 
+def test_train_toy_with_a_small_held_out_set(tmp_path, capsys):
+    # Fewer held-out points than the 10,000 samples the 2-D metrics draw.
+    out = tmp_path / "run"
+    assert main(["train", "toy", *TINY, "--set", "data.n_test=100", "--out", str(out)]) == 0
+    assert "2-D metrics per run" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("args, message", [
     (["train", "toy", "--set", "train.step=5"], "did you mean 'train.steps'"),
     (["train", "toy", "--set", "train.lr=abc"], "train.lr expects a number"),

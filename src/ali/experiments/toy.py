@@ -62,18 +62,21 @@ def paper_draw(run: int) -> dict[str, float]:
 @torch.no_grad()
 def evaluate(model: GenerativeModel, data: Dataset, seconds: float,
              n: int = N_EVAL) -> tuple[dict[str, list[float]], dict[str, np.ndarray]]:
-    """Score every run of a (possibly run-batched) trained model, and keep run 0's points."""
+    """Score every run of a (possibly run-batched) trained model, and keep run 0's points:
+    ``n`` samples, and the reconstructions of ``n`` held-out points (fewer if the held-out set
+    is smaller)."""
     model.eval()
     device = next(model.parameters()).device
     runs = model.runs
+    n_x = min(n, len(data.test))   # data.n_test may be below N_EVAL
     samples = model.sample(n).cpu().view(n, runs, 2)                    # (N, R, 2)
-    x = data.test[:n].to(device)                                        # (N, 2)
-    xr = x.unsqueeze(1).expand(n, runs, 2) if runs > 1 else x
+    x = data.test[:n_x].to(device)                                      # (Nx, 2)
+    xr = x.unsqueeze(1).expand(n_x, runs, 2) if runs > 1 else x
     has_encoder = model.encoder is not None
     if has_encoder:
         z = model.encode(xr)                                            # z_hat ~ q(z|x)
-        z_hat = z.cpu().view(n, runs, -1)
-        recon = model.decode(z).cpu().view(n, runs, 2)                  # G(z_hat)
+        z_hat = z.cpu().view(n_x, runs, -1)
+        recon = model.decode(z).cpu().view(n_x, runs, 2)                # G(z_hat)
     out: dict[str, list[float]] = {m: [] for m in METRICS}
     for r in range(runs):
         for k, v in mode_metrics(samples[:, r], data.centres, data.std).items():
@@ -81,7 +84,7 @@ def evaluate(model: GenerativeModel, data: Dataset, seconds: float,
         out["recon_mode"].append(recon_mode(x.cpu(), recon[:, r], data.centres)
                                  if has_encoder else None)
         out["seconds"].append(seconds / runs)
-    fig = {"x": x.cpu().numpy(), "labels": data.test_labels[:n].numpy(),
+    fig = {"x": x.cpu().numpy(), "labels": data.test_labels[:n_x].numpy(),
            "samples": samples[:, 0].numpy()}
     if has_encoder:
         fig["z_hat"] = z_hat[:, 0].numpy()
