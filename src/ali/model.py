@@ -165,7 +165,8 @@ class GenerativeModel(nn.Module):
                  encoder: StochasticEncoder | None = None,
                  discriminator: nn.Module | None = None,
                  gen_loss: str = "nonsaturating", runs: int = 1,
-                 embed: nn.Module | None = None, label_dim: int = 0) -> None:
+                 embed: nn.Module | None = None, label_dim: int = 0,
+                 attributes: bool = False) -> None:
         super().__init__()
         self.runs = runs
         self.decoder = decoder
@@ -176,6 +177,8 @@ class GenerativeModel(nn.Module):
         self.embed = embed
         """Conditional models: the generator's linear embedding of y (None: unconditional)."""
         self.label_dim = label_dim
+        self.attributes = attributes
+        """Conditional models: y is ``label_dim`` 0/1 attributes, else a class index."""
 
     @property
     def conditional(self) -> bool:
@@ -197,7 +200,7 @@ class GenerativeModel(nn.Module):
         models); None for unconditional ones. Attribute-conditional models need an explicit y."""
         if self.embed is None:
             return None
-        if getattr(self, "attributes", False):
+        if self.attributes:
             raise ValueError("an attribute-conditional model needs y: (n, K) 0/1 attributes")
         p = next(self.parameters())
         return torch.arange(n, device=p.device) % self.label_dim
@@ -319,10 +322,10 @@ class ALI(GenerativeModel):
                  embed: nn.Module | None = None, label_dim: int = 0,
                  attributes: bool = False) -> None:
         super().__init__(decoder, latent_shape, encoder=encoder, discriminator=discriminator,
-                         gen_loss=gen_loss, runs=runs, embed=embed, label_dim=label_dim)
+                         gen_loss=gen_loss, runs=runs, embed=embed, label_dim=label_dim,
+                         attributes=attributes)
         self.recon_weight = recon_weight
         self.semi_supervised = semi_supervised
-        self.attributes = attributes
 
     def _discriminate(self, x: Tensor, z: Tensor, y: Tensor | None) -> Tensor:
         v = None if y is None or self.embed is None else condition_vector(y, self.label_dim)

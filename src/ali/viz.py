@@ -101,7 +101,7 @@ def write_run_images(model: GenerativeModel, dataset, run_dir: Path, step: int,
     device = next(model.parameters()).device
     x = held_out(dataset, n // 2).to(device)
     y = y_s = None
-    if getattr(model, "conditional", False):
+    if model.conditional:
         y = held_out_labels(dataset, n // 2).to(device)
         # attributes: those of held-out images; classes: the model's default (one per column)
         y_s = held_out_labels(dataset, n).to(device) if model.attributes else None
