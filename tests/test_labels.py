@@ -198,6 +198,9 @@ def test_attribute_conditional_run_and_figure7_grid(attributes_npz, tmp_path, ca
     assert main(["sample", str(run), "--condition", "0,1", "--vary", "2",
                  "--out", str(out)]) == 0
     assert out.is_file()
+    # The report renders interpolations with the held-out images' attributes.
+    assert main(["report", str(run)]) == 0
+    assert (run / "interpolations.png").is_file()
     assert main(["sample", str(run), "--condition", "Nope", "--out", str(out)]) == 2
     assert "unknown attribute" in capsys.readouterr().err
 

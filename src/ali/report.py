@@ -118,7 +118,7 @@ def render_interpolations(run_dir: Path) -> str | None:
     """Write ``interpolations.png`` from the checkpoint; None, or why it could not."""
     from .data import load_dataset
     from .train import load_run
-    from .viz import grid_scale, held_out, interpolation_grid, save_grid
+    from .viz import grid_scale, held_out, held_out_labels, interpolation_grid, save_grid
 
     import torch
 
@@ -126,9 +126,12 @@ def render_interpolations(run_dir: Path) -> str | None:
         model, cfg, _ = load_run(run_dir)
         if cfg.model.nets == "toy" or model.encoder is None:
             return None
-        x = held_out(load_dataset(cfg.data), 16)
+        data = load_dataset(cfg.data)
+        x = held_out(data, 16)
+        y = held_out_labels(data, 16) if model.conditional else None
         torch.manual_seed(0)
-        imgs = interpolation_grid(model, x[0::2], x[1::2], 8)
+        imgs = interpolation_grid(model, x[0::2], x[1::2], 8, *((y[0::2], y[1::2]) if
+                                                                 y is not None else ()))
         save_grid(imgs, run_dir / "interpolations.png", 10, grid_scale(imgs))
     except AliError as e:
         return f"interpolations not rendered: {' '.join(str(e).split())}"
@@ -246,15 +249,20 @@ def tensorboard_hook(every_images: int, dataset: Any = None,
                 if k != "step" and isinstance(v, (int, float)):
                     w.add_scalar(f"train/{k}", v, step)
         if dataset is not None and step % every_images == 0:
-            from .viz import grid, held_out, reconstruction_grid, sample_grid
+            from .viz import grid, held_out, held_out_labels, reconstruction_grid
 
             was = model.training
             model.eval()
             device = next(model.parameters()).device
-            w.add_image("samples", grid(sample_grid(model, 64), 8), step, dataformats="HWC")
+            # Conditional runs: attribute samples take held-out images' attributes; class
+            # samples cycle through the classes.
+            y_s = (held_out_labels(dataset, 64).to(device)
+                   if model.conditional and model.attributes else None)
+            w.add_image("samples", grid(model.sample(64, y_s), 8), step, dataformats="HWC")
             if model.encoder is not None:
                 x = held_out(dataset, 32).to(device)
-                w.add_image("reconstructions", grid(reconstruction_grid(model, x), 8), step,
+                y = held_out_labels(dataset, 32).to(device) if model.conditional else None
+                w.add_image("reconstructions", grid(reconstruction_grid(model, x, y), 8), step,
                             dataformats="HWC")
             model.train(was)
         w.flush()
