@@ -115,3 +115,11 @@ def test_compile_failure_is_one_line(monkeypatch, capsys):
     err = capsys.readouterr().err
     assert "torch.compile failed (RuntimeError: inductor says many lines)" in err
     assert err.count("\n") == 1
+
+
+def test_auto_precision_is_fp32_on_every_device():
+    # bf16 cost MNIST reconstructions (README, "Speed"): mixed precision is opt-in.
+    from ali.speed import auto_precision
+
+    assert auto_precision(torch.device("cpu")) == "fp32"
+    assert auto_precision(torch.device("cuda")) == "fp32"

@@ -246,9 +246,8 @@ class TrainConfig:
     ones); 0 = train.batch_size, or all the labelled examples when there are fewer."""
     precision: str = "auto"
     """Arithmetic of the forward pass (autocast; losses, weights and optimiser stay fp32):
-    fp32 | bf16 (CPU and GPU) | fp16 (GPU only, with loss scaling) | auto: the fastest setting
-    measured to keep quality on the device kind (README, "Speed"): fp32 on a CPU (bf16 was
-    slower there without AMX), bf16 on a GPU that supports it."""
+    fp32 | bf16 (CPU and GPU) | fp16 (GPU only, with loss scaling) | auto: fp32 everywhere, the
+    setting measured to keep quality (bf16 cost MNIST reconstructions; README, "Speed")."""
     compile: bool = False
     """Compile the forward pass with torch.compile (needs a C++ compiler on a CPU; measured
     slower than eager on a 2-core CPU, hence off by default)."""
