@@ -347,13 +347,12 @@ class ALI(GenerativeModel):
                 raise ValueError("a semi-supervised model needs a labelled batch")
             return self._semi_supervised_losses(x, z, *labelled)
         z_hat = self.encode(x, y)                       # (B, *latent) ~ q(z | x)
+        yy = None if y is None else torch.cat([y, y])   # the conditions of both halves
         if self.recon_weight:
             # One decoder pass for G(z) and G(z_hat): (2B, *data)
-            yy = None if y is None else torch.cat([y, y])
             x_tilde, x_rec = self.decode(torch.cat([z, z_hat]), yy).chunk(2)
         else:
             x_tilde = self.decode(z, y)                 # (B, *data)   ~ p(x | z)
-        yy = None if y is None else torch.cat([y, y])
         logits = self._discriminate(torch.cat([x, x_tilde]), torch.cat([z_hat, z]), yy)  # (2B, R)
         s_q, s_p = logits.chunk(2)                      # (B, R) each
         out = self._adversarial(s_q, s_p)
