@@ -10,18 +10,16 @@ from ..model import GenerativeModel
 
 @torch.no_grad()
 def predict(model: GenerativeModel, x: Tensor, batch_size: int = 500) -> Tensor:
-    """Predicted classes (N,) of images ``x`` (N, C, H, W), uint8 or float in [0, 1]: argmax of
+    """Predicted classes (N,) of images ``x`` (uint8 or float in [0, 1], or streamed): argmax of
     the discriminator's K logits on (x, mu(x)), in evaluation mode."""
     if not getattr(model, "semi_supervised", False):
         raise TypeError("only a semi-supervised run (model.semi_supervised=true) classifies")
+    from .features import batches
+
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    out = []
-    for i in range(0, len(x), batch_size):
-        xb = x[i:i + batch_size].to(device)
-        xb = xb.float() / 255 if xb.dtype == torch.uint8 else xb.float()
-        out.append(model.classify(xb).argmax(1).cpu())
+    out = [model.classify(xb.to(device)).argmax(1).cpu() for xb in batches(x, size=batch_size)]
     model.train(was_training)
     return torch.cat(out) if out else torch.empty(0, dtype=torch.long)
 

@@ -63,16 +63,18 @@ def _diversity(ctx: EvalContext, model, per_class: int = 100) -> float | None:
     labels."""
     import torch
 
+    from .features import take
+
     x, y = ctx.held_out()
-    if y is None or y.ndim != 1 or not hasattr(x, "float"):
+    if y is None or y.ndim != 1:
         return None
     ratios = []
     with torch.no_grad():
         for k in range(model.label_dim):
-            real = x[y == k][:per_class]
-            if len(real) < 2:
+            idx = torch.nonzero(y == k).flatten()[:per_class]
+            if len(idx) < 2:
                 continue
-            real = real.float().flatten(1) / (255 if x.dtype == torch.uint8 else 1)
+            real = take(x, idx.numpy()).flatten(1)
             yk = torch.full((per_class,), k, device=ctx.device)
             fake = model.sample(per_class, yk).flatten(1).cpu()
             ratios.append(float(torch.pdist(fake).mean() / torch.pdist(real).mean()))
