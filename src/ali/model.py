@@ -327,8 +327,8 @@ class ALI(GenerativeModel):
         self.recon_weight = recon_weight
         self.semi_supervised = semi_supervised
 
-    def _discriminate(self, x: Tensor, z: Tensor, y: Tensor | None) -> Tensor:
-        v = None if y is None or self.embed is None else condition_vector(y, self.label_dim)
+    def _discriminate(self, x: Tensor, z: Tensor, v: Tensor | None) -> Tensor:
+        """D's logits; ``v``: the (B, K) condition vectors of a conditional model."""
         return self.discriminator(x, z, v) if v is not None else self.discriminator(x, z)
 
     @torch.no_grad()
@@ -346,14 +346,18 @@ class ALI(GenerativeModel):
             if labelled is None:
                 raise ValueError("a semi-supervised model needs a labelled batch")
             return self._semi_supervised_losses(x, z, *labelled)
-        z_hat = self.encode(x, y)                       # (B, *latent) ~ q(z | x)
-        yy = None if y is None else torch.cat([y, y])   # the conditions of both halves
+        # Conditional: y as a (B, K) vector and its embedding (B, E, 1, 1), each made once.
+        v = condition_vector(y, self.label_dim) if y is not None and self.conditional else y
+        c = self._cond(v)                               # () when unconditional
+        z_hat = self._need_encoder()(x, *c)             # (B, *latent) ~ q(z | x)
         if self.recon_weight:
             # One decoder pass for G(z) and G(z_hat): (2B, *data)
-            x_tilde, x_rec = self.decode(torch.cat([z, z_hat]), yy).chunk(2)
+            x_tilde, x_rec = self.decoder(torch.cat([z, z_hat]),
+                                          *(torch.cat([e, e]) for e in c)).chunk(2)
         else:
-            x_tilde = self.decode(z, y)                 # (B, *data)   ~ p(x | z)
-        logits = self._discriminate(torch.cat([x, x_tilde]), torch.cat([z_hat, z]), yy)  # (2B, R)
+            x_tilde = self.decoder(z, *c)               # (B, *data)   ~ p(x | z)
+        vv = None if v is None else torch.cat([v, v])   # the conditions of both halves
+        logits = self._discriminate(torch.cat([x, x_tilde]), torch.cat([z_hat, z]), vv)  # (2B, R)
         s_q, s_p = logits.chunk(2)                      # (B, R) each
         out = self._adversarial(s_q, s_p)
         if self.recon_weight:
