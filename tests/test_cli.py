@@ -42,6 +42,7 @@ def test_train_toy_with_a_small_held_out_set(tmp_path, capsys):
     (["train", "toy", "--resume"], "--resume needs --out"),
     (["toy", "--runs", "0"], "--runs must be >= 1"),
     (["toy", "--models", "ali,wgan"], "unknown model 'wgan'"),
+    (["toy", "--set", "model.r1_wieght=1"], "did you mean 'model.r1_weight'"),
 ])
 def test_user_errors_are_one_line(args, message, capsys):
     assert main(args) == 2
@@ -71,3 +72,20 @@ def test_toy_writes_results_figure_and_table(tmp_path):
     table = (out / "table.md").read_text()
     assert "| ali |" in table and "13.4" in table
     assert str(out / "figure.png") in proc.stdout and str(out / "results.json") in proc.stdout
+
+
+def test_toy_set_applies_to_every_adversarial_run(tmp_path, monkeypatch):
+    """--set reaches each model's config; the VAE, which has no discriminator, drops R1."""
+    from ali.experiments import toy
+    seen = {}
+    real = toy._train_and_score
+
+    def spy(cfg, data):
+        seen[cfg.model.kind] = (cfg.model.r1_weight, cfg.train.batch_size)
+        return real(cfg, data)
+
+    monkeypatch.setattr(toy, "_train_and_score", spy)
+    assert main(["toy", "--quick", "--runs", "1", "--steps", "2", "--models", "ali,gan,vae",
+                 "--set", "model.r1_weight=2.5", "--set", "train.batch_size=16",
+                 "--out", str(tmp_path / "t")]) == 0
+    assert seen == {"ali": (2.5, 16), "gan": (2.5, 16), "vae": (0.0, 16)}

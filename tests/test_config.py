@@ -80,3 +80,13 @@ def test_apply_overrides_leaves_original_untouched():
     cfg = get_config("toy")
     new = apply_overrides(cfg, ["train.seed=7"])
     assert cfg.train.seed == 0 and new.train.seed == 7
+
+
+def test_mnist_default_carries_the_cycle_term_and_its_label_presets_choose_their_own():
+    assert get_config("mnist").model.recon_weight == 0.01
+    assert get_config("mnist", ["model.recon_weight=0"]).model.recon_weight == 0
+    # The K+1 model has no cycle term (its losses ignore it, so the config refuses it).
+    assert get_config("mnist_ssl_100").model.recon_weight == 0
+    with pytest.raises(ConfigError, match="not supported with model.semi_supervised"):
+        get_config("mnist_ssl_100", ["model.recon_weight=0.01"])
+    assert get_config("mnist_conditional").model.recon_weight == 0.03

@@ -99,10 +99,12 @@ def test_joint_discriminator_scores_both_halves_as_one_batch(monkeypatch):
     assert seen == [torch.Size([16, 4])]  # concat(x, z) for 2B pairs in one call
 
 
+@pytest.mark.parametrize("r1", [0.0, 1.0])
 @pytest.mark.parametrize("kind", ["ali", "gan", "gan_inverse", "gan_posthoc"])
-def test_each_loss_moves_only_its_own_player(kind):
-    """After one engine step, D's gradient is dL_d/dD alone and G's is dL_g/dG alone."""
-    m = build(kind, 1, "model.posthoc_fraction=0.5")
+def test_each_loss_moves_only_its_own_player(kind, r1):
+    """After one engine step, D's gradient is dL_d/dD alone and G's is dL_g/dG alone (also
+    with the R1 penalty, whose graph reaches the encoder through z_hat)."""
+    m = build(kind, 1, "model.posthoc_fraction=0.5", f"model.r1_weight={r1}")
     if kind == "gan_posthoc":
         m.schedule(3, 4)  # the post-hoc phase: decoder frozen
     cfg = tiny_toy()
@@ -189,17 +191,26 @@ def test_softplus_identity():
     assert torch.allclose(F.softplus(-s), -torch.sigmoid(s).log(), atol=1e-6)
 
 
-def test_recon_weight_adds_the_cycle_term_to_the_generator_only():
-    m0 = build("ali")
-    m1 = build("ali", 1, "model.recon_weight=0.5")
+def losses_with_and_without(kind, setting, eval_mode=False):
+    """The losses of one batch from two copies of a model, without and with ``setting``:
+    (the copy with it, x, losses without, losses with), the same noise for both."""
+    m0 = build(kind)
+    m1 = build(kind, 1, setting)
     m1.load_state_dict(m0.state_dict())
-    m0.eval(), m1.eval()  # population BN statistics: one decoder pass equals two
+    if eval_mode:
+        m0.eval(), m1.eval()
     x, z = torch.randn(8, 2), m0.sample_prior(8)
     torch.manual_seed(3)
     out0 = m0.losses(x, z)
     torch.manual_seed(3)
     out1 = m1.losses(x, z)
     torch.manual_seed(3)
+    return m1, x, out0, out1
+
+
+def test_recon_weight_adds_the_cycle_term_to_the_generator_only():
+    # Population BN statistics: one decoder pass on 2B codes equals two passes on B.
+    m1, x, out0, out1 = losses_with_and_without("ali", "model.recon_weight=0.5", eval_mode=True)
     sse = (x - m1.decode(m1.encode(x))).pow(2).sum(-1).mean()
     torch.testing.assert_close(out1.g, out0.g + 0.5 * sse)
     torch.testing.assert_close(out1.d, out0.d)
@@ -216,3 +227,43 @@ def test_recon_weight_is_validated():
         build("ali", 1, "model.recon_weight=-1")
     with pytest.raises(ConfigError, match="applies to model.kind=ali only"):
         build("gan", 1, "model.recon_weight=1")
+
+
+def test_r1_penalty_of_a_linear_discriminator():
+    """s = <w_r, x> per run: the penalty is sum_r ||w_r||^2, whatever the batch."""
+    w = torch.tensor([[1.0, 2.0], [0.5, -3.0]])                    # (R, d)
+    x = torch.randn(16, 2, 2, requires_grad=True)                   # (B, R, d)
+    s = (x * w).sum(-1)                                             # (B, R)
+    torch.testing.assert_close(L.r1_penalty(s, [x], runs=2), w.pow(2).sum())
+    x1 = torch.randn(16, 2, requires_grad=True)                     # runs = 1: (B, d)
+    z1 = torch.randn(16, 3, requires_grad=True)
+    s1 = (x1 @ w[0] + 2 * z1.sum(-1)).unsqueeze(1)                  # (B, 1)
+    torch.testing.assert_close(L.r1_penalty(s1, [x1, z1]), torch.tensor(5.0 + 3 * 4.0))
+
+
+@pytest.mark.parametrize("kind", ["ali", "gan"])
+def test_r1_weight_adds_half_gamma_times_the_penalty_to_the_discriminator_only(kind):
+    m1, x, out0, out1 = losses_with_and_without(kind, "model.r1_weight=4.0")
+    # The penalty by hand: D's gradient at the real inputs, (x, z_hat) for ALI, x for the GAN.
+    xr = x.clone().requires_grad_(True)
+    if kind == "ali":
+        z_hat = m1.encode(x).detach().requires_grad_(True)
+        s = m1.discriminator(xr, z_hat)
+        gx, gz = torch.autograd.grad(s.sum(), [xr, z_hat])
+        pen = (gx.pow(2).sum(-1) + gz.pow(2).sum(-1)).mean()
+    else:
+        (gx,) = torch.autograd.grad(m1.discriminator(xr).sum(), [xr])
+        pen = gx.pow(2).sum(-1).mean()
+    assert pen > 0
+    torch.testing.assert_close(out1.d, out0.d + 2.0 * pen)
+    torch.testing.assert_close(out1.g, out0.g)
+    torch.testing.assert_close(out1.stats["r1"], pen)
+    assert "r1" not in out0.stats
+
+
+def test_r1_weight_is_validated():
+    from ali.errors import ConfigError
+    with pytest.raises(ConfigError, match="model.r1_weight must be >= 0"):
+        tiny_toy("model.r1_weight=-1")
+    with pytest.raises(ConfigError, match="not model.kind=vae"):
+        tiny_toy("model.kind=vae", "model.encoder=gaussian", "model.r1_weight=1")

@@ -64,6 +64,21 @@ def test_resume_refuses_other_config(tmp_path):
               quiet=True)
 
 
+def test_resume_a_run_written_before_a_setting_existed(tmp_path):
+    """A checkpoint whose config lacks a setting added later (here model.r1_weight) ran with
+    that setting's default: resuming with the default works, with another value is refused."""
+    train(tiny_toy(), run_dir=tmp_path, quiet=True)
+    path = tmp_path / "checkpoints" / "latest.pt"
+    ckpt = torch.load(path, weights_only=False)
+    del ckpt["config"]["model"]["r1_weight"]
+    torch.save(ckpt, path)
+    with pytest.raises(CheckpointError, match=r"model.r1_weight: 0.0 -> 1.0"):
+        train(tiny_toy("model.r1_weight=1", "train.steps=8"), run_dir=tmp_path, resume=True,
+              quiet=True)
+    res = train(tiny_toy("train.steps=8"), run_dir=tmp_path, resume=True, quiet=True)
+    assert res.step == 8
+
+
 def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
     p = tmp_path / "latest.pt"
     p.write_bytes(b"not a checkpoint")

@@ -22,15 +22,16 @@ class GAN(GenerativeModel):
 
     def __init__(self, decoder: nn.Module, discriminator: nn.Module,
                  latent_shape: tuple[int, ...], gen_loss: str = "nonsaturating",
-                 runs: int = 1) -> None:
+                 runs: int = 1, r1_weight: float = 0.0) -> None:
         super().__init__(decoder, latent_shape, discriminator=discriminator, gen_loss=gen_loss,
-                         runs=runs)
+                         runs=runs, r1_weight=r1_weight)
 
     def _gan_losses(self, x: Tensor, z: Tensor) -> tuple[Losses, Tensor]:
         x_tilde = self.decode(z)                                    # (B, *data)
-        logits = self.discriminator(torch.cat([x, x_tilde]))        # (2B, R)
+        x_d = self._real_input(x)
+        logits = self.discriminator(torch.cat([x_d, x_tilde]))      # (2B, R)
         s_q, s_p = logits.chunk(2)
-        return self._adversarial(s_q, s_p), x_tilde
+        return self._with_r1(self._adversarial(s_q, s_p), s_q, [x_d]), x_tilde
 
     def losses(self, x: Tensor, z: Tensor) -> Losses:
         return self._gan_losses(x, z)[0]
@@ -45,8 +46,8 @@ class GANInverse(GAN):
 
     def __init__(self, encoder: StochasticEncoder, decoder: nn.Module,
                  discriminator: nn.Module, latent_shape: tuple[int, ...],
-                 gen_loss: str = "nonsaturating", runs: int = 1) -> None:
-        super().__init__(decoder, discriminator, latent_shape, gen_loss, runs)
+                 gen_loss: str = "nonsaturating", runs: int = 1, r1_weight: float = 0.0) -> None:
+        super().__init__(decoder, discriminator, latent_shape, gen_loss, runs, r1_weight)
         self.encoder = encoder
 
     def losses(self, x: Tensor, z: Tensor) -> Losses:
@@ -69,8 +70,8 @@ class GANPostHoc(GAN):
     def __init__(self, encoder: StochasticEncoder, decoder: nn.Module,
                  discriminator: nn.Module, joint_discriminator: JointDiscriminator,
                  latent_shape: tuple[int, ...], gen_loss: str = "nonsaturating",
-                 runs: int = 1, posthoc_fraction: float = 0.5) -> None:
-        super().__init__(decoder, discriminator, latent_shape, gen_loss, runs)
+                 runs: int = 1, posthoc_fraction: float = 0.5, r1_weight: float = 0.0) -> None:
+        super().__init__(decoder, discriminator, latent_shape, gen_loss, runs, r1_weight)
         self.encoder = encoder
         self.joint_discriminator = joint_discriminator
         self.posthoc_fraction = posthoc_fraction
@@ -89,9 +90,10 @@ class GANPostHoc(GAN):
         with torch.no_grad():
             x_tilde = self.decode(z)                                # (B, *data)
         z_hat = self.encode(x)                                      # (B, *latent)
-        logits = self.joint_discriminator(torch.cat([x, x_tilde]), torch.cat([z_hat, z]))
+        x_d = self._real_input(x)
+        logits = self.joint_discriminator(torch.cat([x_d, x_tilde]), torch.cat([z_hat, z]))
         s_q, s_p = logits.chunk(2)
-        return self._adversarial(s_q, s_p)
+        return self._with_r1(self._adversarial(s_q, s_p), s_q, [x_d, z_hat])
 
     def train(self, mode: bool = True) -> "GANPostHoc":
         super().train(mode)

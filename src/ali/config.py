@@ -26,7 +26,10 @@ MODEL_KINDS = ("ali", "gan", "gan_inverse", "gan_posthoc", "vae")
 ENCODER_KINDS = ("gaussian", "deterministic", "noise")
 GEN_LOSSES = ("nonsaturating", "saturating")
 LR_SCHEDULES = ("constant", "linear")
-MNIST_STEPS = 12_000  # 20 epochs of 60,000 images at batch 100
+# The default MNIST model (our design): ALI plus a light ALICE cycle term, sized to the
+# 15-minute CPU budget (README, "MNIST on this machine").
+MNIST_STEPS = 6_000
+MNIST_RECON = 0.01
 ON_DIVERGENCE = ("stop", "rollback")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 CHANNELS_LAST = ("auto", "on", "off")
@@ -76,6 +79,10 @@ class ModelConfig:
     """ALI only, beyond the paper: weight of an explicit cycle term ||x - G(z_hat)||^2 (summed
     over an example's dimensions) added to the generator loss, ALICE's remedy for unfaithful
     reconstructions (Li et al., 2017). 0 is the paper's ALI."""
+    r1_weight: float = 0.0
+    """Adversarial models, beyond the paper: gamma of the zero-centred gradient penalty
+    gamma/2 * E||grad D||^2 on the discriminator's real inputs (Mescheder et al., 2018; for
+    ALI the pairs (x, z_hat)), added to the discriminator loss. 0 (default) is the paper."""
     dropout: bool = True
     """Image families: the discriminator's dropout as the paper's tables give it; false turns
     every dropout layer off (the toy networks have none)."""
@@ -108,6 +115,14 @@ class ModelConfig:
                f"model.recon_weight must be >= 0; got {self.recon_weight}")
         _check(self.recon_weight == 0 or self.kind == "ali",
                "model.recon_weight applies to model.kind=ali only")
+        _check(self.r1_weight >= 0 and math.isfinite(self.r1_weight),
+               f"model.r1_weight must be >= 0; got {self.r1_weight}")
+        _check(self.r1_weight == 0 or self.kind != "vae",
+               "model.r1_weight applies to adversarial models (not model.kind=vae)")
+        _check(self.recon_weight == 0 or not self.semi_supervised,
+               "model.recon_weight is not supported with model.semi_supervised=true")
+        _check(self.r1_weight == 0 or not self.semi_supervised,
+               "model.r1_weight is not supported with model.semi_supervised=true")
         _check(0 < self.posthoc_fraction < 1,
                f"model.posthoc_fraction must be in (0, 1); got {self.posthoc_fraction}")
         _check(isinstance(self.dropout, bool), f"model.dropout must be true or false; got "
@@ -374,6 +389,13 @@ def _section_types() -> dict[str, type]:
     return {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
 
 
+def section_defaults(section: str) -> dict[str, Any]:
+    """The default of every setting of ``section`` (``model``, ``data`` or ``train``): what a
+    run written before a setting existed ran with."""
+    return {f.name: f.default for f in dataclasses.fields(_section_types()[section])
+            if f.default is not dataclasses.MISSING}
+
+
 # --------------------------------------------------------------------------- registry
 
 _REGISTRY: dict[str, Callable[[], Config]] = {}
@@ -556,8 +578,13 @@ def _imagenet64() -> Config:
 
 @register("mnist")
 def _mnist() -> Config:
-    """Our own small convolutional ALI for 28x28 MNIST (latent 32), sized for a CPU: 20 epochs."""
-    return _image("mnist", 32, 100, MNIST_STEPS, log_every=500, checkpoint_every=5_000)
+    """Our own small convolutional ALI for 28x28 MNIST (latent 32), sized for 2 CPU cores:
+    6,000 steps of batch 100 (about 14 minutes), with ALICE's cycle term at weight 0.01, which
+    keeps held-out reconstructions in their class (92%, against 72% for pure ALI) while the
+    encoder's features still beat raw pixels (README). ``--set model.recon_weight=0`` is ALI."""
+    cfg = _image("mnist", 32, 100, MNIST_STEPS, log_every=500, checkpoint_every=2_000)
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model,
+                                                               recon_weight=MNIST_RECON))
 
 
 @register("tiny")
@@ -589,7 +616,7 @@ def _semi_supervised(base: str, labels: int) -> Callable[[], Config]:
                                         checkpoint_every=1000)
         return dataclasses.replace(
             cfg, name=f"{base}_ssl_{labels}",
-            model=dataclasses.replace(cfg.model, semi_supervised=True),
+            model=dataclasses.replace(cfg.model, semi_supervised=True, recon_weight=0.0),
             data=dataclasses.replace(data, labels=labels), train=train)
     make.__doc__ = (f"Semi-supervised ALI on {base} with {labels} labels (K+1 discriminator, "
                     "Tables 1-2).")

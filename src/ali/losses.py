@@ -79,6 +79,20 @@ def batch_mean_run_sum(t: Tensor) -> Tensor:
     return _batch_mean_run_sum(t)
 
 
+def r1_penalty(s_real: Tensor, inputs: list[Tensor], runs: int = 1) -> Tensor:
+    """The zero-centred gradient penalty R1 of Mescheder et al. (2018) on the discriminator's
+    'real' inputs: E ||d s_real / d inputs||^2, over all of ``inputs`` (for ALI both halves of
+    the pair (x, z_hat)), averaged over the batch and summed over runs.
+
+    The graph is kept (``create_graph``) so the penalty can be differentiated w.r.t. the
+    discriminator's parameters. An input that does not reach ``s_real`` contributes zero.
+    """
+    grads = torch.autograd.grad(full(s_real).sum(), inputs, create_graph=True,
+                                allow_unused=True)
+    total = sum(per_example_sum(full(g).pow(2), runs) for g in grads if g is not None)
+    return batch_mean_run_sum(total)
+
+
 def gaussian_kl(mu: Tensor, log_sigma: Tensor) -> Tensor:
     """KL(N(mu, sigma^2) || N(0, 1)) elementwise, in fp32."""
     mu, log_sigma = full(mu), full(log_sigma)

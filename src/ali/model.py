@@ -166,9 +166,11 @@ class GenerativeModel(nn.Module):
                  discriminator: nn.Module | None = None,
                  gen_loss: str = "nonsaturating", runs: int = 1,
                  embed: nn.Module | None = None, label_dim: int = 0,
-                 attributes: bool = False) -> None:
+                 attributes: bool = False, r1_weight: float = 0.0) -> None:
         super().__init__()
         self.runs = runs
+        self.r1_weight = r1_weight
+        """Adversarial models: gamma of the R1 penalty on the discriminator (0: none)."""
         self.decoder = decoder
         self.encoder = encoder
         self.discriminator = discriminator
@@ -283,6 +285,20 @@ class GenerativeModel(nn.Module):
         batch's conditions ``y``, semi-supervised ones a labelled batch ``(x_l, y_l)``."""
         raise NotImplementedError
 
+    def _real_input(self, x: Tensor) -> Tensor:
+        """The discriminator's own view of real data: a leaf that records gradients when the R1
+        penalty needs d D / d x (kept apart from the encoder's input, so the penalty sees the
+        discriminator's gradient only, not a path through E)."""
+        return x.detach().requires_grad_(True) if self.r1_weight else x
+
+    def _with_r1(self, out: Losses, s_q: Tensor, inputs: list[Tensor]) -> Losses:
+        """Add gamma/2 * R1 on the real ``inputs`` of logits ``s_q`` to the discriminator loss."""
+        if self.r1_weight:
+            penalty = L.r1_penalty(s_q, inputs, self.runs)
+            out.d = out.d + 0.5 * self.r1_weight * penalty
+            out.stats["r1"] = penalty.detach() / self.runs
+        return out
+
     def _adversarial(self, s_q: Tensor, s_p: Tensor) -> Losses:
         """Algorithm 1's losses on logits for the 'real' pairs s_q and the 'fake' pairs s_p,
         in fp32 whatever the precision of the forward pass."""
@@ -305,6 +321,8 @@ class ALI(GenerativeModel):
         runs: independent copies trained side by side (toy networks only); z then has shape
             ``(B, runs, L)``.
         gen_loss: ``nonsaturating`` (Eq. 4, default) or ``saturating`` (Eq. 1).
+        r1_weight: beyond the paper, gamma of the R1 gradient penalty on D at the real pairs
+            (x, z_hat) (Mescheder et al., 2018); 0 (default) is ALI.
         recon_weight: beyond the paper, the weight of ALICE's explicit cycle term
             ``||x - G(z_hat)||^2`` in the generator loss (Li et al., 2017); 0 (default) is ALI.
         semi_supervised: the discriminator outputs K logits per pair (a K+1 discriminator whose
@@ -320,10 +338,10 @@ class ALI(GenerativeModel):
                  gen_loss: str = "nonsaturating", runs: int = 1,
                  recon_weight: float = 0.0, semi_supervised: bool = False,
                  embed: nn.Module | None = None, label_dim: int = 0,
-                 attributes: bool = False) -> None:
+                 attributes: bool = False, r1_weight: float = 0.0) -> None:
         super().__init__(decoder, latent_shape, encoder=encoder, discriminator=discriminator,
                          gen_loss=gen_loss, runs=runs, embed=embed, label_dim=label_dim,
-                         attributes=attributes)
+                         attributes=attributes, r1_weight=r1_weight)
         self.recon_weight = recon_weight
         self.semi_supervised = semi_supervised
 
@@ -357,9 +375,10 @@ class ALI(GenerativeModel):
         else:
             x_tilde = self.decoder(z, *c)               # (B, *data)   ~ p(x | z)
         vv = None if v is None else torch.cat([v, v])   # the conditions of both halves
-        logits = self._discriminate(torch.cat([x, x_tilde]), torch.cat([z_hat, z]), vv)  # (2B, R)
+        x_d = self._real_input(x)
+        logits = self._discriminate(torch.cat([x_d, x_tilde]), torch.cat([z_hat, z]), vv)  # (2B, R)
         s_q, s_p = logits.chunk(2)                      # (B, R) each
-        out = self._adversarial(s_q, s_p)
+        out = self._with_r1(self._adversarial(s_q, s_p), s_q, [x_d, z_hat])
         if self.recon_weight:
             cycle = L.batch_mean_run_sum(L.per_example_sum((x - L.full(x_rec)).pow(2),
                                                            self.runs))

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from . import __version__, distributed, speed
-from .config import Config, TrainConfig
+from .config import Config, TrainConfig, section_defaults
 from .data import (Dataset, ImageSampler, first_items, labelled_subset, load_dataset,
                    make_sampler)
 from .errors import CheckpointError, ConfigError, DivergenceError, TrainingInterrupted
@@ -424,7 +424,11 @@ RESUMABLE_KEYS = {"train.steps", "train.log_every", "train.checkpoint_every", "t
 
 
 def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """``key: saved -> current`` for each setting that differs and may not change on resume."""
+    """``key: saved -> current`` for each setting that differs and may not change on resume.
+
+    A setting the saved config lacks (it was added to the project after the run was written)
+    counts as its default, the behaviour the run was trained with.
+    """
     out = []
     for section in ("name", "model", "data", "train"):
         a, b = saved.get(section), current.get(section)
@@ -432,6 +436,7 @@ def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[s
             if a != b:
                 out.append(f"{section}: {a!r} -> {b!r}")
             continue
+        a = {**section_defaults(section), **a}
         for key in sorted(set(a) | set(b)):
             if f"{section}.{key}" not in RESUMABLE_KEYS and a.get(key) != b.get(key):
                 out.append(f"{section}.{key}: {a.get(key)!r} -> {b.get(key)!r}")
