@@ -75,17 +75,19 @@ def test_toy_writes_results_figure_and_table(tmp_path):
 
 
 def test_toy_set_applies_to_every_adversarial_run(tmp_path, monkeypatch):
-    """--set reaches each model's config; the VAE, which has no discriminator, drops R1."""
+    """--set reaches each model's config; the VAE, which has no discriminator, drops R1, and
+    only ALI keeps the preset's cycle term."""
+    from ali.config import TOY_RECON
     from ali.experiments import toy
     seen = {}
     real = toy._train_and_score
 
     def spy(cfg, data):
-        seen[cfg.model.kind] = (cfg.model.r1_weight, cfg.train.batch_size)
+        seen[cfg.model.kind] = (cfg.model.r1_weight, cfg.train.batch_size, cfg.model.recon_weight)
         return real(cfg, data)
 
     monkeypatch.setattr(toy, "_train_and_score", spy)
     assert main(["toy", "--quick", "--runs", "1", "--steps", "2", "--models", "ali,gan,vae",
                  "--set", "model.r1_weight=2.5", "--set", "train.batch_size=16",
                  "--out", str(tmp_path / "t")]) == 0
-    assert seen == {"ali": (2.5, 16), "gan": (2.5, 16), "vae": (0.0, 16)}
+    assert seen == {"ali": (2.5, 16, TOY_RECON), "gan": (2.5, 16, 0.0), "vae": (0.0, 16, 0.0)}

@@ -16,8 +16,8 @@ def test_required_train_keys_exist():
 
 
 def test_overrides_are_typed():
-    cfg = get_config("toy", ["train.lr=3e-4", "train.steps=1e3", "model.kind=gan",
-                             "data.name=ring", "train.progress=off"])
+    cfg = get_config("toy", ["train.lr=3e-4", "train.steps=1e3", "model.recon_weight=0",
+                             "model.kind=gan", "data.name=ring", "train.progress=off"])
     assert cfg.train.lr == pytest.approx(3e-4)
     assert cfg.train.steps == 1000 and isinstance(cfg.train.steps, int)
     assert cfg.model.kind == "gan" and cfg.data.name == "ring"
@@ -56,10 +56,10 @@ def test_bad_values_fail_with_one_clear_line(item, message):
 
 def test_cross_field_checks_see_all_overrides():
     # Order must not matter: the VAE needs a Gaussian encoder, set by the second override.
-    cfg = get_config("toy", ["model.kind=vae", "model.encoder=gaussian"])
+    cfg = get_config("toy", ["model.kind=vae", "model.encoder=gaussian", "model.recon_weight=0"])
     assert cfg.model.kind == "vae"
     with pytest.raises(ConfigError, match="needs model.encoder=gaussian"):
-        get_config("toy", ["model.kind=vae"])
+        get_config("toy", ["model.kind=vae", "model.recon_weight=0"])
 
 
 def test_configs_are_frozen():
@@ -80,6 +80,20 @@ def test_apply_overrides_leaves_original_untouched():
     cfg = get_config("toy")
     new = apply_overrides(cfg, ["train.seed=7"])
     assert cfg.train.seed == 0 and new.train.seed == 7
+
+
+def test_toy_default_carries_the_cycle_term_and_the_toy_experiment_removes_it_elsewhere():
+    from ali.config import TOY_RECON
+    from ali.experiments.toy import MODELS, model_overrides
+    assert get_config("toy").model.recon_weight == TOY_RECON > 0
+    assert get_config("toy_paper").model.recon_weight == 0      # the paper's protocol: pure ALI
+    with pytest.raises(ConfigError, match="add --set model.recon_weight=0 for model.kind=gan"):
+        get_config("toy", ["model.kind=gan"])
+    weights = {k: get_config("toy", model_overrides(k)).model.recon_weight for k in MODELS}
+    assert weights == {"ali": TOY_RECON, "gan": 0, "gan_inverse": 0, "gan_posthoc": 0, "vae": 0}
+    # A user's own weight for ALI survives the experiment's per-model overrides.
+    cfg = get_config("toy", ["model.recon_weight=0", *model_overrides("ali")])
+    assert cfg.model.recon_weight == 0
 
 
 def test_mnist_default_carries_the_cycle_term_and_its_label_presets_choose_their_own():

@@ -47,11 +47,14 @@ PAPER_STEPS = 5000
 
 
 def model_overrides(kind: str) -> tuple[str, ...]:
-    """The overrides that turn the ``toy`` preset into model ``kind`` (the VAE has no
-    discriminator, so no gradient penalty)."""
+    """The overrides that turn the ``toy`` preset into model ``kind`` (the cycle term is ALI's
+    alone; the VAE has no discriminator, so no gradient penalty)."""
     if kind == "vae":
-        return ("model.kind=vae", "model.encoder=gaussian", "model.r1_weight=0")
-    return (f"model.kind={kind}", "model.encoder=noise")
+        return ("model.kind=vae", "model.encoder=gaussian", "model.r1_weight=0",
+                "model.recon_weight=0")
+    if kind == "ali":
+        return ("model.kind=ali", "model.encoder=noise")
+    return (f"model.kind={kind}", "model.encoder=noise", "model.recon_weight=0")
 
 
 def paper_draw(run: int) -> dict[str, float]:
