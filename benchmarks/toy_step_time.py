@@ -14,14 +14,14 @@ import time
 import torch
 
 from ali.config import get_config
-from ali.experiments.toy import model_overrides
+from ali.experiments.toy import tuned_overrides
 from ali.nets import build_model
 from ali.train import make_optimizer, train_step
 
 
 def time_step(kind: str, runs: int, batch: int, steps: int) -> float:
     cfg = get_config("toy", [f"model.runs={runs}", f"train.batch_size={batch}",
-                             *model_overrides(kind)])
+                             *tuned_overrides(kind)])
     m = build_model(cfg)
     pd, pg = m.parameters_d(), m.parameters_g()
     od, og = make_optimizer(pd, cfg.train, cfg.train.lr_d), make_optimizer(pg, cfg.train)

@@ -56,10 +56,11 @@ def test_bad_values_fail_with_one_clear_line(item, message):
 
 def test_cross_field_checks_see_all_overrides():
     # Order must not matter: the VAE needs a Gaussian encoder, set by the second override.
-    cfg = get_config("toy", ["model.kind=vae", "model.encoder=gaussian", "model.recon_weight=0"])
+    pure = ["model.recon_weight=0", "model.r1_weight=0"]
+    cfg = get_config("toy", ["model.kind=vae", "model.encoder=gaussian", *pure])
     assert cfg.model.kind == "vae"
     with pytest.raises(ConfigError, match="needs model.encoder=gaussian"):
-        get_config("toy", ["model.kind=vae", "model.recon_weight=0"])
+        get_config("toy", ["model.kind=vae", *pure])
 
 
 def test_configs_are_frozen():
@@ -83,17 +84,33 @@ def test_apply_overrides_leaves_original_untouched():
 
 
 def test_toy_default_carries_the_cycle_term_and_the_toy_experiment_removes_it_elsewhere():
-    from ali.config import TOY_RECON
-    from ali.experiments.toy import MODELS, model_overrides
-    assert get_config("toy").model.recon_weight == TOY_RECON > 0
-    assert get_config("toy_paper").model.recon_weight == 0      # the paper's protocol: pure ALI
+    from ali.config import TOY_R1, TOY_RECON
+    from ali.experiments.toy import BASELINE_SETTINGS, MODELS, model_overrides, tuned_overrides
+    toy = get_config("toy")
+    assert toy.model.recon_weight == TOY_RECON > 0 and toy.model.r1_weight == TOY_R1 > 0
+    paper = get_config("toy_paper")                             # the paper's protocol: pure ALI
+    assert paper.model.recon_weight == 0 and paper.model.r1_weight == 0
     with pytest.raises(ConfigError, match="add --set model.recon_weight=0 for model.kind=gan"):
         get_config("toy", ["model.kind=gan"])
-    weights = {k: get_config("toy", model_overrides(k)).model.recon_weight for k in MODELS}
-    assert weights == {"ali": TOY_RECON, "gan": 0, "gan_inverse": 0, "gan_posthoc": 0, "vae": 0}
-    # A user's own weight for ALI survives the experiment's per-model overrides.
+    with pytest.raises(ConfigError, match="add --set model.r1_weight=0 for model.kind=vae"):
+        get_config("toy", ["model.kind=vae", "model.encoder=gaussian", "model.recon_weight=0"])
+    cfgs = {k: get_config("toy", tuned_overrides(k)) for k in MODELS}
+    assert {k: c.model.recon_weight for k, c in cfgs.items()} == {
+        "ali": TOY_RECON, "gan": 0, "gan_inverse": 0, "gan_posthoc": 0, "vae": 0}
+    assert {k: c.model.r1_weight for k, c in cfgs.items()} == {
+        "ali": TOY_R1, "gan": 0, "gan_inverse": 0, "gan_posthoc": 0, "vae": 0}
+    # ALI trains the preset itself; the baselines their own discriminator learning rate.
+    assert cfgs["ali"].train == toy.train
+    assert all(c.train.lr_d == 8e-4 for k, c in cfgs.items() if k != "ali")
+    assert "train.lr_d=8e-4" in BASELINE_SETTINGS
+    # A user's own settings survive the per-model ones: ALI's cycle weight, and an R1 penalty
+    # or learning rate asked of every model (bar R1 for the VAE, which has no discriminator).
     cfg = get_config("toy", ["model.recon_weight=0", *model_overrides("ali")])
     assert cfg.model.recon_weight == 0
+    user = ("model.r1_weight=2", "train.lr_d=1e-3")
+    assert get_config("toy", tuned_overrides("gan", user)).model.r1_weight == 2
+    assert get_config("toy", tuned_overrides("gan", user)).train.lr_d == 1e-3
+    assert get_config("toy", tuned_overrides("vae", user)).model.r1_weight == 0
 
 
 def test_mnist_default_carries_the_cycle_term_and_its_label_presets_choose_their_own():

@@ -265,5 +265,5 @@ def test_r1_weight_is_validated():
     from ali.errors import ConfigError
     with pytest.raises(ConfigError, match="model.r1_weight must be >= 0"):
         tiny_toy("model.r1_weight=-1")
-    with pytest.raises(ConfigError, match="not model.kind=vae"):
+    with pytest.raises(ConfigError, match="r1_weight=0 for model.kind=vae"):
         tiny_toy("model.kind=vae", "model.encoder=gaussian", "model.r1_weight=1")
