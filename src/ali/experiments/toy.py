@@ -6,7 +6,8 @@ Each is trained ``runs`` times and scored by :mod:`ali.eval.toy`.
 
 Two protocols:
 
-- ``tuned`` (default): our settings (the ``toy`` preset), train.seed 0; the N runs of a model
+- ``tuned`` (default): our settings (the ``toy`` preset for ALI, with the baselines' own
+  ``BASELINE_SETTINGS``), train.seed 0; the N runs of a model
   train side by side as one batched computation (``model.runs = N``), each with its own
   parameters, data order and noise.
 - ``paper``: the ``toy_paper`` preset (the original code's settings) where each run draws its
@@ -59,7 +60,7 @@ def model_overrides(kind: str) -> tuple[str, ...]:
 
 # The baselines' own tuned settings: the ``toy`` preset's discriminator learning rate 1.6e-3 is
 # ALI's and cost the GAN modes (20.8 against 24.4 at 8e-4; README, "2-D experiment"); its R1
-# penalty is ALI's too (1.7x the time per step).
+# penalty is ALI's too (1.6x the time per step).
 BASELINE_SETTINGS = ("train.lr_d=8e-4", "model.r1_weight=0")
 
 
