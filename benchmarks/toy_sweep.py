@@ -1,7 +1,7 @@
 """One setting of the 2-D experiment's ALI, a few runs side by side (a tuning aid, not a test).
 
     python benchmarks/toy_sweep.py train.lr_d=1.6e-3 model.recon_weight=2
-    python benchmarks/toy_sweep.py --runs 4 --threads 1 train.lr_d=8e-4   # the old preset
+    python benchmarks/toy_sweep.py model.r1_weight=0 train.lr_d=8e-4   # the previous preset
 
 Trains the ``toy`` preset with the given ``section.key=value`` overrides (``--runs`` runs as one
 batched computation, ``train.seed=0``), scores every run as ``ali toy`` does, and prints one line:
@@ -20,6 +20,7 @@ import torch
 
 from ali.config import get_config
 from ali.data import load_dataset
+from ali.eval.toy import assign
 from ali.experiments.toy import evaluate
 from ali.train import train
 
@@ -44,7 +45,7 @@ def main() -> None:
     scores, _ = evaluate(model, data, seconds)
     with torch.no_grad():
         s = model.sample(10_000).view(10_000, a.runs, 2)
-    d = torch.stack([torch.cdist(s[:, r], data.centres).min(1).values for r in range(a.runs)])
+    d = torch.stack([assign(s[:, r], data.centres)[1] for r in range(a.runs)])
     within = {r: round(float((d <= r).float().mean()), 3) for r in RADII}
     rec = [v for v in scores["recon_mode"] if v is not None]
     print(f"{' '.join(a.overrides) or a.preset} | {seconds:.0f} s  modes_hq={scores['modes_hq']}  "
