@@ -1,7 +1,7 @@
 """One setting of the 2-D experiment's ALI, a few runs side by side (a tuning aid, not a test).
 
     python benchmarks/toy_sweep.py train.lr_d=1.6e-3 model.recon_weight=2
-    python benchmarks/toy_sweep.py model.r1_weight=0 train.lr_d=8e-4   # the previous preset
+    python benchmarks/toy_sweep.py model.r1_weight=0.3 model.r1_every=1   # the previous preset
 
 Trains the ``toy`` preset with the given ``section.key=value`` overrides (``--runs`` runs as one
 batched computation, ``train.seed=0``), scores every run as ``ali toy`` does, and prints one line:

@@ -261,6 +261,40 @@ def test_r1_weight_adds_half_gamma_times_the_penalty_to_the_discriminator_only(k
     assert "r1" not in out0.stats
 
 
+@pytest.mark.parametrize("kind", ["ali", "gan", "gan_posthoc"])
+def test_lazy_r1_applies_every_kth_step_with_k_times_the_weight(kind):
+    """r1_every=3: steps 0, 3, 6 carry 3x the every-step penalty; the others none at all."""
+    big = "model.init_std=0.5"  # a discriminator with gradients far above float noise
+    m_every = build(kind, 1, big, "model.r1_weight=4.0")
+    m_lazy = build(kind, 1, big, "model.r1_weight=4.0", "model.r1_every=3")
+    m_lazy.load_state_dict(m_every.state_dict())
+    m_off = build(kind, 1, big)
+    m_off.load_state_dict(m_every.state_dict())
+    x, z = torch.randn(8, 2), m_every.sample_prior(8)
+    for step in range(7):
+        outs = []
+        for m in (m_off, m_every, m_lazy):
+            m.schedule(step, 100)
+            torch.manual_seed(3)
+            outs.append(m.losses(x, z))
+        off, every, lazy = outs
+        pen = every.d - off.d
+        assert pen > 1e-2
+        if step % 3 == 0:
+            torch.testing.assert_close(lazy.d, off.d + 3 * pen)
+            torch.testing.assert_close(lazy.stats["r1"], 3 * every.stats["r1"])
+        else:
+            torch.testing.assert_close(lazy.d, off.d)
+            assert "r1" not in lazy.stats
+        torch.testing.assert_close(lazy.g, off.g)
+
+
+def test_r1_every_is_validated():
+    from ali.errors import ConfigError
+    with pytest.raises(ConfigError, match="model.r1_every must be >= 1"):
+        tiny_toy("model.r1_every=0")
+
+
 def test_r1_weight_is_validated():
     from ali.errors import ConfigError
     with pytest.raises(ConfigError, match="model.r1_weight must be >= 0"):

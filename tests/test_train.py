@@ -43,11 +43,14 @@ def test_same_seed_same_result():
     assert not all(torch.equal(a[k], c[k]) for k in a)
 
 
-@pytest.mark.parametrize("kind", ["ali", "gan_posthoc", "vae"])
+@pytest.mark.parametrize("kind", ["ali", "gan_posthoc", "vae", "ali_lazy_r1"])
 def test_resume_is_bit_identical(tmp_path, kind):
+    # ali_lazy_r1: R1 on steps 0 and 2 of 0..5 before the stop at 3, then on step 4 only.
+    extra = ("model.r1_weight=1", "model.r1_every=2") if kind == "ali_lazy_r1" else ()
+    kind = kind.removesuffix("_lazy_r1")
     enc = "gaussian" if kind == "vae" else "noise"
     over = (f"model.kind={kind}", f"model.encoder={enc}", "train.lr_schedule=linear",
-            "train.steps=6", "train.checkpoint_every=3", "train.log_every=3")
+            "train.steps=6", "train.checkpoint_every=3", "train.log_every=3", *extra)
     full = train(tiny_toy(*over), quiet=True).model.state_dict()
     # Stop after 3 of 6 steps, then resume in a fresh call.
     train(tiny_toy(*over), run_dir=tmp_path, quiet=True, until=3)

@@ -22,9 +22,9 @@ class GAN(GenerativeModel):
 
     def __init__(self, decoder: nn.Module, discriminator: nn.Module,
                  latent_shape: tuple[int, ...], gen_loss: str = "nonsaturating",
-                 runs: int = 1, r1_weight: float = 0.0) -> None:
+                 runs: int = 1, r1_weight: float = 0.0, r1_every: int = 1) -> None:
         super().__init__(decoder, latent_shape, discriminator=discriminator, gen_loss=gen_loss,
-                         runs=runs, r1_weight=r1_weight)
+                         runs=runs, r1_weight=r1_weight, r1_every=r1_every)
 
     def _gan_losses(self, x: Tensor, z: Tensor) -> tuple[Losses, Tensor]:
         x_tilde = self.decode(z)                                    # (B, *data)
@@ -46,8 +46,10 @@ class GANInverse(GAN):
 
     def __init__(self, encoder: StochasticEncoder, decoder: nn.Module,
                  discriminator: nn.Module, latent_shape: tuple[int, ...],
-                 gen_loss: str = "nonsaturating", runs: int = 1, r1_weight: float = 0.0) -> None:
-        super().__init__(decoder, discriminator, latent_shape, gen_loss, runs, r1_weight)
+                 gen_loss: str = "nonsaturating", runs: int = 1, r1_weight: float = 0.0,
+                 r1_every: int = 1) -> None:
+        super().__init__(decoder, discriminator, latent_shape, gen_loss, runs, r1_weight,
+                         r1_every)
         self.encoder = encoder
 
     def losses(self, x: Tensor, z: Tensor) -> Losses:
@@ -70,8 +72,10 @@ class GANPostHoc(GAN):
     def __init__(self, encoder: StochasticEncoder, decoder: nn.Module,
                  discriminator: nn.Module, joint_discriminator: JointDiscriminator,
                  latent_shape: tuple[int, ...], gen_loss: str = "nonsaturating",
-                 runs: int = 1, posthoc_fraction: float = 0.5, r1_weight: float = 0.0) -> None:
-        super().__init__(decoder, discriminator, latent_shape, gen_loss, runs, r1_weight)
+                 runs: int = 1, posthoc_fraction: float = 0.5, r1_weight: float = 0.0,
+                 r1_every: int = 1) -> None:
+        super().__init__(decoder, discriminator, latent_shape, gen_loss, runs, r1_weight,
+                         r1_every)
         self.encoder = encoder
         self.joint_discriminator = joint_discriminator
         self.posthoc_fraction = posthoc_fraction
@@ -81,6 +85,7 @@ class GANPostHoc(GAN):
         return [*self.discriminator.parameters(), *self.joint_discriminator.parameters()]
 
     def schedule(self, step: int, total: int) -> None:
+        super().schedule(step, total)
         self.posthoc = step >= int(self.posthoc_fraction * total)
 
     def losses(self, x: Tensor, z: Tensor) -> Losses:

@@ -166,11 +166,14 @@ class GenerativeModel(nn.Module):
                  discriminator: nn.Module | None = None,
                  gen_loss: str = "nonsaturating", runs: int = 1,
                  embed: nn.Module | None = None, label_dim: int = 0,
-                 attributes: bool = False, r1_weight: float = 0.0) -> None:
+                 attributes: bool = False, r1_weight: float = 0.0, r1_every: int = 1) -> None:
         super().__init__()
         self.runs = runs
         self.r1_weight = r1_weight
         """Adversarial models: gamma of the R1 penalty on the discriminator (0: none)."""
+        self.r1_every = r1_every
+        """Lazy R1: the penalty applies on one step in ``r1_every``, weighted by ``r1_every``."""
+        self._r1_now = True  # set by schedule() before every step, so resuming restores it
         self.decoder = decoder
         self.encoder = encoder
         self.discriminator = discriminator
@@ -218,7 +221,9 @@ class GenerativeModel(nn.Module):
         return [p for p in self.parameters() if id(p) not in d]
 
     def schedule(self, step: int, total: int) -> None:
-        """Called by the engine before each step; models with phases switch here."""
+        """Called by the engine before each step; models with phases switch here (subclasses
+        call this first)."""
+        self._r1_now = step % self.r1_every == 0
 
     # ------------------------------------------------------------------ p(x, z)
     def sample_prior(self, n: int) -> Tensor:
@@ -289,14 +294,19 @@ class GenerativeModel(nn.Module):
         """The discriminator's own view of real data: a leaf that records gradients when the R1
         penalty needs d D / d x (kept apart from the encoder's input, so the penalty sees the
         discriminator's gradient only, not a path through E)."""
-        return x.detach().requires_grad_(True) if self.r1_weight else x
+        return x.detach().requires_grad_(True) if self._r1_active() else x
+
+    def _r1_active(self) -> bool:
+        return bool(self.r1_weight) and self._r1_now
 
     def _with_r1(self, out: Losses, s_q: Tensor, inputs: list[Tensor]) -> Losses:
-        """Add gamma/2 * R1 on the real ``inputs`` of logits ``s_q`` to the discriminator loss."""
-        if self.r1_weight:
+        """Add gamma/2 * R1 on the real ``inputs`` of logits ``s_q`` to the discriminator loss
+        (on the steps lazy R1 picks, times ``r1_every``)."""
+        if self._r1_active():
             penalty = L.r1_penalty(s_q, inputs, self.runs)
-            out.d = out.d + 0.5 * self.r1_weight * penalty
-            out.stats["r1"] = penalty.detach() / self.runs
+            out.d = out.d + 0.5 * self.r1_weight * self.r1_every * penalty
+            # Reported times r1_every, so its mean over the logging interval stays the penalty's.
+            out.stats["r1"] = penalty.detach() * self.r1_every / self.runs
         return out
 
     def _adversarial(self, s_q: Tensor, s_p: Tensor) -> Losses:
@@ -323,6 +333,8 @@ class ALI(GenerativeModel):
         gen_loss: ``nonsaturating`` (Eq. 4, default) or ``saturating`` (Eq. 1).
         r1_weight: beyond the paper, gamma of the R1 gradient penalty on D at the real pairs
             (x, z_hat) (Mescheder et al., 2018); 0 (default) is ALI.
+        r1_every: lazy R1 (Karras et al., 2020): the penalty on one step in ``r1_every``,
+            weighted by ``r1_every``.
         recon_weight: beyond the paper, the weight of ALICE's explicit cycle term
             ``||x - G(z_hat)||^2`` in the generator loss (Li et al., 2017); 0 (default) is ALI.
         semi_supervised: the discriminator outputs K logits per pair (a K+1 discriminator whose
@@ -338,10 +350,10 @@ class ALI(GenerativeModel):
                  gen_loss: str = "nonsaturating", runs: int = 1,
                  recon_weight: float = 0.0, semi_supervised: bool = False,
                  embed: nn.Module | None = None, label_dim: int = 0,
-                 attributes: bool = False, r1_weight: float = 0.0) -> None:
+                 attributes: bool = False, r1_weight: float = 0.0, r1_every: int = 1) -> None:
         super().__init__(decoder, latent_shape, encoder=encoder, discriminator=discriminator,
                          gen_loss=gen_loss, runs=runs, embed=embed, label_dim=label_dim,
-                         attributes=attributes, r1_weight=r1_weight)
+                         attributes=attributes, r1_weight=r1_weight, r1_every=r1_every)
         self.recon_weight = recon_weight
         self.semi_supervised = semi_supervised
 

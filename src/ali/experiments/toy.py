@@ -6,14 +6,13 @@ Each is trained ``runs`` times and scored by :mod:`ali.eval.toy`.
 
 Two protocols:
 
-- ``tuned`` (default): our settings (the ``toy`` preset for ALI, with the baselines' own
-  ``BASELINE_SETTINGS``), train.seed 0; the N runs of a model
-  train side by side as one batched computation (``model.runs = N``), each with its own
-  parameters, data order and noise.
+- ``tuned`` (default): our settings (the ``toy`` preset; its cycle term is ALI's alone),
+  train.seed 0; the N runs of a model train side by side as one batched computation
+  (``model.runs = N``), each with its own parameters, data order and noise.
 - ``paper``: the ``toy_paper`` preset (the original code's settings) where each run draws its
   own learning rate, Adam beta1 and init std (ranges in :func:`paper_draw`; the paper does not
-  give them), seed = run index. The paper trained 200 epochs (200,000 steps) per run; our default budget is smaller
-  (``--steps``) so that the protocol runs on a laptop.
+  give them), seed = run index. The paper trained 200 epochs (200,000 steps) per run; our
+  default budget is smaller (``--steps``) so that the protocol runs on a laptop.
 """
 
 from __future__ import annotations
@@ -58,17 +57,12 @@ def model_overrides(kind: str) -> tuple[str, ...]:
     return (f"model.kind={kind}", "model.encoder=noise", "model.recon_weight=0")
 
 
-# The baselines' own tuned settings: the ``toy`` preset's discriminator learning rate 1.6e-3 is
-# ALI's and cost the GAN modes (20.8 against 24.4 at 8e-4; README, "2-D experiment"); its R1
-# penalty is ALI's too (1.6x the time per step).
-BASELINE_SETTINGS = ("train.lr_d=8e-4", "model.r1_weight=0")
-
-
 def tuned_overrides(kind: str, overrides: tuple[str, ...] = ()) -> tuple[str, ...]:
-    """The tuned protocol's config of model ``kind``: the ``toy`` preset, the baselines' own
-    settings, the user's ``overrides`` (which apply to every model) and :func:`model_overrides`."""
-    own = () if kind == "ali" else BASELINE_SETTINGS
-    return (*own, *overrides, *model_overrides(kind))
+    """The tuned protocol's config of model ``kind``: the ``toy`` preset (every adversarial model
+    trains with its learning rates and lazy R1 penalty; the GAN covers more modes with them too,
+    README "2-D experiment"), the user's ``overrides`` (which apply to every model) and
+    :func:`model_overrides`."""
+    return (*overrides, *model_overrides(kind))
 
 
 def paper_draw(run: int) -> dict[str, float]:

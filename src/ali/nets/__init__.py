@@ -39,7 +39,8 @@ def build_model(cfg: Config) -> GenerativeModel:
     m = cfg.model
     nets = family(m.nets)
     lat = nets.latent_shape(m)
-    common = dict(gen_loss=m.gen_loss, runs=m.runs, r1_weight=m.r1_weight)
+    common = dict(gen_loss=m.gen_loss, runs=m.runs, r1_weight=m.r1_weight,
+                  r1_every=m.r1_every)
     if m.kind == "ali":
         embed = condition_embedding(m) if m.conditional else None
         return ALI(nets.encoder(m), nets.decoder(m), nets.discriminator(m, joint=True), lat,
