@@ -26,10 +26,12 @@ def time_step(kind: str, runs: int, batch: int, steps: int) -> float:
     pd, pg = m.parameters_d(), m.parameters_g()
     od, og = make_optimizer(pd, cfg.train, cfg.train.lr_d), make_optimizer(pg, cfg.train)
     x = torch.randn(batch, runs, 2) if runs > 1 else torch.randn(batch, 2)
-    for _ in range(3):
+    for i in range(3):
+        m.schedule(i, cfg.train.steps)
         train_step(m, x, m.sample_prior(batch), od, og, pd, pg)
     t = time.perf_counter()
-    for _ in range(steps):
+    for i in range(3, 3 + steps):
+        m.schedule(i, cfg.train.steps)  # lazy R1: the penalty on one step in model.r1_every
         train_step(m, x, m.sample_prior(batch), od, og, pd, pg)
     return (time.perf_counter() - t) / steps
 

@@ -36,6 +36,16 @@ def test_bench_bf16_and_toy_runs(capsys):
     assert r["precision"] == "bf16" and r["runs"] == 3 and r["flops_per_image"] > 0
 
 
+def test_bench_steps_follow_the_schedule_so_lazy_r1_is_timed_as_trained():
+    from ali.bench import prepare
+    s = prepare(tiny_toy("model.r1_weight=1", "model.r1_every=4"))
+    seen = []
+    for _ in range(6):
+        s.step()
+        seen.append(s.model._r1_now)
+    assert s.taken == 6 and seen == [True, False, False, False, True, False]
+
+
 @pytest.mark.parametrize("argv, msg", [
     (["bench", "tiny", "--precision", "fp16", "--set", "train.device=cpu"], "needs a GPU"),
     (["bench", "tiny", "--steps", "0"], "--steps must be >= 1"),

@@ -57,9 +57,13 @@ class StepUnderTest:
     model: Any
     stepper: speed.Stepper
     sampler: Any
+    taken: int = 0
+    """Steps so far: what the model's schedule sees (a lazy R1 penalty then costs what it
+    costs on average in training)."""
 
     def step(self) -> None:
-        self.model.schedule(0, self.cfg.train.steps)
+        self.model.schedule(self.taken, self.cfg.train.steps)
+        self.taken += 1
         self.stepper(self.sampler.next(), self.model.sample_prior(self.cfg.train.batch_size))
 
 

@@ -287,7 +287,10 @@ class GenerativeModel(nn.Module):
     def losses(self, x: Tensor, z: Tensor, y: Tensor | None = None,
                labelled: tuple[Tensor, Tensor] | None = None) -> Losses:
         """The losses of one step on data ``x`` and prior draws ``z``; conditional models get the
-        batch's conditions ``y``, semi-supervised ones a labelled batch ``(x_l, y_l)``."""
+        batch's conditions ``y``, semi-supervised ones a labelled batch ``(x_l, y_l)``.
+
+        A training loop calls :meth:`schedule` before each step (the engine does): phases and
+        lazy R1 follow the step number given there."""
         raise NotImplementedError
 
     def _real_input(self, x: Tensor) -> Tensor:
