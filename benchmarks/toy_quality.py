@@ -44,21 +44,32 @@ def main() -> None:
     print(toy.table(results))
     print(f"wall time: {wall:.0f} s for {len(results['models'])} models x {runs} runs")
     k = len(data.centres)
+    if "ali" not in results["models"]:
+        print(f"outputs in {out}")
+        return
     ali = results["models"]["ali"]
-    checks = [
-        (f"ALI modes_hq == {k} in every run", min(ali["modes_hq"]) == k,
-         f"min {min(ali['modes_hq'])}"),
-        ("ALI hq >= 0.95", np.mean(ali["hq"]) >= 0.95, f"mean {np.mean(ali['hq']):.3f}"),
-        ("ALI recon_mode >= 0.95", np.mean(ali["recon_mode"]) >= 0.95,
-         f"mean {np.mean(ali['recon_mode']):.3f}"),
-    ]
+    # The targets: ALI's quality under the tuned protocol, and the paper's ordering of
+    # the mean mode counts (ALI above the GAN) under the paper's protocol.
+    checks = []
+    if a.protocol == "tuned":
+        checks += [
+            (f"ALI modes_hq == {k} in every run", min(ali["modes_hq"]) == k,
+             f"min {min(ali['modes_hq'])}"),
+            ("ALI hq >= 0.95", np.mean(ali["hq"]) >= 0.95, f"mean {np.mean(ali['hq']):.3f}"),
+            ("ALI recon_mode >= 0.95", np.mean(ali["recon_mode"]) >= 0.95,
+             f"mean {np.mean(ali['recon_mode']):.3f}"),
+        ]
     if "gan" in results["models"]:
         gan = results["models"]["gan"]
-        checks.append(("ALI mean modes > GAN mean modes",
-                       np.mean(ali["modes"]) > np.mean(gan["modes"]),
-                       f"ALI {np.mean(ali['modes']):.1f} vs GAN {np.mean(gan['modes']):.1f}"))
-    limit = 120 if a.quick else 900
-    checks.append((f"wall time < {limit} s", wall < limit, f"{wall:.0f} s"))
+        for m in ("modes", "modes_hq"):
+            print(f"ALI vs GAN, mean {m}: {np.mean(ali[m]):.1f} vs {np.mean(gan[m]):.1f}")
+        if a.protocol == "paper":
+            checks.append(("ALI mean modes > GAN mean modes",
+                           np.mean(ali["modes"]) > np.mean(gan["modes"]),
+                           f"ALI {np.mean(ali['modes']):.1f} vs GAN {np.mean(gan['modes']):.1f}"))
+    if a.protocol == "tuned" and not a.steps:
+        limit = 120 if a.quick else 900
+        checks.append((f"wall time < {limit} s", wall < limit, f"{wall:.0f} s"))
     for name, ok, value in checks:
         print(f"[{'PASS' if ok else 'MISS'}] {name}: {value}")
     print(f"outputs in {out}")
