@@ -256,6 +256,27 @@ def test_svhn_bad_files(tmp_path):
     one_line_error(e, "train_32x32.mat")
 
 
+@pytest.mark.parametrize("offset, value, what", [
+    (144, 5, "not a real numeric array"),         # X's class made sparse
+    (184, 0, "does not match the dimensions"),     # X's data given an unknown type
+    (184, 0x10000, "does not match the dimensions"),
+])
+def test_svhn_files_that_crash_scipy_are_one_line_errors(tmp_path, offset, value, what):
+    """scipy's loadmat kills the interpreter (SIGSEGV) on these damaged files; the reader
+    checks the arrays' headers first."""
+    pytest.importorskip("scipy")
+    import struct
+    root = make_svhn(tmp_path, splits=("train",))
+    p = root / "train_32x32.mat"
+    data = bytearray(p.read_bytes())
+    assert struct.unpack_from("<2I", data, 128) == (14, 18488)    # X: miMATRIX at byte 128
+    struct.pack_into("<I", data, offset, value)
+    p.write_bytes(bytes(data))
+    with pytest.raises(DataError) as e:
+        load_dataset(data_cfg("svhn", root, "data.test_split="))
+    one_line_error(e, "train_32x32.mat", what)
+
+
 # --------------------------------------------------------------------------- CelebA
 
 def test_celeba_crop_attributes_partition(tmp_path):

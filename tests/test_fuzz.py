@@ -22,7 +22,7 @@ from ali.train import load_checkpoint, train
 from conftest import tiny_toy
 
 EXAMPLES = int(os.environ.get("ALI_FUZZ_EXAMPLES", "200"))
-FAST = settings(max_examples=EXAMPLES, deadline=None,
+FAST = settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 # ------------------------------------------------------------------------------- overrides
@@ -218,7 +218,8 @@ def test_mutated_checkpoints_raise_only_checkpoint_errors(real_checkpoint, data)
     assert isinstance(ckpt["model"], dict) and isinstance(ckpt["step"], int)
 
 
-@settings(max_examples=max(1, EXAMPLES // 5), deadline=None,  # each example trains 2 steps
+# Each example trains 2 steps.
+@settings(max_examples=max(1, EXAMPLES // 5), deadline=None, derandomize=True, database=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.data())
 def test_resume_from_mutated_checkpoint_raises_only_ali_errors(real_checkpoint, tmp_path, data):

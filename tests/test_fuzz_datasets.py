@@ -18,7 +18,7 @@ from ali.errors import AliError
 from test_datasets import data_cfg, make_celeba, make_cifar, make_mnist, make_svhn
 
 EXAMPLES = int(os.environ.get("ALI_FUZZ_EXAMPLES", "200")) // 2
-FAST = settings(max_examples=EXAMPLES, deadline=None,
+FAST = settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 

@@ -214,6 +214,74 @@ SVHN_MD5 = {   # not published by the SVHN site; the values every loader (torchv
 }
 
 
+# MAT v5 element types (data type code -> bytes per value) and the numeric array classes.
+_MI_SIZES = {1: 1, 2: 1, 3: 2, 4: 2, 5: 4, 6: 4, 7: 4, 9: 8, 12: 8, 13: 8}
+_MI_MATRIX, _MI_COMPRESSED = 14, 15
+_MX_NUMERIC = range(6, 16)     # double, single, int8 ... uint64
+
+
+def _mat_tag(buf: bytes, at: int) -> tuple[int, int, int]:
+    """(data type, byte count, offset of the data) of the MAT v5 element tag at ``at``."""
+    if at + 8 > len(buf):
+        raise ValueError("an element tag runs past the end")
+    kind, n = np.frombuffer(buf, "<u4", 2, at).tolist()
+    if kind >> 16:                                    # the small-element format: 4-byte tag
+        return kind & 0xFFFF, kind >> 16, at + 4
+    return kind, n, at + 8
+
+
+def _check_mat_array(buf: bytes, size: int | None) -> None:
+    """The header of one miMATRIX element's content ``buf``: a real, non-sparse numeric array
+    whose data holds exactly prod(dims) values (checked against ``size``, the element's byte
+    count, when it is known)."""
+    kind, n, at = _mat_tag(buf, 0)
+    if kind != 6 or n != 8 or at + 8 > len(buf):
+        raise ValueError("bad array flags")
+    flags = int(np.frombuffer(buf, "<u4", 1, at)[0])
+    if flags & 0xFF not in _MX_NUMERIC or flags & 0x800:
+        raise ValueError("not a real numeric array")
+    kind, n, at = _mat_tag(buf, at + 8)
+    if kind != 5 or n < 8 or n % 4 or at + n > len(buf):
+        raise ValueError("bad dimensions")
+    dims = np.frombuffer(buf, "<i4", n // 4, at)
+    if (dims < 0).any():
+        raise ValueError("negative dimensions")
+    kind, n, at = _mat_tag(buf, at + (n + 7) // 8 * 8)
+    if kind != 1:
+        raise ValueError("bad array name")
+    at += (n + 3) // 4 * 4 if at % 8 else (n + 7) // 8 * 8
+    kind, n, at = _mat_tag(buf, at)
+    if kind not in _MI_SIZES or n != int(np.prod(dims, dtype=np.int64)) * _MI_SIZES[kind]:
+        raise ValueError("the data does not match the dimensions")
+    if size is not None and at + n > size:
+        raise ValueError("the data runs past its element")
+
+
+def check_mat5(path: Path) -> None:
+    """Reject a MAT v5 file whose arrays are not what the SVHN files hold (real numeric arrays
+    with as much data as their dimensions say) before scipy reads it: scipy's reader crashes the
+    interpreter on some damaged files (a wrong array class or data type) instead of raising."""
+    with open(path, "rb") as f:
+        end = f.seek(0, 2)
+        at = 128                                      # the text header
+        while at + 8 <= end:
+            f.seek(at)
+            kind, n, data = _mat_tag(f.read(8), 0)
+            data += at
+            if kind not in (_MI_MATRIX, _MI_COMPRESSED) or data + n > end:
+                raise ValueError(f"bad top-level element at byte {at}")
+            f.seek(data)
+            if kind == _MI_MATRIX:
+                _check_mat_array(f.read(min(n, 4096)), n)
+            else:                                     # zlib-compressed: its first bytes suffice
+                head = zlib.decompressobj().decompress(f.read(min(n, 65536)), 4096)
+                kind, m, inner = _mat_tag(head, 0)
+                if kind != _MI_MATRIX:
+                    raise ValueError(f"bad compressed element at byte {at}")
+                _check_mat_array(head[inner:], None)
+            at = data + (n + 7) // 8 * 8 if kind == _MI_MATRIX else data + n
+
+
 def read_svhn(path: Path, check: bool) -> Part:
     need(path, f"download it with: ali data download svhn --root {path.parent}")
     verify(path, SVHN_MD5.get(path.name), check)
@@ -223,6 +291,7 @@ def read_svhn(path: Path, check: bool) -> Part:
         raise DataError("data.name=svhn needs scipy to read .mat files: "
                         "pip install 'ali[svhn]'") from None
     try:
+        check_mat5(path)
         d = scipy.io.loadmat(str(path), variable_names=("X", "y"))
     except Exception as e:
         raise DataError(f"{path} is truncated or not a MATLAB file ({one_line(e)})") from None
