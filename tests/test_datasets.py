@@ -256,6 +256,18 @@ def test_svhn_bad_files(tmp_path):
     one_line_error(e, "train_32x32.mat")
 
 
+def test_svhn_compressed_files_read(tmp_path):
+    """MATLAB's own files (as the official ones) hold zlib-compressed, unpadded elements."""
+    scipy_io = pytest.importorskip("scipy.io")
+    x = np.arange(32 * 32 * 3 * 7, dtype=np.int64).reshape(32, 32, 3, 7).astype(np.uint8)
+    y = np.array([[10], [1], [2], [3], [4], [5], [6]])
+    scipy_io.savemat(tmp_path / "train_32x32.mat", {"X": x, "y": y}, do_compression=True)
+    d = load_dataset(data_cfg("svhn", tmp_path, "data.test_split="))
+    assert d.train.shape == (7, 3, 32, 32)
+    assert d.train_labels.tolist() == [0, 1, 2, 3, 4, 5, 6]
+    assert torch.equal(d.train[3, 2], torch.from_numpy(x[:, :, 2, 3]))
+
+
 @pytest.mark.parametrize("offset, value, what", [
     (144, 5, "not a real numeric array"),         # X's class made sparse
     (184, 0, "does not match the dimensions"),     # X's data given an unknown type

@@ -273,13 +273,14 @@ def check_mat5(path: Path) -> None:
             f.seek(data)
             if kind == _MI_MATRIX:
                 _check_mat_array(f.read(min(n, 4096)), n)
+                at = data + (n + 7) // 8 * 8
             else:                                     # zlib-compressed: its first bytes suffice
                 head = zlib.decompressobj().decompress(f.read(min(n, 65536)), 4096)
-                kind, m, inner = _mat_tag(head, 0)
-                if kind != _MI_MATRIX:
+                inner_kind, _, inner = _mat_tag(head, 0)
+                if inner_kind != _MI_MATRIX:
                     raise ValueError(f"bad compressed element at byte {at}")
                 _check_mat_array(head[inner:], None)
-            at = data + (n + 7) // 8 * 8 if kind == _MI_MATRIX else data + n
+                at = data + n                         # compressed elements are not padded
 
 
 def read_svhn(path: Path, check: bool) -> Part:
