@@ -12,8 +12,10 @@ from __future__ import annotations
 import functools
 import gzip
 import io
+import math
 import pickle
 import re
+import struct
 import zipfile
 import zlib
 from dataclasses import dataclass, field
@@ -224,7 +226,7 @@ def _mat_tag(buf: bytes, at: int) -> tuple[int, int, int]:
     """(data type, byte count, offset of the data) of the MAT v5 element tag at ``at``."""
     if at + 8 > len(buf):
         raise ValueError("an element tag runs past the end")
-    kind, n = np.frombuffer(buf, "<u4", 2, at).tolist()
+    kind, n = struct.unpack_from("<2I", buf, at)
     if kind >> 16:                                    # the small-element format: 4-byte tag
         return kind & 0xFFFF, kind >> 16, at + 4
     return kind, n, at + 8
@@ -237,21 +239,21 @@ def _check_mat_array(buf: bytes, size: int | None) -> None:
     kind, n, at = _mat_tag(buf, 0)
     if kind != 6 or n != 8 or at + 8 > len(buf):
         raise ValueError("bad array flags")
-    flags = int(np.frombuffer(buf, "<u4", 1, at)[0])
+    (flags,) = struct.unpack_from("<I", buf, at)
     if flags & 0xFF not in _MX_NUMERIC or flags & 0x800:
         raise ValueError("not a real numeric array")
     kind, n, at = _mat_tag(buf, at + 8)
     if kind != 5 or n < 8 or n % 4 or at + n > len(buf):
         raise ValueError("bad dimensions")
-    dims = np.frombuffer(buf, "<i4", n // 4, at)
-    if (dims < 0).any():
+    dims = struct.unpack_from(f"<{n // 4}i", buf, at)
+    if min(dims) < 0:
         raise ValueError("negative dimensions")
     kind, n, at = _mat_tag(buf, at + (n + 7) // 8 * 8)
     if kind != 1:
         raise ValueError("bad array name")
     at += (n + 3) // 4 * 4 if at % 8 else (n + 7) // 8 * 8
     kind, n, at = _mat_tag(buf, at)
-    if kind not in _MI_SIZES or n != int(np.prod(dims, dtype=np.int64)) * _MI_SIZES[kind]:
+    if kind not in _MI_SIZES or n != math.prod(dims) * _MI_SIZES[kind]:
         raise ValueError("the data does not match the dimensions")
     if size is not None and at + n > size:
         raise ValueError("the data runs past its element")
