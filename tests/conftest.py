@@ -22,8 +22,9 @@ def _deterministic():
 
 def tiny_toy(*overrides: str):
     """The toy preset shrunk to run in well under a second, as pure ALI (no cycle term, no R1)
-    so that every model kind builds from it."""
+    so that every model kind builds from it; its decoder's batch norm never freezes."""
     return get_config("toy", ["model.recon_weight=0", "model.r1_weight=0", "model.r1_every=1",
+                              "model.freeze_decoder_bn_at=1",
                               "model.width=16", "model.disc_width=8", "model.maxout_pieces=2",
                               "data.n_train=512", "data.n_test=256", "train.steps=4",
                               "train.batch_size=32", "train.log_every=2", "train.progress=off",

@@ -84,7 +84,7 @@ def test_apply_overrides_leaves_original_untouched():
 
 
 def test_toy_default_carries_the_cycle_term_and_the_toy_experiment_removes_it_elsewhere():
-    from ali.config import TOY_R1, TOY_RECON
+    from ali.config import TOY_FREEZE_BN, TOY_R1, TOY_RECON
     from ali.experiments.toy import MODELS, model_overrides, tuned_overrides
     toy = get_config("toy")
     assert toy.model.recon_weight == TOY_RECON > 0 and toy.model.r1_weight == TOY_R1 > 0
@@ -102,6 +102,9 @@ def test_toy_default_carries_the_cycle_term_and_the_toy_experiment_removes_it_el
     # Every model trains the preset's own settings.
     assert all(c.train == toy.train for c in cfgs.values())
     assert all(c.model.r1_every == toy.model.r1_every for c in cfgs.values())
+    assert toy.model.freeze_decoder_bn_at == TOY_FREEZE_BN < 1
+    assert all(c.model.freeze_decoder_bn_at == TOY_FREEZE_BN for c in cfgs.values())
+    assert get_config("toy_paper").model.freeze_decoder_bn_at == 1      # the paper: never
     # A user's own settings survive the per-model ones: ALI's cycle weight, and an R1 penalty
     # or learning rate asked of every model (bar R1 for the VAE, which has no discriminator).
     cfg = get_config("toy", ["model.recon_weight=0", *model_overrides("ali")])

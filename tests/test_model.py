@@ -289,6 +289,55 @@ def test_lazy_r1_applies_every_kth_step_with_k_times_the_weight(kind):
         torch.testing.assert_close(lazy.g, off.g)
 
 
+def _bn(net):
+    return [m for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+
+
+@pytest.mark.parametrize("kind", ["ali", "gan_inverse", "vae"])
+def test_decoder_bn_freezes_at_its_step(kind):
+    """freeze_decoder_bn_at=0.5 of 10 steps: the decoder's batch norm normalises with the batch
+    and updates its running statistics on steps 0-4; from step 5 on it uses them, frozen, while
+    the encoder's keeps training; model.train() and eval() keep that state."""
+    m = build(kind, 1, "model.freeze_decoder_bn_at=0.5").train()
+    x = torch.randn(16, 2)
+    for step in range(10):
+        m.schedule(step, 10)
+        frozen = step >= 5
+        assert all(b.training != frozen for b in _bn(m.decoder))
+        assert all(b.training for b in _bn(m.encoder))
+        dec = [b.running_mean.clone() for b in _bn(m.decoder)]
+        enc = [b.running_mean.clone() for b in _bn(m.encoder)]
+        m.losses(x, m.sample_prior(16))
+        moved = [not torch.equal(a, b.running_mean) for a, b in zip(dec, _bn(m.decoder))]
+        assert all(moved) if not frozen else not any(moved)
+        assert all(not torch.equal(a, b.running_mean) for a, b in zip(enc, _bn(m.encoder)))
+    m.eval()
+    assert not any(b.training for b in _bn(m))
+    m.train()
+    assert not any(b.training for b in _bn(m.decoder)) and all(b.training for b in _bn(m.encoder))
+    # Frozen, a sample no longer depends on the rest of its batch: training is sampling.
+    z = m.sample_prior(16)
+    torch.testing.assert_close(m.decode(z)[:4], m.decode(z[:4]))
+    m.schedule(0, 10)  # a schedule from the start (a new run) unfreezes it
+    assert all(b.training for b in _bn(m.decoder))
+    assert not torch.allclose(m.decode(z)[:4], m.decode(z[:4]))
+
+
+def test_decoder_bn_never_freezes_by_default():
+    from ali.config import ModelConfig
+    assert ModelConfig().freeze_decoder_bn_at == 1
+    m = build("ali").train()
+    for step in (0, 5, 9):
+        m.schedule(step, 10)
+        assert all(b.training for b in _bn(m.decoder))
+
+
+def test_freeze_decoder_bn_at_is_validated():
+    from ali.errors import ConfigError
+    with pytest.raises(ConfigError, match=r"model.freeze_decoder_bn_at must be in \[0, 1\]"):
+        tiny_toy("model.freeze_decoder_bn_at=1.5")
+
+
 def test_r1_every_is_validated():
     from ali.errors import ConfigError
     with pytest.raises(ConfigError, match="model.r1_every must be >= 1"):

@@ -225,9 +225,12 @@ def test_training_in_a_thread_leaves_signals_alone():
 
 # --------------------------------------------------------------------------- real processes
 
+# A schedule that does not follow train.steps (constant learning rate, no batch-norm freeze),
+# so a run resumed with another length continues as an uninterrupted run of that length would.
 SUB = ["--set", "model.width=16", "--set", "model.disc_width=8", "--set", "data.n_train=256",
        "--set", "train.batch_size=32", "--set", "train.progress=off", "--set", "train.device=cpu",
-       "--set", "train.lr_schedule=constant", "--set", "train.steps=10000000"]
+       "--set", "train.lr_schedule=constant", "--set", "model.freeze_decoder_bn_at=1",
+       "--set", "train.steps=10000000"]
 
 
 def _ali(*args, **kw):

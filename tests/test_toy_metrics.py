@@ -48,3 +48,36 @@ def test_sampled_dataset_labels_match_nearest_centre():
     x, y = toy.sample("grid", 2000, 0.05, g)
     d = torch.cdist(x, toy.centres("grid")).argmin(1)
     assert torch.equal(d, y)
+
+
+def test_paper_protocol_draws_each_runs_hyper_parameters(monkeypatch):
+    """--protocol paper: run r trains the toy_paper preset (pure ALI: no cycle term, R1 or
+    batch-norm freeze) with its own drawn lr, beta1 and init std and seed r, for --steps."""
+    from ali.experiments import toy as experiment
+
+    seen = []
+    train_and_score = experiment._train_and_score
+
+    def spy(cfg, data):
+        seen.append(cfg)
+        return train_and_score(cfg, data)
+
+    monkeypatch.setattr(experiment, "_train_and_score", spy)
+    tiny = ("model.width=16", "model.disc_width=8", "model.maxout_pieces=2", "data.n_train=512",
+            "data.n_test=256", "train.batch_size=16", "train.progress=off")
+    results, _ = experiment.run(protocol="paper", runs=2, steps=3, models=("ali", "gan"),
+                                device="cpu", log=lambda s: None, overrides=tiny)
+    assert results["protocol"] == "paper" and results["runs"] == 2
+    assert [(c.model.kind, c.train.seed) for c in seen] == [("ali", 0), ("ali", 1),
+                                                             ("gan", 0), ("gan", 1)]
+    for cfg in seen:
+        draw = experiment.paper_draw(cfg.train.seed)
+        assert cfg.name == "toy_paper" and cfg.train.steps == 3 and cfg.model.runs == 1
+        assert (cfg.train.lr, cfg.train.beta1, cfg.model.init_std) == (
+            draw["lr"], draw["beta1"], draw["init_std"])
+        assert cfg.model.recon_weight == 0 and cfg.model.r1_weight == 0
+        assert cfg.model.freeze_decoder_bn_at == 1
+    assert experiment.paper_draw(0) != experiment.paper_draw(1)
+    for kind in ("ali", "gan"):
+        assert all(len(v) == 2 for v in results["models"][kind].values())
+    assert results["models"]["gan"]["recon_mode"] == [None, None]

@@ -43,11 +43,13 @@ def test_same_seed_same_result():
     assert not all(torch.equal(a[k], c[k]) for k in a)
 
 
-@pytest.mark.parametrize("kind", ["ali", "gan_posthoc", "vae", "ali_lazy_r1"])
+@pytest.mark.parametrize("kind", ["ali", "gan_posthoc", "vae", "ali_lazy_r1", "ali_frozen_bn"])
 def test_resume_is_bit_identical(tmp_path, kind):
     # ali_lazy_r1: R1 on steps 0 and 2 of 0..5 before the stop at 3, then on step 4 only.
-    extra = ("model.r1_weight=1", "model.r1_every=2") if kind == "ali_lazy_r1" else ()
-    kind = kind.removesuffix("_lazy_r1")
+    # ali_frozen_bn: the decoder's batch norm freezes at step 2, before the stop at 3.
+    extra = {"ali_lazy_r1": ("model.r1_weight=1", "model.r1_every=2"),
+             "ali_frozen_bn": ("model.freeze_decoder_bn_at=0.34",)}.get(kind, ())
+    kind = kind.removesuffix("_lazy_r1").removesuffix("_frozen_bn")
     enc = "gaussian" if kind == "vae" else "noise"
     over = (f"model.kind={kind}", f"model.encoder={enc}", "train.lr_schedule=linear",
             "train.steps=6", "train.checkpoint_every=3", "train.log_every=3", *extra)

@@ -22,9 +22,11 @@ class GAN(GenerativeModel):
 
     def __init__(self, decoder: nn.Module, discriminator: nn.Module,
                  latent_shape: tuple[int, ...], gen_loss: str = "nonsaturating",
-                 runs: int = 1, r1_weight: float = 0.0, r1_every: int = 1) -> None:
+                 runs: int = 1, r1_weight: float = 0.0, r1_every: int = 1,
+                 freeze_decoder_bn_at: float = 1.0) -> None:
         super().__init__(decoder, latent_shape, discriminator=discriminator, gen_loss=gen_loss,
-                         runs=runs, r1_weight=r1_weight, r1_every=r1_every)
+                         runs=runs, r1_weight=r1_weight, r1_every=r1_every,
+                         freeze_decoder_bn_at=freeze_decoder_bn_at)
 
     def _gan_losses(self, x: Tensor, z: Tensor) -> tuple[Losses, Tensor]:
         x_tilde = self.decode(z)                                    # (B, *data)
@@ -47,9 +49,9 @@ class GANInverse(GAN):
     def __init__(self, encoder: StochasticEncoder, decoder: nn.Module,
                  discriminator: nn.Module, latent_shape: tuple[int, ...],
                  gen_loss: str = "nonsaturating", runs: int = 1, r1_weight: float = 0.0,
-                 r1_every: int = 1) -> None:
+                 r1_every: int = 1, freeze_decoder_bn_at: float = 1.0) -> None:
         super().__init__(decoder, discriminator, latent_shape, gen_loss, runs, r1_weight,
-                         r1_every)
+                         r1_every, freeze_decoder_bn_at)
         self.encoder = encoder
 
     def losses(self, x: Tensor, z: Tensor) -> Losses:
@@ -73,9 +75,9 @@ class GANPostHoc(GAN):
                  discriminator: nn.Module, joint_discriminator: JointDiscriminator,
                  latent_shape: tuple[int, ...], gen_loss: str = "nonsaturating",
                  runs: int = 1, posthoc_fraction: float = 0.5, r1_weight: float = 0.0,
-                 r1_every: int = 1) -> None:
+                 r1_every: int = 1, freeze_decoder_bn_at: float = 1.0) -> None:
         super().__init__(decoder, discriminator, latent_shape, gen_loss, runs, r1_weight,
-                         r1_every)
+                         r1_every, freeze_decoder_bn_at)
         self.encoder = encoder
         self.joint_discriminator = joint_discriminator
         self.posthoc_fraction = posthoc_fraction
@@ -116,10 +118,12 @@ class VAE(GenerativeModel):
 
     def __init__(self, encoder: StochasticEncoder, decoder: nn.Module,
                  latent_shape: tuple[int, ...], data_shape: tuple[int, ...],
-                 likelihood: str = "gaussian", runs: int = 1) -> None:
+                 likelihood: str = "gaussian", runs: int = 1,
+                 freeze_decoder_bn_at: float = 1.0) -> None:
         if encoder.kind != "gaussian":
             raise ValueError("a VAE needs a Gaussian encoder")
-        super().__init__(decoder, latent_shape, encoder=encoder, runs=runs)
+        super().__init__(decoder, latent_shape, encoder=encoder, runs=runs,
+                         freeze_decoder_bn_at=freeze_decoder_bn_at)
         self.likelihood = likelihood
         self.log_sigma_x = nn.Parameter(torch.zeros(data_shape)) if likelihood == "gaussian" else None
 

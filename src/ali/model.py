@@ -166,7 +166,8 @@ class GenerativeModel(nn.Module):
                  discriminator: nn.Module | None = None,
                  gen_loss: str = "nonsaturating", runs: int = 1,
                  embed: nn.Module | None = None, label_dim: int = 0,
-                 attributes: bool = False, r1_weight: float = 0.0, r1_every: int = 1) -> None:
+                 attributes: bool = False, r1_weight: float = 0.0, r1_every: int = 1,
+                 freeze_decoder_bn_at: float = 1.0) -> None:
         super().__init__()
         self.runs = runs
         self.r1_weight = r1_weight
@@ -174,6 +175,10 @@ class GenerativeModel(nn.Module):
         self.r1_every = r1_every
         """Lazy R1: the penalty applies on one step in ``r1_every``, weighted by ``r1_every``."""
         self._r1_now = True  # set by schedule() before every step, so resuming restores it
+        self.freeze_decoder_bn_at = freeze_decoder_bn_at
+        """From this fraction of training on, the decoder's batch norm uses its running
+        statistics, frozen (1: never); see :meth:`schedule`."""
+        self._decoder_bn_frozen = False  # set by schedule(), so resuming restores it
         self.decoder = decoder
         self.encoder = encoder
         self.discriminator = discriminator
@@ -224,6 +229,20 @@ class GenerativeModel(nn.Module):
         """Called by the engine before each step; models with phases switch here (subclasses
         call this first)."""
         self._r1_now = step % self.r1_every == 0
+        frozen = step >= int(self.freeze_decoder_bn_at * total)
+        if frozen != self._decoder_bn_frozen:
+            self._decoder_bn_frozen = frozen
+            self.train(self.training)
+
+    def train(self, mode: bool = True) -> "GenerativeModel":
+        """``nn.Module.train``, keeping the decoder's batch norm in evaluation mode (running
+        statistics, not updated) once :meth:`schedule` has frozen it."""
+        super().train(mode)
+        if mode and self._decoder_bn_frozen:
+            for m in self.decoder.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+        return self
 
     # ------------------------------------------------------------------ p(x, z)
     def sample_prior(self, n: int) -> Tensor:
@@ -338,6 +357,8 @@ class ALI(GenerativeModel):
             (x, z_hat) (Mescheder et al., 2018); 0 (default) is ALI.
         r1_every: lazy R1 (Karras et al., 2020): the penalty on one step in ``r1_every``,
             weighted by ``r1_every``.
+        freeze_decoder_bn_at: beyond the paper, from this fraction of training on the decoder's
+            batch norm normalises with its running statistics, frozen (1, the default: never).
         recon_weight: beyond the paper, the weight of ALICE's explicit cycle term
             ``||x - G(z_hat)||^2`` in the generator loss (Li et al., 2017); 0 (default) is ALI.
         semi_supervised: the discriminator outputs K logits per pair (a K+1 discriminator whose
@@ -353,10 +374,12 @@ class ALI(GenerativeModel):
                  gen_loss: str = "nonsaturating", runs: int = 1,
                  recon_weight: float = 0.0, semi_supervised: bool = False,
                  embed: nn.Module | None = None, label_dim: int = 0,
-                 attributes: bool = False, r1_weight: float = 0.0, r1_every: int = 1) -> None:
+                 attributes: bool = False, r1_weight: float = 0.0, r1_every: int = 1,
+                 freeze_decoder_bn_at: float = 1.0) -> None:
         super().__init__(decoder, latent_shape, encoder=encoder, discriminator=discriminator,
                          gen_loss=gen_loss, runs=runs, embed=embed, label_dim=label_dim,
-                         attributes=attributes, r1_weight=r1_weight, r1_every=r1_every)
+                         attributes=attributes, r1_weight=r1_weight, r1_every=r1_every,
+                         freeze_decoder_bn_at=freeze_decoder_bn_at)
         self.recon_weight = recon_weight
         self.semi_supervised = semi_supervised
 

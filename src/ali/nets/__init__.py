@@ -40,7 +40,7 @@ def build_model(cfg: Config) -> GenerativeModel:
     nets = family(m.nets)
     lat = nets.latent_shape(m)
     common = dict(gen_loss=m.gen_loss, runs=m.runs, r1_weight=m.r1_weight,
-                  r1_every=m.r1_every)
+                  r1_every=m.r1_every, freeze_decoder_bn_at=m.freeze_decoder_bn_at)
     if m.kind == "ali":
         embed = condition_embedding(m) if m.conditional else None
         return ALI(nets.encoder(m), nets.decoder(m), nets.discriminator(m, joint=True), lat,
@@ -58,5 +58,6 @@ def build_model(cfg: Config) -> GenerativeModel:
     if m.kind == "vae":
         likelihood = "gaussian" if m.nets == "toy" else "bernoulli"
         return VAE(nets.encoder(m), nets.decoder(m), lat, nets.data_shape(m),
-                   likelihood=likelihood, runs=m.runs)
+                   likelihood=likelihood, runs=m.runs,
+                   freeze_decoder_bn_at=m.freeze_decoder_bn_at)
     raise ConfigError(f"unknown model.kind {m.kind!r}")
