@@ -88,12 +88,18 @@ class GANPostHoc(GAN):
 
     def schedule(self, step: int, total: int) -> None:
         super().schedule(step, total)
-        self.posthoc = step >= int(self.posthoc_fraction * total)
+        posthoc = step >= int(self.posthoc_fraction * total)
+        if posthoc != self.posthoc:
+            self.posthoc = posthoc
+            self.train(self.training)
+
+    def _frozen_in_training(self) -> list[nn.Module]:
+        # Post hoc, the decoder is frozen whole: population statistics, as it will be sampled.
+        return [self.decoder] if self.posthoc else super()._frozen_in_training()
 
     def losses(self, x: Tensor, z: Tensor) -> Losses:
         if not self.posthoc:
             return self._gan_losses(x, z)[0]
-        self.decoder.eval()  # frozen: population statistics, as it will be sampled
         with torch.no_grad():
             x_tilde = self.decode(z)                                # (B, *data)
         z_hat = self.encode(x)                                      # (B, *latent)
@@ -101,12 +107,6 @@ class GANPostHoc(GAN):
         logits = self.joint_discriminator(torch.cat([x_d, x_tilde]), torch.cat([z_hat, z]))
         s_q, s_p = logits.chunk(2)
         return self._with_r1(self._adversarial(s_q, s_p), s_q, [x_d, z_hat])
-
-    def train(self, mode: bool = True) -> "GANPostHoc":
-        super().train(mode)
-        if mode and self.posthoc:
-            self.decoder.eval()
-        return self
 
 
 class VAE(GenerativeModel):

@@ -234,14 +234,21 @@ class GenerativeModel(nn.Module):
             self._decoder_bn_frozen = frozen
             self.train(self.training)
 
+    def _frozen_in_training(self) -> list[nn.Module]:
+        """The modules :meth:`train` keeps in evaluation mode: the decoder's batch norm once
+        :meth:`schedule` has frozen it (subclasses with phases add their own)."""
+        if not self._decoder_bn_frozen:
+            return []
+        return [m for m in self.decoder.modules()
+                if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
     def train(self, mode: bool = True) -> "GenerativeModel":
-        """``nn.Module.train``, keeping the decoder's batch norm in evaluation mode (running
-        statistics, not updated) once :meth:`schedule` has frozen it."""
+        """``nn.Module.train``, keeping the modules the schedule has frozen in evaluation mode
+        (batch norm on running statistics, not updated)."""
         super().train(mode)
-        if mode and self._decoder_bn_frozen:
-            for m in self.decoder.modules():
-                if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                    m.eval()
+        if mode:
+            for m in self._frozen_in_training():
+                m.eval()
         return self
 
     # ------------------------------------------------------------------ p(x, z)
