@@ -7,7 +7,8 @@ Trains the ``toy`` preset with the given ``section.key=value`` overrides (``--ru
 batched computation, ``train.seed=0``), scores every run as ``ali toy`` does, and prints one line:
 the training time, ``modes_hq`` per run, ``hq`` (mean and range), ``recon_mode`` and the fraction
 of samples within 0.1, 0.15 (= 3 std, ``hq``), 0.3 and 0.5 of their nearest centre, which tells
-too-wide modes (0.15-0.3) from lines of samples between modes (beyond 0.5).
+too-wide modes (0.15-0.3) from lines of samples between modes (beyond 0.5), ``spread`` and
+``mode_kl``, and the same for the other samplers (discriminator-resampled, decode-encode chain).
 """
 
 from __future__ import annotations
@@ -42,15 +43,20 @@ def main() -> None:
     t0 = time.perf_counter()
     model = train(cfg, dataset=data, quiet=True).model
     seconds = time.perf_counter() - t0
-    scores, _ = evaluate(model, data, seconds)
+    scores, _ = evaluate(model, data, seconds, samplers=True)
     with torch.no_grad():
         s = model.sample(10_000).view(10_000, a.runs, 2)
     d = torch.stack([assign(s[:, r], data.centres)[1] for r in range(a.runs)])
     within = {r: round(float((d <= r).float().mean()), 3) for r in RADII}
     rec = [v for v in scores["recon_mode"] if v is not None]
+    other = "  ".join(f"{k}: hq={np.mean(m['hq']):.3f} spread={np.mean(m['spread']):.2f} "
+                      f"kl={np.mean(m['mode_kl']):.3f}"
+                      for k, m in scores["samplers"].items() if m["hq"][0] is not None)
     print(f"{' '.join(a.overrides) or a.preset} | {seconds:.0f} s  modes_hq={scores['modes_hq']}  "
           f"hq={np.mean(scores['hq']):.3f} [{min(scores['hq']):.2f}-{max(scores['hq']):.2f}]  "
-          f"recon_mode={np.mean(rec) if rec else float('nan'):.3f}  within={within}", flush=True)
+          f"recon_mode={np.mean(rec) if rec else float('nan'):.3f}  within={within}  "
+          f"spread={np.mean(scores['spread']):.2f} kl={np.mean(scores['mode_kl']):.3f}  {other}",
+          flush=True)
 
 
 if __name__ == "__main__":

@@ -54,15 +54,21 @@ def test_toy_writes_results_figure_and_table(tmp_path):
     out = tmp_path / "toy"
     # A real subprocess through the console entry point, as a user runs it.
     proc = subprocess.run([sys.executable, "-m", "ali", "toy", "--quick", "--runs", "2",
-                           "--steps", "3", "--out", str(out)], capture_output=True, text=True,
+                           "--steps", "3", "--samplers", "--out", str(out)], capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr
     res = json.loads((out / "results.json").read_text())
     assert res["dataset"] == "grid" and res["protocol"] == "tuned" and res["runs"] == 2
     assert set(res["models"]) == {"ali", "gan", "gan_inverse", "gan_posthoc", "vae"}
     for kind, scores in res["models"].items():
-        assert set(scores) == {"modes", "modes_hq", "hq", "recon_mode", "seconds"}
-        assert all(len(v) == 2 for v in scores.values())
+        assert set(scores) == {"modes", "modes_hq", "hq", "spread", "mode_kl", "recon_mode",
+                               "seconds", "samplers"}
+        assert all(len(v) == 2 for k, v in scores.items() if k != "samplers")
+        samplers = scores["samplers"]
+        assert set(samplers) == {"resampled", "chain"}
+        for name, has in (("resampled", kind != "vae"), ("chain", kind != "gan")):
+            assert set(samplers[name]) == {"modes", "modes_hq", "hq", "spread", "mode_kl"}
+            assert all((h is not None) == has for h in samplers[name]["hq"]), (kind, name)
         assert all(1 <= m <= 25 for m in scores["modes"])
         assert all(0 <= h <= 1 for h in scores["hq"])
     assert res["models"]["gan"]["recon_mode"] == [None, None]
@@ -71,6 +77,7 @@ def test_toy_writes_results_figure_and_table(tmp_path):
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
     table = (out / "table.md").read_text()
     assert "| ali |" in table and "13.4" in table
+    assert "| ali | resampled |" in table and "| gan | chain |" not in table
     assert str(out / "figure.png") in proc.stdout and str(out / "results.json") in proc.stdout
 
 
@@ -82,9 +89,9 @@ def test_toy_set_applies_to_every_adversarial_run(tmp_path, monkeypatch):
     seen = {}
     real = toy._train_and_score
 
-    def spy(cfg, data):
+    def spy(cfg, data, samplers):
         seen[cfg.model.kind] = (cfg.model.r1_weight, cfg.train.batch_size, cfg.model.recon_weight)
-        return real(cfg, data)
+        return real(cfg, data, samplers)
 
     monkeypatch.setattr(toy, "_train_and_score", spy)
     assert main(["toy", "--quick", "--runs", "1", "--steps", "2", "--models", "ali,gan,vae",

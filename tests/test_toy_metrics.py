@@ -1,3 +1,6 @@
+import math
+
+import pytest
 import torch
 
 from ali.data import toy
@@ -16,7 +19,9 @@ def test_samples_exactly_on_seven_centres():
     c = toy.centres("grid")
     samples = c[torch.arange(7)].repeat(100, 1)
     m = mode_metrics(samples, c, 0.05)
-    assert m == {"modes": 7, "modes_hq": 7, "hq": 1.0}
+    # exactly on their centres: no spread; 7 of 25 equal-weight modes: KL = log(25 / 7)
+    assert m == {"modes": 7, "modes_hq": 7, "hq": 1.0, "spread": 0.0,
+                 "mode_kl": pytest.approx(math.log(25 / 7))}
 
 
 def test_far_samples_count_for_modes_but_not_quality():
@@ -25,6 +30,7 @@ def test_far_samples_count_for_modes_but_not_quality():
     samples = c[:3] + torch.tensor([0.5, 0.0])
     m = mode_metrics(samples, c, 0.05)
     assert m["modes"] == 3 and m["modes_hq"] == 0 and m["hq"] == 0.0
+    assert m["spread"] is None and m["mode_kl"] == pytest.approx(math.log(25 / 3))
 
 
 def test_mixed_quality():
@@ -32,7 +38,21 @@ def test_mixed_quality():
     good = c[:4] + 0.02  # within 3 * 0.01 * sqrt(2) = 0.042
     bad = c[4:8] * 1.2   # 0.2 away
     m = mode_metrics(torch.cat([good, bad]), c, 0.01)
-    assert m == {"modes": 8, "modes_hq": 4, "hq": 0.5}
+    # the good ones are (0.02, 0.02) off: RMS 0.02 per coordinate = 2 stds; one sample per mode
+    assert m == {"modes": 8, "modes_hq": 4, "hq": 0.5, "spread": pytest.approx(2.0),
+                 "mode_kl": pytest.approx(0.0, abs=1e-12)}
+
+
+def test_data_itself_has_spread_near_one_and_balanced_modes():
+    c = toy.centres("grid")
+    x, labels = toy.sample("grid", 50_000, 0.05, torch.Generator().manual_seed(0))
+    m = mode_metrics(x, c, 0.05)
+    # offsets cut at 3 std lose a little of the tail: 0.97, not 1
+    assert 0.95 < m["spread"] < 0.99 and m["mode_kl"] < 1e-3
+    # the same points pulled halfway to their centres: half as wide, as balanced
+    half = mode_metrics(c[labels] + 0.5 * (x - c[labels]), c, 0.05)
+    assert half["hq"] == 1.0 and half["spread"] == pytest.approx(0.5, abs=0.01)
+    assert half["mode_kl"] == pytest.approx(m["mode_kl"])
 
 
 def test_recon_mode():
@@ -58,15 +78,16 @@ def test_paper_protocol_draws_each_runs_hyper_parameters(monkeypatch):
     seen = []
     train_and_score = experiment._train_and_score
 
-    def spy(cfg, data):
+    def spy(cfg, data, samplers):
         seen.append(cfg)
-        return train_and_score(cfg, data)
+        return train_and_score(cfg, data, samplers)
 
     monkeypatch.setattr(experiment, "_train_and_score", spy)
     tiny = ("model.width=16", "model.disc_width=8", "model.maxout_pieces=2", "data.n_train=512",
             "data.n_test=256", "train.batch_size=16", "train.progress=off")
     results, _ = experiment.run(protocol="paper", runs=2, steps=3, models=("ali", "gan"),
-                                device="cpu", log=lambda s: None, overrides=tiny)
+                                device="cpu", log=lambda s: None, overrides=tiny,
+                                samplers=True)
     assert results["protocol"] == "paper" and results["runs"] == 2
     assert [(c.model.kind, c.train.seed) for c in seen] == [("ali", 0), ("ali", 1),
                                                              ("gan", 0), ("gan", 1)]
@@ -79,5 +100,9 @@ def test_paper_protocol_draws_each_runs_hyper_parameters(monkeypatch):
         assert cfg.model.freeze_decoder_bn_at == 1
     assert experiment.paper_draw(0) != experiment.paper_draw(1)
     for kind in ("ali", "gan"):
-        assert all(len(v) == 2 for v in results["models"][kind].values())
+        scores = results["models"][kind]
+        assert all(len(v) == 2 for k, v in scores.items() if k != "samplers")
+        assert all(len(v) == 2 for m in scores["samplers"].values() for v in m.values())
+    assert results["models"]["gan"]["samplers"]["chain"]["hq"] == [None, None]
+    assert all(v is not None for v in results["models"]["gan"]["samplers"]["resampled"]["hq"])
     assert results["models"]["gan"]["recon_mode"] == [None, None]

@@ -269,6 +269,61 @@ class GenerativeModel(nn.Module):
             y = self.default_condition(n)
         return self.decode(self.sample_prior(n), y)
 
+    def log_ratio(self, x: Tensor, z: Tensor, y: Tensor | None = None) -> Tensor:
+        """The discriminator's logit on pairs (x, z): at its optimum the log density ratio of the
+        "real" to the "fake" side, log q(x, z) / p(x, z) for ALI (log p_data(x) / p(x) for a
+        GAN, whose discriminator ignores z). Shape (B,), or (B, runs) for run-batched models."""
+        if self.discriminator is None:
+            raise TypeError(f"{type(self).__name__} has no discriminator")
+        s = self.discriminator(x, z)                                # (B, runs)
+        return s.squeeze(1) if self.runs == 1 else s
+
+    @torch.no_grad()
+    def sample_resampled(self, n: int, y: Tensor | None = None, oversample: int = 10,
+                         chunk: int = 1024) -> Tensor:
+        """n samples by sampling-importance-resampling with the discriminator (beyond the
+        paper; the density-ratio view of discriminator rejection sampling, Azadi et al. 2019):
+        each output is one of ``oversample`` ancestral pairs (G(z), z), drawn with probability
+        proportional to exp(:meth:`log_ratio`). With an exact ratio the pairs then follow
+        q(x, z), whose x-marginal is the data's; ``oversample`` -> infinity makes the
+        resampling exact. Runs of a run-batched model are resampled independently. The
+        candidates are decoded ``chunk * oversample`` at a time."""
+        if oversample < 1 or chunk < 1:
+            raise ValueError(f"oversample and chunk must be >= 1; got {oversample}, {chunk}")
+        if y is None:
+            y = self.default_condition(n)
+        if n > chunk:
+            return torch.cat([self.sample_resampled(min(chunk, n - i),
+                                                    None if y is None else y[i:i + chunk],
+                                                    oversample, chunk)
+                              for i in range(0, n, chunk)])
+        y_k = None if y is None else y.repeat_interleave(oversample, dim=0)
+        z = self.sample_prior(n * oversample)                       # (nK, *latent)
+        x = self.decode(z, y_k)                                     # (nK, *data)
+        logits = L.full(self.log_ratio(x, z, y_k)).reshape(n, oversample, -1)  # (n, K, R)
+        pick = torch.multinomial(logits.transpose(1, 2).reshape(-1, oversample).softmax(-1), 1)
+        pick = pick.view(n, 1, -1, 1)                               # (n, 1, R, 1)
+        runs = pick.shape[2]
+        cand = x.reshape(n, oversample, runs, -1)                   # (n, K, R, F)
+        out = cand.gather(1, pick.expand(n, 1, runs, cand.shape[-1]))
+        return out.reshape(n, *x.shape[1:])                         # (n, *data)
+
+    @torch.no_grad()
+    def sample_chain(self, n: int, steps: int, y: Tensor | None = None) -> Tensor:
+        """n samples from ``steps`` rounds of the decode-encode Markov chain x -> z_hat ~ q(z|x)
+        -> G(z_hat), started at ancestral samples (beyond the paper; Creswell et al., 2016):
+        it moves samples drawn where the prior's mass lies outside q(z) onto the encoder's
+        latent distribution, which the decoder was trained on. It inherits the reconstructions'
+        biases: with ALICE's cycle term they are narrower than the data, and so are its modes."""
+        if steps < 0:
+            raise ValueError(f"steps must be >= 0; got {steps}")
+        if y is None:
+            y = self.default_condition(n)
+        x = self.sample(n, y)
+        for _ in range(steps):
+            x = self.decode(self.encode(x, y), y)
+        return x
+
     # ------------------------------------------------------------------ q(x, z)
     def _need_encoder(self) -> StochasticEncoder:
         if self.encoder is None:
@@ -393,6 +448,16 @@ class ALI(GenerativeModel):
     def _discriminate(self, x: Tensor, z: Tensor, v: Tensor | None) -> Tensor:
         """D's logits; ``v``: the (B, K) condition vectors of a conditional model."""
         return self.discriminator(x, z, v) if v is not None else self.discriminator(x, z)
+
+    def log_ratio(self, x: Tensor, z: Tensor, y: Tensor | None = None) -> Tensor:
+        """D's logit on pairs (x, z), its estimate of log q(x, z) / p(x, z): for a K+1
+        discriminator logsumexp of the class logits (the fake logit is fixed at 0); for a
+        conditional model, of the pairs under condition y."""
+        v = condition_vector(y, self.label_dim) if y is not None and self.conditional else y
+        s = L.full(self._discriminate(x, z, v))                     # (B, runs) or (B, K)
+        if self.semi_supervised:
+            return s.logsumexp(1)
+        return s.squeeze(1) if self.runs == 1 else s
 
     @torch.no_grad()
     def classify(self, x: Tensor) -> Tensor:

@@ -6,6 +6,12 @@
 - ``hq``: the fraction of samples within 3 std of their nearest centre ("high quality"), and
   ``modes_hq``: the number of components that receive at least one high-quality sample (the
   stricter protocol of later papers).
+- ``spread``: how wide the modes are, the root-mean-square offset of the high-quality samples
+  from their centre per coordinate, in units of the data's std (about 0.97 for data, whose
+  offsets are cut at 3 std too; below 1: narrower than the data). ``hq`` cannot see modes
+  that are too narrow, this can.
+- ``mode_kl``: KL(share of samples per component || the mixture's equal weights), in nats:
+  0 for perfectly balanced modes (about (K - 1) / 2N from sampling alone).
 - ``recon_mode``: the fraction of held-out points whose reconstruction is assigned to the same
   component as the point itself.
 """
@@ -25,14 +31,20 @@ def assign(x: Tensor, centres: Tensor) -> tuple[Tensor, Tensor]:
     return idx, dist
 
 
-def mode_metrics(samples: Tensor, centres: Tensor, std: float) -> dict[str, float]:
-    """``modes``, ``modes_hq`` and ``hq`` of samples (N, 2) from one model."""
+def mode_metrics(samples: Tensor, centres: Tensor, std: float) -> dict[str, float | None]:
+    """``modes``, ``modes_hq``, ``hq``, ``spread`` (None without a high-quality sample) and
+    ``mode_kl`` of samples (N, 2) from one model."""
     idx, dist = assign(samples, centres)
     good = dist <= HQ_STDS * std
+    share = torch.bincount(idx, minlength=len(centres)).double() / len(idx)
+    kl = (share * (share * len(centres)).log()).nan_to_num().sum()    # 0 log 0 = 0
+    spread = (dist[good].pow(2).mean() / samples.shape[1]).sqrt() / std if good.any() else None
     return {
         "modes": int(idx.unique().numel()),
         "modes_hq": int(idx[good].unique().numel()),
         "hq": float(good.double().mean()),
+        "spread": None if spread is None else float(spread),
+        "mode_kl": float(kl),
     }
 
 

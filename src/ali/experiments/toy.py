@@ -34,8 +34,15 @@ from ..model import GenerativeModel
 from ..train import train
 
 MODELS = ("ali", "gan", "gan_inverse", "gan_posthoc", "vae")
-METRICS = ("modes", "modes_hq", "hq", "recon_mode", "seconds")
+METRICS = ("modes", "modes_hq", "hq", "spread", "mode_kl", "recon_mode", "seconds")
 N_EVAL = 10_000
+# Beyond the paper, two other ways to sample a trained model, scored beside its ancestral
+# samples G(z) (``samplers`` in results.json; README, "Beyond the paper: samplers"):
+# importance resampling with the discriminator, and the decode-encode chain.
+SAMPLERS = ("resampled", "chain")
+SAMPLE_METRICS = ("modes", "modes_hq", "hq", "spread", "mode_kl")
+RESAMPLE_OVERSAMPLE = 10   # candidates per sample; 20 and 50 gave the same hq (one ALI run)
+CHAIN_STEPS = 1
 
 # The paper's figures (section 4.5) on its own counting protocol.
 PAPER_MODES = {"ali": {"mean": 13.4, "std": 5.8, "min": 8, "max": 25},
@@ -74,16 +81,22 @@ def paper_draw(run: int) -> dict[str, float]:
 
 
 @torch.no_grad()
-def evaluate(model: GenerativeModel, data: Dataset, seconds: float,
-             n: int = N_EVAL) -> tuple[dict[str, list[float]], dict[str, np.ndarray]]:
+def evaluate(model: GenerativeModel, data: Dataset, seconds: float, n: int = N_EVAL,
+             samplers: bool = False) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Score every run of a (possibly run-batched) trained model, and keep run 0's points:
-    ``n`` samples, and the reconstructions of ``n`` held-out points (fewer if the held-out set
-    is smaller)."""
+    ``n`` samples (ancestral and, with ``samplers``, from each of :data:`SAMPLERS` the model
+    supports), and the reconstructions of ``n`` held-out points (fewer if the held-out set is
+    smaller)."""
     model.eval()
     device = next(model.parameters()).device
     runs = model.runs
     n_x = min(n, len(data.test))   # data.n_test may be below N_EVAL
-    samples = model.sample(n).cpu().view(n, runs, 2)                    # (N, R, 2)
+    sets = {"ancestral": model.sample(n)}
+    if samplers and model.discriminator is not None:
+        sets["resampled"] = model.sample_resampled(n, oversample=RESAMPLE_OVERSAMPLE)
+    if samplers and model.encoder is not None:
+        sets["chain"] = model.sample_chain(n, CHAIN_STEPS)
+    sets = {k: v.cpu().view(n, runs, 2) for k, v in sets.items()}      # (N, R, 2) each
     x = data.test[:n_x].to(device)                                      # (Nx, 2)
     xr = x.unsqueeze(1).expand(n_x, runs, 2) if runs > 1 else x
     has_encoder = model.encoder is not None
@@ -91,34 +104,52 @@ def evaluate(model: GenerativeModel, data: Dataset, seconds: float,
         z = model.encode(xr)                                            # z_hat ~ q(z|x)
         z_hat = z.cpu().view(n_x, runs, -1)
         recon = model.decode(z).cpu().view(n_x, runs, 2)                # G(z_hat)
-    out: dict[str, list[float]] = {m: [] for m in METRICS}
+    out: dict[str, Any] = {m: [] for m in METRICS}
+    if samplers:
+        out["samplers"] = {k: {m: [] for m in SAMPLE_METRICS} for k in SAMPLERS}
     for r in range(runs):
-        for k, v in mode_metrics(samples[:, r], data.centres, data.std).items():
+        for k, v in mode_metrics(sets["ancestral"][:, r], data.centres, data.std).items():
             out[k].append(v)
+        for name in SAMPLERS if samplers else ():
+            scores = (mode_metrics(sets[name][:, r], data.centres, data.std)
+                      if name in sets else dict.fromkeys(SAMPLE_METRICS))
+            for k, v in scores.items():
+                out["samplers"][name][k].append(v)
         out["recon_mode"].append(recon_mode(x.cpu(), recon[:, r], data.centres)
                                  if has_encoder else None)
         out["seconds"].append(seconds / runs)
     fig = {"x": x.cpu().numpy(), "labels": data.test_labels[:n_x].numpy(),
-           "samples": samples[:, 0].numpy()}
+           **{("samples" if k == "ancestral" else k): v[:, 0].numpy() for k, v in sets.items()}}
     if has_encoder:
         fig["z_hat"] = z_hat[:, 0].numpy()
         fig["recon"] = recon[:, 0].numpy()
     return out, fig
 
 
-def _train_and_score(cfg: Config, data: Dataset) -> tuple[dict[str, list[float]], dict]:
+def extend(scores: dict[str, Any], more: dict[str, Any]) -> None:
+    """Append the per-run lists of ``more`` to those of ``scores`` (nested samplers too)."""
+    for k, v in more.items():
+        if isinstance(v, dict):
+            extend(scores.setdefault(k, {}), v)
+        else:
+            scores.setdefault(k, []).extend(v)
+
+
+def _train_and_score(cfg: Config, data: Dataset,
+                     samplers: bool = False) -> tuple[dict[str, Any], dict]:
     t0 = time.perf_counter()
     result = train(cfg, dataset=data, quiet=True)
-    return evaluate(result.model, data, time.perf_counter() - t0)
+    return evaluate(result.model, data, time.perf_counter() - t0, samplers=samplers)
 
 
 def run(dataset: str = "grid", protocol: str = "tuned", runs: int = 10, quick: bool = False,
         models: tuple[str, ...] = MODELS, steps: int | None = None, device: str = "auto",
-        log: Callable[[str], None] = print, overrides: tuple[str, ...] = ()
-        ) -> tuple[dict[str, Any], dict[str, dict]]:
+        log: Callable[[str], None] = print, overrides: tuple[str, ...] = (),
+        samplers: bool = False) -> tuple[dict[str, Any], dict[str, dict]]:
     """Train and score every model; returns (results.json content, run 0's figure points).
 
-    ``overrides`` (``section.key=value``) apply to every run, e.g. ``train.precision=bf16``.
+    ``overrides`` (``section.key=value``) apply to every run, e.g. ``train.precision=bf16``;
+    ``samplers`` also scores the :data:`SAMPLERS` beyond the paper (``--samplers``).
     """
     base = ("model.runs=1", f"data.name={dataset}", f"train.device={device}")
     data = load_dataset(get_config("toy", (*base, *overrides)).data)
@@ -132,18 +163,17 @@ def run(dataset: str = "grid", protocol: str = "tuned", runs: int = 10, quick: b
                     "train.seed=0"]
             if steps is not None or quick:
                 over.append(f"train.steps={steps or QUICK_STEPS}")
-            scores, fig = _train_and_score(get_config("toy", over), data)
+            scores, fig = _train_and_score(get_config("toy", over), data, samplers)
         else:
-            scores, fig = {m: [] for m in METRICS}, {}
+            scores, fig = {}, {}
             for r in range(runs):
                 h = paper_draw(r)
                 over = [*base, *overrides, *model_overrides(kind),
                         f"train.steps={steps or PAPER_STEPS}",
                         f"train.lr={h['lr']}", f"train.beta1={h['beta1']}",
                         f"model.init_std={h['init_std']}", f"train.seed={r}"]
-                s, f = _train_and_score(get_config("toy_paper", over), data)
-                for m in METRICS:
-                    scores[m] += s[m]
+                s, f = _train_and_score(get_config("toy_paper", over), data, samplers)
+                extend(scores, s)
                 fig = fig or f
         results["models"][kind] = scores
         figures[kind] = fig
@@ -151,12 +181,16 @@ def run(dataset: str = "grid", protocol: str = "tuned", runs: int = 10, quick: b
     return results, figures
 
 
-def _summary(scores: dict[str, list[float]]) -> str:
+def _summary(scores: dict[str, Any]) -> str:
     parts = []
     for m in ("modes", "modes_hq", "hq", "recon_mode"):
         v = [s for s in scores[m] if s is not None]
         if v:
             parts.append(f"{m}={np.mean(v):.3g}")
+    for name, m in scores.get("samplers", {}).items():
+        v = [s for s in m["hq"] if s is not None]
+        if v:
+            parts.append(f"hq[{name}]={np.mean(v):.3g}")
     return " ".join(parts)
 
 
@@ -167,6 +201,22 @@ def _stat(values: list[float | None], fmt: str) -> str:
     a = np.asarray(v, dtype=float)
     return (f"{a.mean():{fmt}} ± {a.std():{fmt}} "
             f"(min {a.min():{fmt}}, max {a.max():{fmt}})")
+
+
+def _sampler_table(results: dict[str, Any]) -> list[str]:
+    lines = ["", "Beyond the paper, the same trained runs sampled three ways: ancestral G(z) (the "
+             "table above), importance-resampled with the discriminator "
+             f"({RESAMPLE_OVERSAMPLE} candidates per sample), and after {CHAIN_STEPS} step(s) "
+             "of the decode-encode chain:", "",
+             "| model | sampler | modes_hq | hq | spread | mode_kl |", "|---|---|---|---|---|---|"]
+    for kind, s in results["models"].items():
+        for name, m in {"ancestral": s, **s.get("samplers", {})}.items():
+            if all(v is None for v in m["hq"]):
+                continue
+            lines.append(f"| {kind} | {name} | {_stat(m['modes_hq'], '.1f')} | "
+                         f"{_stat(m['hq'], '.3f')} | {_stat(m['spread'], '.2f')} | "
+                         f"{_stat(m['mode_kl'], '.3f')} |")
+    return lines
 
 
 def table(results: dict[str, Any]) -> str:
@@ -182,6 +232,8 @@ def table(results: dict[str, Any]) -> str:
         lines.append(f"| {kind} | {_stat(s['modes'], '.1f')} | {_stat(s['modes_hq'], '.1f')} | "
                      f"{_stat(s['hq'], '.3f')} | {_stat(s['recon_mode'], '.3f')} | "
                      f"{_stat(s['seconds'], '.1f')} |")
+    if any("samplers" in s for s in results["models"].values()):
+        lines += _sampler_table(results)
     if results["dataset"] == "grid":
         lines += ["", "The paper (its protocol, 200 epochs per run): "
                   + "; ".join(f"{k.upper()} {v['mean']} ± {v['std']} modes (min {v['min']}, "
@@ -189,7 +241,10 @@ def table(results: dict[str, Any]) -> str:
     lines += ["", "modes: samples assigned to the nearest component, a mode counts if any "
               "sample lands on it (the paper). modes_hq / hq: a sample is high quality within "
               "3 std of its centre; a mode counts only with a high-quality sample. "
-              "recon_mode: held-out points whose reconstruction lands in their own component."]
+              "recon_mode: held-out points whose reconstruction lands in their own component. "
+              "spread: the high-quality samples' RMS offset from their centre per coordinate, in "
+              "data stds (the data: 0.97). mode_kl: KL of the samples' share per component from "
+              "the mixture's equal weights (0: balanced)."]
     return "\n".join(lines) + "\n"
 
 
@@ -201,6 +256,14 @@ def _colours(x: np.ndarray, centres: np.ndarray) -> np.ndarray:
     return rgb[x]
 
 
+def figure_rows(figures: dict[str, dict]) -> list[tuple[str, str]]:
+    """(label, key) of the figure's rows: the paper's four, then each sampler some model has."""
+    rows = [("x ~ q(x)", "x"), ("z_hat ~ q(z|x)", "z_hat"), ("G(z_hat): reconstructions", "recon"),
+            ("x_tilde ~ p(x): samples", "samples")]
+    extra = [("samples, D-resampled", "resampled"), ("samples, decode-encode chain", "chain")]
+    return rows + [r for r in extra if any(r[1] in f for f in figures.values())]
+
+
 def figure(figures: dict[str, dict], data: Dataset, path: Path) -> None:
     """Figure 8 of the paper: per model, q(x), q(z) coloured by component, G(E(x)), and p(x)."""
     import matplotlib
@@ -208,8 +271,9 @@ def figure(figures: dict[str, dict], data: Dataset, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [("x ~ q(x)", "x"), ("z_hat ~ q(z|x)", "z_hat"), ("G(z_hat): reconstructions", "recon"),
-            ("x_tilde ~ p(x): samples", "samples")]
+    rows = figure_rows(figures)
+    missing = {"z_hat": "no encoder", "recon": "no encoder", "chain": "no encoder",
+               "resampled": "no discriminator"}
     kinds = list(figures)
     fig, axes = plt.subplots(len(rows), len(kinds), figsize=(3 * len(kinds), 3 * len(rows)),
                              squeeze=False)
@@ -225,10 +289,11 @@ def figure(figures: dict[str, dict], data: Dataset, path: Path) -> None:
             if j == 0:
                 ax.set_ylabel(label)
             if key not in f:
-                ax.text(0.5, 0.5, "no encoder", ha="center", va="center", transform=ax.transAxes)
+                ax.text(0.5, 0.5, missing.get(key, "n/a"), ha="center", va="center",
+                        transform=ax.transAxes)
                 continue
             pts = f[key]
-            c = "0.2" if key == "samples" else colours
+            c = colours if key in ("x", "z_hat", "recon") else "0.2"
             ax.scatter(pts[:, 0], pts[:, 1], s=1, c=c, alpha=0.5, linewidths=0)
             if key == "z_hat":
                 ax.set_xlim(-4, 4), ax.set_ylim(-4, 4)
