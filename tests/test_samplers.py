@@ -108,10 +108,14 @@ def test_toy_evaluation_scores_the_samplers_only_when_asked():
     cfg = tiny_toy("model.runs=2")
     data = load_dataset(cfg.data)
     model = build_model(cfg)
+    torch.manual_seed(0)
     plain, fig = evaluate(model, data, 1.0, n=200)
     assert "samplers" not in plain and "resampled" not in fig and len(plain["hq"]) == 2
     assert [k for _, k in figure_rows({"ali": fig})] == ["x", "z_hat", "recon", "samples"]
+    torch.manual_seed(0)
     full, fig = evaluate(model, data, 1.0, n=200, samplers=True)
+    # the samplers draw after everything else: the other scores do not change
+    assert {k: v for k, v in full.items() if k != "samplers"} == plain
     assert set(full["samplers"]) == {"resampled", "chain"}
     assert all(len(v) == 2 and None not in v for m in full["samplers"].values()
                for v in m.values())

@@ -92,11 +92,6 @@ def evaluate(model: GenerativeModel, data: Dataset, seconds: float, n: int = N_E
     runs = model.runs
     n_x = min(n, len(data.test))   # data.n_test may be below N_EVAL
     sets = {"ancestral": model.sample(n)}
-    if samplers and model.discriminator is not None:
-        sets["resampled"] = model.sample_resampled(n, oversample=RESAMPLE_OVERSAMPLE)
-    if samplers and model.encoder is not None:
-        sets["chain"] = model.sample_chain(n, CHAIN_STEPS)
-    sets = {k: v.cpu().view(n, runs, 2) for k, v in sets.items()}      # (N, R, 2) each
     x = data.test[:n_x].to(device)                                      # (Nx, 2)
     xr = x.unsqueeze(1).expand(n_x, runs, 2) if runs > 1 else x
     has_encoder = model.encoder is not None
@@ -104,6 +99,12 @@ def evaluate(model: GenerativeModel, data: Dataset, seconds: float, n: int = N_E
         z = model.encode(xr)                                            # z_hat ~ q(z|x)
         z_hat = z.cpu().view(n_x, runs, -1)
         recon = model.decode(z).cpu().view(n_x, runs, 2)                # G(z_hat)
+    # The samplers draw last, so the figures above are the same with or without them.
+    if samplers and model.discriminator is not None:
+        sets["resampled"] = model.sample_resampled(n, oversample=RESAMPLE_OVERSAMPLE)
+    if samplers and has_encoder:
+        sets["chain"] = model.sample_chain(n, CHAIN_STEPS)
+    sets = {k: v.cpu().view(n, runs, 2) for k, v in sets.items()}      # (N, R, 2) each
     out: dict[str, Any] = {m: [] for m in METRICS}
     if samplers:
         out["samplers"] = {k: {m: [] for m in SAMPLE_METRICS} for k in SAMPLERS}
