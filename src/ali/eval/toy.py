@@ -37,7 +37,7 @@ def mode_metrics(samples: Tensor, centres: Tensor, std: float) -> dict[str, floa
     idx, dist = assign(samples, centres)
     good = dist <= HQ_STDS * std
     share = torch.bincount(idx, minlength=len(centres)).double() / len(idx)
-    kl = (share * (share * len(centres)).log()).nan_to_num().sum()    # 0 log 0 = 0
+    kl = torch.special.xlogy(share, share * len(centres)).sum()       # 0 log 0 = 0
     spread = (dist[good].pow(2).mean() / samples.shape[1]).sqrt() / std if good.any() else None
     return {
         "modes": int(idx.unique().numel()),
