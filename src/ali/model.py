@@ -13,12 +13,20 @@ experiments only call ``sample``, ``encode``, ``reconstruct`` and friends.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
 from . import losses as L
+
+
+PRETRAINED_WEIGHTS = "model.safetensors"
+PRETRAINED_CONFIG = "config.json"
+PRETRAINED_FORMAT = "ali-pretrained-1"
 
 
 @dataclass
@@ -214,6 +222,29 @@ class GenerativeModel(nn.Module):
             raise ValueError("an attribute-conditional model needs y: (n, K) 0/1 attributes")
         p = next(self.parameters())
         return torch.arange(n, device=p.device) % self.label_dim
+
+    config: object = None
+    """The :class:`~ali.config.ModelConfig` the model was built from (set by
+    :func:`ali.nets.build_model`)."""
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write ``model.safetensors`` (the weights) and ``config.json`` (the model's own
+        config) into ``directory``; :func:`ali.load` rebuilds the model from them alone,
+        without the dataset or the training config."""
+        from safetensors.torch import save_file
+
+        from . import __version__
+
+        if self.config is None:
+            raise TypeError("this model was not built by ali.nets.build_model: it has no config")
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()},
+                  str(out / PRETRAINED_WEIGHTS))
+        meta = {"format": PRETRAINED_FORMAT, "ali": __version__,
+                "model": dataclasses.asdict(self.config)}
+        (out / PRETRAINED_CONFIG).write_text(json.dumps(meta, indent=2) + "\n")
+        return out
 
     # ------------------------------------------------------------------ parameters
     def parameters_d(self) -> list[nn.Parameter]:

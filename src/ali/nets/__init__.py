@@ -35,8 +35,14 @@ def family(name: str) -> ModuleType:
 
 
 def build_model(cfg: Config) -> GenerativeModel:
-    """The model ``cfg.model.kind`` with the networks of ``cfg.model.nets``."""
-    m = cfg.model
+    """The model ``cfg.model.kind`` with the networks of ``cfg.model.nets``; the model keeps
+    ``cfg.model`` as its ``config``, which is all :func:`ali.load` needs to rebuild it."""
+    model = _build(cfg.model)
+    model.config = cfg.model
+    return model
+
+
+def _build(m) -> GenerativeModel:
     nets = family(m.nets)
     lat = nets.latent_shape(m)
     common = dict(gen_loss=m.gen_loss, runs=m.runs, r1_weight=m.r1_weight,
