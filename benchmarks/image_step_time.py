@@ -15,7 +15,8 @@ import time
 import torch
 
 from ali.config import get_config
-from ali.nets import build_model, family
+from ali.build import build_model
+from ali.nets import family
 from ali.train import make_optimizer, train_step
 
 

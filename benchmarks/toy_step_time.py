@@ -15,7 +15,7 @@ import torch
 
 from ali.config import get_config
 from ali.experiments.toy import tuned_overrides
-from ali.nets import build_model
+from ali.build import build_model
 from ali.train import make_optimizer, train_step
 
 

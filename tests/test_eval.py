@@ -13,7 +13,7 @@ from ali.eval import fid as F
 from ali.eval import knn, recon, registry, svm
 from ali.eval.classifier import train_classifier
 from ali.eval.features import extract, svm_layers
-from ali.nets import build_model
+from ali.build import build_model
 from ali.report import tensorboard_hook
 
 try:

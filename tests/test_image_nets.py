@@ -12,7 +12,8 @@ from ali.cli import main
 from ali.config import get_config
 from ali.errors import ConfigError
 from ali.model import ALI
-from ali.nets import build_model, family, init_decoder_bias_
+from ali.build import build_model
+from ali.nets import family, init_decoder_bias_
 from ali.nets.conv import ConvBlock, PixelBias
 
 FAMILIES = {  # name: (latent, image shape, batch size)

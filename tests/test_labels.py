@@ -12,7 +12,7 @@ from ali.data import load_dataset
 from ali.errors import ConfigError
 from ali.eval.classify import classification_error
 from ali.model import condition_vector
-from ali.nets import build_model
+from ali.build import build_model
 from ali.train import load_run, resolve_labels, train
 
 

@@ -22,7 +22,7 @@ import ali
 from ali.cli import main
 from ali.errors import CheckpointError, DivergenceError, TrainingInterrupted
 from ali.model import Losses
-from ali.nets import build_model
+from ali.build import build_model
 from ali.train import atomic_save, load_checkpoint, load_run, train
 
 from conftest import tiny_toy

@@ -7,7 +7,8 @@ from torch import nn
 
 from ali.baselines import GAN
 from ali.model import ALI
-from ali.nets import build_model
+from ali.objectives import KPlusOneGame, Objective
+from ali.build import build_model
 
 from conftest import tiny_toy
 
@@ -78,7 +79,7 @@ def test_log_ratio_is_the_joint_logit_and_logsumexp_for_k_plus_one():
     model = build_model(tiny_toy()).eval()
     x, z = torch.randn(6, 2), torch.randn(6, 2)
     assert torch.equal(model.log_ratio(x, z), model.discriminator(x, z).squeeze(1))
-    model.semi_supervised = True
+    model.objective = Objective([KPlusOneGame("nonsaturating")])   # a K+1 discriminator
     model.discriminator = _LogRatio(lambda x: torch.stack([x[:, 0], x[:, 1], 0 * x[:, 0]], 1))
     expected = torch.stack([x[:, 0], x[:, 1], torch.zeros(6)], 1).logsumexp(1)
     assert torch.allclose(model.log_ratio(x, z), expected)

@@ -42,7 +42,8 @@ def test_bench_steps_follow_the_schedule_so_lazy_r1_is_timed_as_trained():
     seen = []
     for _ in range(6):
         s.step()
-        seen.append(s.model._r1_now)
+        r1 = next(t for t in s.model.objective.terms if type(t).__name__ == "R1")
+        seen.append(r1.now)
     assert s.taken == 6 and seen == [True, False, False, False, True, False]
 
 

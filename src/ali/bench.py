@@ -21,7 +21,8 @@ from . import speed
 from .config import Config, apply_overrides, get_config
 from .data import Dataset, make_sampler
 from .errors import ConfigError
-from .nets import build_model, family
+from .build import build_model
+from .nets import family
 from .train import make_optimizer, resolve_device, train_step
 
 SYNTHETIC_BATCHES = 4

@@ -36,7 +36,8 @@ from .data import (Dataset, ImageSampler, first_items, labelled_subset, load_dat
                    make_sampler)
 from .errors import CheckpointError, ConfigError, DivergenceError, TrainingInterrupted
 from .model import GenerativeModel, Losses
-from .nets import build_model, family
+from .build import build_model
+from .nets import family
 
 # The original code set the decoder's per-pixel output bias from this many training images.
 DECODER_BIAS_IMAGES = 500

@@ -28,9 +28,10 @@ from torch import Tensor, nn
 
 from ..config import ModelConfig
 from ..errors import ConfigError
-from ..model import ConditionedNet, JointDiscriminator, MarginalDiscriminator, StochasticEncoder
 from .layers import (BN_EPS, BN_MOMENTUM, Conv2d, ConvTranspose2d, Dropout, Maxout,
                      init_normal_)
+from .parts import (ConditionedNet, Conditioning, JointDiscriminator, MarginalDiscriminator,
+                    StochasticEncoder)
 
 OPS = ("conv", "convT")
 ACTS = ("lrelu", "relu", "maxout", "linear", "sigmoid")
@@ -139,11 +140,11 @@ def _need_label_dim(cfg: ModelConfig) -> None:
                           "networks without data")
 
 
-def condition_embedding(cfg: ModelConfig) -> nn.Linear:
+def condition_embedding(cfg: ModelConfig) -> Conditioning:
     """The linear embedding of y (K -> model.embed_dim) of conditional ALI. Weights start
     N(0, 1) so that y enters the networks on the same scale as z ~ N(0, I)."""
     _need_label_dim(cfg)
-    embed = nn.Linear(cfg.label_dim, cfg.embed_dim)
+    embed = Conditioning(cfg.label_dim, cfg.embed_dim, cfg.attributes)
     nn.init.normal_(embed.weight, 0.0, 1.0)
     nn.init.zeros_(embed.bias)
     return embed

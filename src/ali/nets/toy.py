@@ -17,8 +17,8 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from ..config import ModelConfig
-from ..model import JointDiscriminator, MarginalDiscriminator, StochasticEncoder
 from .layers import Maxout, RunBatchNorm, RunLinear, init_normal_
+from .parts import JointDiscriminator, MarginalDiscriminator, StochasticEncoder
 
 DATA_DIM = 2
 

@@ -1,0 +1,45 @@
+"""Assemble a model from its config: a network family's networks plus its objective."""
+
+from __future__ import annotations
+
+from .baselines import GAN, VAE, GANInverse, GANPostHoc
+from .config import Config, ModelConfig
+from .errors import ConfigError
+from .model import ALI, GenerativeModel
+from .nets import condition_embedding, family
+from .objectives import build_objective
+
+__all__ = ["build_model"]
+
+
+def build_model(cfg: Config | ModelConfig) -> GenerativeModel:
+    """The model ``kind`` of a (model) config with the networks of its family ``nets`` and the
+    objective :func:`~ali.objectives.build_objective` makes of its settings. The model keeps
+    the :class:`~ali.config.ModelConfig` as its ``config``: all :func:`ali.load` needs to
+    rebuild it."""
+    m = cfg.model if isinstance(cfg, Config) else cfg
+    nets = family(m.nets)
+    lat = nets.latent_shape(m)
+    objective = build_objective(m)
+    # Each network is built in this order (the initialisation draws from the RNG in turn).
+    if m.kind == "ali":
+        embed = condition_embedding(m) if m.conditional else None
+        model: GenerativeModel = ALI(nets.encoder(m), nets.decoder(m),
+                                     nets.discriminator(m, joint=True), lat, objective,
+                                     runs=m.runs, embed=embed)
+    elif m.kind == "gan":
+        model = GAN(nets.decoder(m), nets.discriminator(m, joint=False), lat, objective, m.runs)
+    elif m.kind == "gan_inverse":
+        model = GANInverse(nets.encoder(m), nets.decoder(m), nets.discriminator(m, joint=False),
+                           lat, objective, m.runs)
+    elif m.kind == "gan_posthoc":
+        model = GANPostHoc(nets.encoder(m), nets.decoder(m), nets.discriminator(m, joint=False),
+                           nets.discriminator(m, joint=True), lat, objective, m.runs)
+    elif m.kind == "vae":
+        likelihood = "gaussian" if m.nets == "toy" else "bernoulli"
+        model = VAE(nets.encoder(m), nets.decoder(m), lat, nets.data_shape(m), objective,
+                    likelihood=likelihood, runs=m.runs)
+    else:
+        raise ConfigError(f"unknown model.kind {m.kind!r}")
+    model.config = m
+    return model

@@ -1,0 +1,160 @@
+"""The parts every model is assembled from, around the network families' layer stacks.
+
+:class:`StochasticEncoder` (q(z | x)), :class:`JointDiscriminator` (D(x, z)),
+:class:`MarginalDiscriminator` (a GAN's D(x)), :class:`ConditionedNet` and
+:class:`Conditioning` (how conditional ALI, Eq. 7, hands y to a network). This package is a
+leaf: the model code imports it, never the reverse.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+class StochasticEncoder(nn.Module):
+    """q(z | x) around an encoder network.
+
+    kind ``gaussian``: the net outputs ``2L`` features along ``dim``, mu then log sigma, and
+    ``z_hat = mu + exp(log_sigma) * eps`` with one ``eps ~ N(0, 1)`` per latent unit (Eq. 2).
+    kind ``deterministic``: ``z_hat = net(x)`` (BiGAN).
+    kind ``noise``: ``z_hat = net(concat(x, eps))``, the original code's toy encoder, whose
+    posterior is implicit.
+    """
+
+    def __init__(self, net: nn.Module, kind: str, latent_dim: int, noise_dim: int = 0,
+                 dim: int = -1) -> None:
+        super().__init__()
+        self.net, self.kind, self.latent_dim, self.noise_dim, self.dim = (
+            net, kind, latent_dim, noise_dim, dim)
+
+    def _noise_input(self, x: Tensor, eps: Tensor | None) -> Tensor:
+        if eps is None:
+            shape = list(x.shape)
+            shape[self.dim] = self.noise_dim
+            eps = torch.randn(shape, device=x.device, dtype=x.dtype)
+        return torch.cat([x, eps], dim=self.dim)
+
+    def stats(self, x: Tensor, *c: Tensor) -> tuple[Tensor, Tensor]:
+        """(mu, log_sigma) of a Gaussian encoder (``c``: the embedded condition, if any)."""
+        if self.kind != "gaussian":
+            raise TypeError(f"a {self.kind} encoder has no (mu, log_sigma)")
+        mu, log_sigma = self.net(x, *c).chunk(2, dim=self.dim)
+        return mu, log_sigma
+
+    def forward(self, x: Tensor, *c: Tensor) -> Tensor:
+        """A sample z_hat ~ q(z | x) (or q(z | x, y) given the embedded condition ``c``)."""
+        if self.kind == "gaussian":
+            mu, log_sigma = self.stats(x, *c)
+            return mu + log_sigma.exp() * torch.randn_like(mu)
+        if self.kind == "noise":
+            return self.net(self._noise_input(x, None), *c)
+        return self.net(x, *c)
+
+    def mean(self, x: Tensor, *c: Tensor) -> Tensor:
+        """A point estimate of z given x: mu for a Gaussian encoder, E(concat(x, 0)) for the
+        noise-input encoder (eps at its mean), E(x) for a deterministic one."""
+        if self.kind == "gaussian":
+            return self.stats(x, *c)[0]
+        if self.kind == "noise":
+            shape = list(x.shape)
+            shape[self.dim] = self.noise_dim
+            return self.net(self._noise_input(x, x.new_zeros(shape)), *c)
+        return self.net(x, *c)
+
+
+def condition_vector(y: Tensor, label_dim: int) -> Tensor:
+    """y as a float (B, K) vector: class indices (B,) one-hot, 0/1 attributes (B, K) as they are."""
+    if y.dim() == 1:
+        if y.is_floating_point():
+            raise TypeError("class labels must be integers")
+        # scatter rather than one_hot: no host sync for a range check in the training step
+        out = torch.zeros(len(y), label_dim, device=y.device)
+        return out.scatter_(1, y.long().unsqueeze(1), 1.0)
+    if y.dim() != 2 or y.shape[1] != label_dim:
+        raise ValueError(f"a condition must be (B,) class indices or (B, {label_dim}) attributes; "
+                         f"got shape {tuple(y.shape)}")
+    return y.float()
+
+
+class ConditionedNet(nn.Module):
+    """``head(concat(body(x), c))`` along the channel dim: how conditional ALI (Eq. 7) hands the
+    embedded condition ``c`` (B, E, 1, 1) to a network. Without ``c`` it is ``head(body(x))``."""
+
+    def __init__(self, body: nn.Module, head: nn.Module, dim: int = 1) -> None:
+        super().__init__()
+        self.body, self.head, self.dim = body, head, dim
+
+    def forward(self, x: Tensor, c: Tensor | None = None) -> Tensor:
+        h = self.body(x)                                 # (B, C, H, W)
+        if c is not None:
+            # (B, C + E, H, W): the condition is constant over space
+            h = torch.cat([h, c.expand(-1, -1, *h.shape[2:])], dim=self.dim)
+        return self.head(h)
+
+
+class JointDiscriminator(nn.Module):
+    """D(x, z) = D_xz(concat(D_x(x), D_z(z))): logits, one per pair (and per run), or K per pair
+    for a K+1 discriminator.
+
+    Conditional ALI: D(x, z, y) = D_xz(concat(D_x(x), D_z(z), embed(y))); the discriminator
+    owns its embedding ``embed``, so the generator's loss never moves what D sees of y.
+    """
+
+    def __init__(self, d_x: nn.Module, d_z: nn.Module, d_xz: nn.Module, cat_dim: int = 1,
+                 embed: nn.Module | None = None) -> None:
+        super().__init__()
+        self.d_x, self.d_z, self.d_xz, self.cat_dim = d_x, d_z, d_xz, cat_dim
+        self.embed = embed
+
+    def forward(self, x: Tensor, z: Tensor, y: Tensor | None = None) -> Tensor:
+        parts = [self.d_x(x), self.d_z(z)]              # (B, Cx, 1, 1), (B, Cz, 1, 1)
+        if self.embed is not None:
+            if y is None:
+                raise ValueError("this discriminator is conditional: give y")
+            e = self.embed(y)                            # (B, E)
+            parts.append(e.view(*e.shape, *([1] * (parts[0].dim() - 2))))
+        h = torch.cat(parts, dim=self.cat_dim)
+        return self.d_xz(h).flatten(1)  # (B, runs) or (B, K): logits per pair
+
+
+class MarginalDiscriminator(nn.Module):
+    """D(x) of a GAN: the same D_x features followed by a head. Ignores z."""
+
+    def __init__(self, d_x: nn.Module, head: nn.Module) -> None:
+        super().__init__()
+        self.d_x, self.head = d_x, head
+
+    def forward(self, x: Tensor, z: Tensor | None = None) -> Tensor:
+        return self.head(self.d_x(x)).flatten(1)  # (B, runs)
+
+
+class Conditioning(nn.Linear):
+    """Conditional ALI's linear embedding of y (K -> E), and what y may be.
+
+    ``attributes``: y is K 0/1 attributes (CelebA) of shape (B, K); else a class index in
+    0..K-1 of shape (B,). :meth:`vector` makes either a float (B, K) vector, :meth:`embed`
+    the (B, E, 1, ..., 1) map a network concatenates to its input, and :meth:`default` the y of
+    a sampling grid when the user gives none.
+    """
+
+    def __init__(self, label_dim: int, embed_dim: int, attributes: bool = False) -> None:
+        super().__init__(label_dim, embed_dim)
+        self.label_dim, self.attributes = label_dim, attributes
+
+    def vector(self, y: Tensor) -> Tensor:
+        """y as a float (B, K) vector (see :func:`condition_vector`)."""
+        return condition_vector(y, self.label_dim)
+
+    def embed(self, v: Tensor, spatial_dims: int) -> Tensor:
+        """The embedding of condition vectors ``v`` (B, K) as (B, E, 1, ..., 1), with
+        ``spatial_dims`` trailing ones."""
+        e = self(v)                                                  # (B, E)
+        return e.view(*e.shape, *([1] * spatial_dims))
+
+    def default(self, n: int, device: torch.device) -> Tensor:
+        """Classes 0..K-1 in turn, one per row of ``n`` samples; an attribute-conditional
+        model has no default (every attribute vector is as good as another)."""
+        if self.attributes:
+            raise ValueError("an attribute-conditional model needs y: (n, K) 0/1 attributes")
+        return torch.arange(n, device=device) % self.label_dim
