@@ -90,11 +90,12 @@ def test_toy_set_applies_to_every_adversarial_run(tmp_path, monkeypatch):
     real = toy._train_and_score
 
     def spy(cfg, data, samplers):
-        seen[cfg.model.kind] = (cfg.model.r1_weight, cfg.train.batch_size, cfg.model.recon_weight)
+        seen[cfg.model.kind] = (cfg.model.r1 and cfg.model.r1.weight, cfg.train.batch_size,
+                               cfg.model.cycle and cfg.model.cycle.weight)
         return real(cfg, data, samplers)
 
     monkeypatch.setattr(toy, "_train_and_score", spy)
     assert main(["toy", "--quick", "--runs", "1", "--steps", "2", "--models", "ali,gan,vae",
                  "--set", "model.r1_weight=2.5", "--set", "train.batch_size=16",
                  "--out", str(tmp_path / "t")]) == 0
-    assert seen == {"ali": (2.5, 16, TOY_RECON), "gan": (2.5, 16, 0.0), "vae": (0.0, 16, 0.0)}
+    assert seen == {"ali": (2.5, 16, TOY_RECON), "gan": (2.5, 16, None), "vae": (None, 16, None)}

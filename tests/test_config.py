@@ -83,43 +83,53 @@ def test_apply_overrides_leaves_original_untouched():
     assert cfg.train.seed == 0 and new.train.seed == 7
 
 
+def _cycle(c):
+    return c.model.cycle.weight if c.model.cycle else 0
+
+
+def _r1(c):
+    return c.model.r1.weight if c.model.r1 else 0
+
+
 def test_toy_default_carries_the_cycle_term_and_the_toy_experiment_removes_it_elsewhere():
     from ali.config import TOY_FREEZE_BN, TOY_R1, TOY_RECON
     from ali.experiments.toy import MODELS, model_overrides, tuned_overrides
     toy = get_config("toy")
-    assert toy.model.recon_weight == TOY_RECON > 0 and toy.model.r1_weight == TOY_R1 > 0
+    assert _cycle(toy) == TOY_RECON > 0 and _r1(toy) == TOY_R1 > 0
     paper = get_config("toy_paper")                             # the paper's protocol: pure ALI
-    assert paper.model.recon_weight == 0 and paper.model.r1_weight == 0
-    with pytest.raises(ConfigError, match="add --set model.recon_weight=0 for model.kind=gan"):
+    assert paper.model.cycle is None and paper.model.r1 is None
+    with pytest.raises(ConfigError, match="model.cycle does not apply to model.kind=gan .*add --set model.cycle=off"):
         get_config("toy", ["model.kind=gan"])
-    with pytest.raises(ConfigError, match="add --set model.r1_weight=0 for model.kind=vae"):
+    with pytest.raises(ConfigError, match="model.r1 does not apply to model.kind=vae .*add --set model.r1=off"):
         get_config("toy", ["model.kind=vae", "model.encoder=gaussian", "model.recon_weight=0"])
     cfgs = {k: get_config("toy", tuned_overrides(k)) for k in MODELS}
-    assert {k: c.model.recon_weight for k, c in cfgs.items()} == {
+    assert {k: _cycle(c) for k, c in cfgs.items()} == {
         "ali": TOY_RECON, "gan": 0, "gan_inverse": 0, "gan_posthoc": 0, "vae": 0}
-    assert {k: c.model.r1_weight for k, c in cfgs.items()} == {
+    assert {k: _r1(c) for k, c in cfgs.items()} == {
         "ali": TOY_R1, "gan": TOY_R1, "gan_inverse": TOY_R1, "gan_posthoc": TOY_R1, "vae": 0}
     # Every model trains the preset's own settings.
     assert all(c.train == toy.train for c in cfgs.values())
-    assert all(c.model.r1_every == toy.model.r1_every for c in cfgs.values())
+    assert all(c.model.r1.every == toy.model.r1.every for c in cfgs.values() if c.model.r1)
     assert toy.model.freeze_decoder_bn_at == TOY_FREEZE_BN < 1
     assert all(c.model.freeze_decoder_bn_at == TOY_FREEZE_BN for c in cfgs.values())
     assert get_config("toy_paper").model.freeze_decoder_bn_at == 1      # the paper: never
     # A user's own settings survive the per-model ones: ALI's cycle weight, and an R1 penalty
     # or learning rate asked of every model (bar R1 for the VAE, which has no discriminator).
     cfg = get_config("toy", ["model.recon_weight=0", *model_overrides("ali")])
-    assert cfg.model.recon_weight == 0
+    assert cfg.model.cycle is None
     user = ("model.r1_weight=2", "train.lr_d=1e-3")
-    assert get_config("toy", tuned_overrides("gan", user)).model.r1_weight == 2
+    assert get_config("toy", tuned_overrides("gan", user)).model.r1.weight == 2
     assert get_config("toy", tuned_overrides("gan", user)).train.lr_d == 1e-3
-    assert get_config("toy", tuned_overrides("vae", user)).model.r1_weight == 0
+    assert get_config("toy", tuned_overrides("vae", user)).model.r1 is None
 
 
 def test_mnist_default_carries_the_cycle_term_and_its_label_presets_choose_their_own():
-    assert get_config("mnist").model.recon_weight == 0.01
-    assert get_config("mnist", ["model.recon_weight=0"]).model.recon_weight == 0
+    assert get_config("mnist").model.cycle.weight == 0.01
+    assert get_config("mnist", ["model.recon_weight=0"]).model.cycle is None   # the old key
+    assert get_config("mnist", ["model.cycle=off"]).model.cycle is None
     # The K+1 model has no cycle term (its losses ignore it, so the config refuses it).
-    assert get_config("mnist_ssl_100").model.recon_weight == 0
-    with pytest.raises(ConfigError, match="not supported with model.semi_supervised"):
+    assert get_config("mnist_ssl_100").model.cycle is None
+    with pytest.raises(ConfigError, match="model.semi_supervised cannot be combined with "
+                                          "model.cycle; add --set model.cycle=off"):
         get_config("mnist_ssl_100", ["model.recon_weight=0.01"])
-    assert get_config("mnist_conditional").model.recon_weight == 0.03
+    assert get_config("mnist_conditional").model.cycle.weight == 0.03

@@ -122,7 +122,7 @@ def test_semi_supervised_errors_are_one_line(tmp_path, classes_npz):
     with pytest.raises(ConfigError, match="image networks"):
         get_config("toy", ["model.semi_supervised=true", "model.recon_weight=0",
                            "model.r1_weight=0"])
-    with pytest.raises(ConfigError, match="kind=ali only"):
+    with pytest.raises(ConfigError, match="does not apply to model.kind=gan"):
         get_config("tiny", ["model.kind=gan", "model.conditional=true"])
     cfg = _tiny(classes_npz, "model.semi_supervised=true", "model.label_dim=5")
     with pytest.raises(ConfigError, match="has 2 classes"):

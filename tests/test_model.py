@@ -225,8 +225,12 @@ def test_recon_weight_is_validated():
     from ali.errors import ConfigError
     with pytest.raises(ConfigError, match="model.recon_weight must be >= 0"):
         build("ali", 1, "model.recon_weight=-1")
-    with pytest.raises(ConfigError, match="applies to model.kind=ali only"):
+    with pytest.raises(ConfigError, match="model.cycle does not apply to model.kind=gan"):
         build("gan", 1, "model.recon_weight=1")
+    with pytest.raises(ConfigError, match="model.cycle.weight must be > 0"):
+        build("ali", 1, "model.cycle.weight=0")
+    with pytest.raises(ConfigError, match="model.cycle expects on or off"):
+        build("ali", 1, "model.cycle=0.5")
 
 
 def test_r1_penalty_of_a_linear_discriminator():
@@ -348,5 +352,7 @@ def test_r1_weight_is_validated():
     from ali.errors import ConfigError
     with pytest.raises(ConfigError, match="model.r1_weight must be >= 0"):
         tiny_toy("model.r1_weight=-1")
-    with pytest.raises(ConfigError, match="r1_weight=0 for model.kind=vae"):
+    with pytest.raises(ConfigError, match="model.r1 does not apply to model.kind=vae"):
         tiny_toy("model.kind=vae", "model.encoder=gaussian", "model.r1_weight=1")
+    with pytest.raises(ConfigError, match="model.r1.every must be >= 1"):
+        tiny_toy("model.r1.every=0")

@@ -96,7 +96,7 @@ def test_paper_protocol_draws_each_runs_hyper_parameters(monkeypatch):
         assert cfg.name == "toy_paper" and cfg.train.steps == 3 and cfg.model.runs == 1
         assert (cfg.train.lr, cfg.train.beta1, cfg.model.init_std) == (
             draw["lr"], draw["beta1"], draw["init_std"])
-        assert cfg.model.recon_weight == 0 and cfg.model.r1_weight == 0
+        assert cfg.model.cycle is None and cfg.model.r1 is None
         assert cfg.model.freeze_decoder_bn_at == 1
     assert experiment.paper_draw(0) != experiment.paper_draw(1)
     for kind in ("ali", "gan"):

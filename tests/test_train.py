@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from ali.errors import CheckpointError
-from ali.train import load_checkpoint, load_run, train
+from ali.train import load_checkpoint, load_run, run_config, train
 
 from conftest import tiny_toy
 
@@ -70,17 +70,37 @@ def test_resume_refuses_other_config(tmp_path):
 
 
 def test_resume_a_run_written_before_a_setting_existed(tmp_path):
-    """A checkpoint whose config lacks a setting added later (here model.r1_weight) ran with
-    that setting's default: resuming with the default works, with another value is refused."""
+    """A checkpoint whose config lacks a setting added later (here model.r1) ran with that
+    setting's default: resuming with the default works, with another value is refused."""
     train(tiny_toy(), run_dir=tmp_path, quiet=True)
     path = tmp_path / "checkpoints" / "latest.pt"
     ckpt = torch.load(path, weights_only=False)
-    del ckpt["config"]["model"]["r1_weight"]
+    del ckpt["config"]["model"]["r1"]
     torch.save(ckpt, path)
-    with pytest.raises(CheckpointError, match=r"model.r1_weight: 0.0 -> 1.0"):
+    with pytest.raises(CheckpointError, match=r"model.r1: None -> \{'weight': 1.0, 'every': 1\}"):
         train(tiny_toy("model.r1_weight=1", "train.steps=8"), run_dir=tmp_path, resume=True,
               quiet=True)
     res = train(tiny_toy("train.steps=8"), run_dir=tmp_path, resume=True, quiet=True)
+    assert res.step == 8
+
+
+def test_resume_a_run_written_with_the_flat_model_config(tmp_path):
+    """Runs written before the variant sections hold flat keys (recon_weight, r1_weight,
+    conditional: false, ...): they resume, and their settings read as the sections."""
+    train(tiny_toy("model.cycle.weight=0.5"), run_dir=tmp_path, quiet=True)
+    path = tmp_path / "checkpoints" / "latest.pt"
+    ckpt = torch.load(path, weights_only=False)
+    m = ckpt["config"]["model"]
+    for key in ("cycle", "r1", "conditional", "semi_supervised"):
+        del m[key]
+    m.update(recon_weight=0.5, r1_weight=0.0, r1_every=1, conditional=False,
+             semi_supervised=False, label_dim=0, attributes=False, embed_dim=64)
+    torch.save(ckpt, path)
+    assert run_config(tmp_path).model.cycle.weight == 0.5 and run_config(tmp_path).model.r1 is None
+    with pytest.raises(CheckpointError, match=r"model.cycle: \{'weight': 0.5\} -> None"):
+        train(tiny_toy("train.steps=8"), run_dir=tmp_path, resume=True, quiet=True)
+    res = train(tiny_toy("model.cycle.weight=0.5", "train.steps=8"), run_dir=tmp_path,
+                resume=True, quiet=True)
     assert res.step == 8
 
 

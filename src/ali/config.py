@@ -57,8 +57,87 @@ def _one_of(value: str, choices: Iterable[str], key: str) -> None:
 
 
 @dataclass(frozen=True)
+class CycleConfig:
+    """ALICE's explicit cycle term (Li et al., 2017), beyond the paper: ``weight *
+    ||x - G(z_hat)||^2`` (summed over an example's dimensions) added to the generator loss, the
+    remedy for unfaithful reconstructions. Absent (the default) is the paper's ALI."""
+
+    weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        _check(self.weight > 0 and math.isfinite(self.weight),
+               f"model.cycle.weight must be > 0 (model.cycle=off removes the term); "
+               f"got {self.weight}")
+
+
+@dataclass(frozen=True)
+class R1Config:
+    """The zero-centred gradient penalty gamma/2 * E||grad D||^2 on the discriminator's real
+    inputs (Mescheder et al., 2018; for ALI the pairs (x, z_hat)), beyond the paper, applied
+    lazily on one step in ``every``, weighted by ``every`` (Karras et al., 2020)."""
+
+    weight: float = 1.0
+    """gamma."""
+    every: int = 1
+
+    def __post_init__(self) -> None:
+        _check(self.weight > 0 and math.isfinite(self.weight),
+               f"model.r1.weight must be > 0 (model.r1=off removes the penalty); "
+               f"got {self.weight}")
+        _check(self.every >= 1, f"model.r1.every must be >= 1; got {self.every}")
+
+
+@dataclass(frozen=True)
+class ConditionalConfig:
+    """Conditional ALI (Eq. 7): a class (one-hot) or attribute (0/1) vector y, embedded
+    linearly, is given to the encoder, the decoder and the joint discriminator."""
+
+    label_dim: int = 0
+    """K, the classes or attributes; 0 = the dataset's (filled in when training starts)."""
+    attributes: bool = False
+    """y is K 0/1 attributes (CelebA) rather than one of K classes; filled in from the data."""
+    embed_dim: int = 64
+    """Size of the linear embedding of y (the original CelebA code: 256)."""
+
+    def __post_init__(self) -> None:
+        _check(self.label_dim >= 0, f"model.conditional.label_dim must be >= 0; got "
+                                    f"{self.label_dim}")
+        _check(isinstance(self.attributes, bool), "model.conditional.attributes must be true "
+                                                  f"or false; got {self.attributes!r}")
+        _check(self.embed_dim >= 1, f"model.conditional.embed_dim must be >= 1; got "
+                                    f"{self.embed_dim}")
+
+
+@dataclass(frozen=True)
+class SemiSupervisedConfig:
+    """ALI with a K+1 discriminator (section 4.3, Salimans et al. 2016): D scores (x, z) pairs
+    into the dataset's K classes, the "fake" logit fixed at 0; a labelled batch (``data.labels``
+    examples) adds a cross-entropy term to D's loss. Classify with ``ali eval --metric
+    classify``."""
+
+    label_dim: int = 0
+    """K, the classes; 0 = the dataset's (filled in when training starts)."""
+
+    def __post_init__(self) -> None:
+        _check(self.label_dim >= 0, f"model.semi_supervised.label_dim must be >= 0; got "
+                                    f"{self.label_dim}")
+
+
+# Which optional sections each model kind takes, which sections exclude each other, and which
+# need labelled image data: the structure of the variants, as data. ModelConfig checks a
+# config against it, so a combination outside it cannot be built.
+SECTIONS = {"cycle": CycleConfig, "r1": R1Config, "conditional": ConditionalConfig,
+            "semi_supervised": SemiSupervisedConfig}
+SECTIONS_OF_KIND = {"ali": ("cycle", "r1", "conditional", "semi_supervised"),
+                    "gan": ("r1",), "gan_inverse": ("r1",), "gan_posthoc": ("r1",), "vae": ()}
+EXCLUSIVE = {"semi_supervised": ("conditional", "cycle", "r1")}
+LABELLED_SECTIONS = ("conditional", "semi_supervised")
+
+
+@dataclass(frozen=True)
 class ModelConfig:
-    """Which model, which networks, and their sizes."""
+    """Which model, which networks, and their sizes; variants beyond the plain model are
+    optional sections (``cycle``, ``r1``, ``conditional``, ``semi_supervised``), absent when off."""
 
     kind: str = "ali"
     """ali | gan | gan_inverse | gan_posthoc | vae."""
@@ -85,18 +164,6 @@ class ModelConfig:
     (toy family only): run r sees its own data and noise and has its own parameters."""
     posthoc_fraction: float = 0.5
     """gan_posthoc: fraction of train.steps spent on the GAN before inference is learned."""
-    recon_weight: float = 0.0
-    """ALI only, beyond the paper: weight of an explicit cycle term ||x - G(z_hat)||^2 (summed
-    over an example's dimensions) added to the generator loss, ALICE's remedy for unfaithful
-    reconstructions (Li et al., 2017). 0 is the paper's ALI."""
-    r1_weight: float = 0.0
-    """Adversarial models, beyond the paper: gamma of the zero-centred gradient penalty
-    gamma/2 * E||grad D||^2 on the discriminator's real inputs (Mescheder et al., 2018; for
-    ALI the pairs (x, z_hat)), added to the discriminator loss. 0 (default) is the paper."""
-    r1_every: int = 1
-    """Lazy R1 (Karras et al., 2020): apply the penalty on one step in ``r1_every``, weighted by
-    ``r1_every`` so its average strength is unchanged, and skip its double backward on the
-    others. 1 (default) applies it at every step."""
     freeze_decoder_bn_at: float = 1.0
     """Beyond the paper: from this fraction of ``train.steps`` on, the decoder's batch-norm
     layers normalise with their running statistics, frozen, instead of each batch's. The
@@ -107,22 +174,14 @@ class ModelConfig:
     dropout: bool = True
     """Image families: the discriminator's dropout as the paper's tables give it; false turns
     every dropout layer off (the toy networks have none)."""
-    semi_supervised: bool = False
-    """ALI with a K+1 discriminator (section 4.3, Salimans et al. 2016): D scores (x, z) pairs
-    into the dataset's K classes, the "fake" logit fixed at 0; a labelled batch (``data.labels``
-    examples) adds a cross-entropy term to D's loss. Classify with ``ali eval --metric
-    classify``."""
-    conditional: bool = False
-    """Conditional ALI (Eq. 7): a class (one-hot) or attribute (0/1) vector y, embedded
-    linearly, is given to the encoder, the decoder and the joint discriminator."""
-    label_dim: int = 0
-    """K: the classes of a K+1 discriminator or a class-conditional model, or the attributes of
-    an attribute-conditional one; 0 = the dataset's (filled in when training starts)."""
-    attributes: bool = False
-    """Conditional ALI: y is K 0/1 attributes (CelebA) rather than one of K classes; filled in
-    from the dataset when training starts."""
-    embed_dim: int = 64
-    """Conditional ALI: size of the linear embedding of y (the original CelebA code: 256)."""
+    cycle: CycleConfig | None = None
+    """ALI: ALICE's cycle term (``model.cycle.weight``); None: off."""
+    r1: R1Config | None = None
+    """Adversarial models: the R1 penalty (``model.r1.weight``, ``model.r1.every``); None: off."""
+    conditional: ConditionalConfig | None = None
+    """ALI on image networks: conditional ALI (Eq. 7); None: unconditional."""
+    semi_supervised: SemiSupervisedConfig | None = None
+    """ALI on image networks: the K+1 discriminator of section 4.3; None: off."""
 
     def __post_init__(self) -> None:
         _one_of(self.kind, MODEL_KINDS, "model.kind")
@@ -132,43 +191,60 @@ class ModelConfig:
             _check(getattr(self, key) >= 1, f"model.{key} must be >= 1; got {getattr(self, key)}")
         _check(self.noise_dim >= 0, f"model.noise_dim must be >= 0; got {self.noise_dim}")
         _check(self.init_std > 0, f"model.init_std must be > 0; got {self.init_std}")
-        _check(self.recon_weight >= 0 and math.isfinite(self.recon_weight),
-               f"model.recon_weight must be >= 0; got {self.recon_weight}")
-        _check(self.recon_weight == 0 or self.kind == "ali",
-               f"model.recon_weight applies to model.kind=ali only (add --set "
-               f"model.recon_weight=0 for model.kind={self.kind})")
-        _check(self.r1_weight >= 0 and math.isfinite(self.r1_weight),
-               f"model.r1_weight must be >= 0; got {self.r1_weight}")
-        _check(self.r1_every >= 1, f"model.r1_every must be >= 1; got {self.r1_every}")
         _check(0 <= self.freeze_decoder_bn_at <= 1,
                f"model.freeze_decoder_bn_at must be in [0, 1]; got {self.freeze_decoder_bn_at}")
-        _check(self.r1_weight == 0 or self.kind != "vae",
-               "model.r1_weight applies to adversarial models (add --set model.r1_weight=0 for "
-               "model.kind=vae)")
-        _check(self.recon_weight == 0 or not self.semi_supervised,
-               "model.recon_weight is not supported with model.semi_supervised=true")
-        _check(self.r1_weight == 0 or not self.semi_supervised,
-               "model.r1_weight is not supported with model.semi_supervised=true")
         _check(0 < self.posthoc_fraction < 1,
                f"model.posthoc_fraction must be in (0, 1); got {self.posthoc_fraction}")
         _check(isinstance(self.dropout, bool), f"model.dropout must be true or false; got "
                                                 f"{self.dropout!r}")
-        _check(self.label_dim >= 0, f"model.label_dim must be >= 0; got {self.label_dim}")
-        _check(self.embed_dim >= 1, f"model.embed_dim must be >= 1; got {self.embed_dim}")
-        _check(not (self.semi_supervised and self.conditional),
-               "model.semi_supervised and model.conditional cannot be combined")
-        _check(not (self.semi_supervised and self.attributes),
-               "model.semi_supervised needs class labels, not attributes")
-        for key in ("semi_supervised", "conditional", "attributes"):
-            _check(isinstance(getattr(self, key), bool),
-                   f"model.{key} must be true or false; got {getattr(self, key)!r}")
-            _check(not getattr(self, key) or self.kind == "ali",
-                   f"model.{key} applies to model.kind=ali only")
-            _check(not getattr(self, key) or self.nets != "toy",
-                   f"model.{key} needs image networks (model.nets={self.nets} is the 2-D family)")
+        on = [k for k in SECTIONS if getattr(self, k) is not None]
+        for key in on:
+            _check(isinstance(getattr(self, key), SECTIONS[key]),
+                   f"model.{key} must be a section or off")
+            takes = SECTIONS_OF_KIND[self.kind]
+            _check(key in takes, f"model.{key} does not apply to model.kind={self.kind} (it "
+                   f"applies to {', '.join(k for k, v in SECTIONS_OF_KIND.items() if key in v)}"
+                   f"); add --set model.{key}=off")
+            for other in EXCLUSIVE.get(key, ()):
+                _check(getattr(self, other) is None,
+                       f"model.{key} cannot be combined with model.{other}; add --set "
+                       f"model.{other}=off")
+            _check(key not in LABELLED_SECTIONS or self.nets != "toy",
+                   f"model.{key} needs image networks (model.nets={self.nets} is the 2-D "
+                   "family)")
         if self.kind == "vae":
             _check(self.encoder == "gaussian",
                    "model.kind=vae needs model.encoder=gaussian (the KL term needs mu and sigma)")
+
+    # The model's labels, wherever they live: what the networks and the data pipeline need.
+    @property
+    def labels(self) -> ConditionalConfig | SemiSupervisedConfig | None:
+        """The section that makes the model read labels (conditional or semi-supervised)."""
+        return self.conditional or self.semi_supervised
+
+    @property
+    def label_dim(self) -> int:
+        """K of the labelled section (0: none, or not yet filled in from the data)."""
+        return self.labels.label_dim if self.labels is not None else 0
+
+    @property
+    def attributes(self) -> bool:
+        return self.conditional is not None and self.conditional.attributes
+
+    @property
+    def embed_dim(self) -> int:
+        return self.conditional.embed_dim if self.conditional is not None else 0
+
+    def with_labels(self, label_dim: int, attributes: bool = False) -> "ModelConfig":
+        """This config with the labelled section's K (and attributes) filled in."""
+        if self.conditional is not None:
+            sec = dataclasses.replace(self.conditional, label_dim=label_dim,
+                                      attributes=attributes)
+            return dataclasses.replace(self, conditional=sec)
+        if self.semi_supervised is not None:
+            return dataclasses.replace(self, semi_supervised=dataclasses.replace(
+                self.semi_supervised, label_dim=label_dim))
+        return self
 
 
 DATA_NAMES = ("grid", "ring", "mnist", "cifar10", "svhn", "celeba", "imagenet64", "folder", "npz")
@@ -366,6 +442,9 @@ class Config:
             sec = d[f.name]
             if not isinstance(sec, dict):
                 raise ConfigError(f"config section {f.name!r} must be an object")
+            if f.name == "model":
+                kwargs[f.name] = model_from_dict(sec)
+                continue
             hints = typing.get_type_hints(section_cls)
             unknown = sorted((k for k in sec if k not in hints), key=repr)
             if unknown:
@@ -455,8 +534,14 @@ def get_config(name: str, overrides: Iterable[str] = ()) -> Config:
 # --------------------------------------------------------------------------- overrides
 
 def all_keys() -> list[str]:
-    """Every overridable ``section.key``."""
-    return [f"{s}.{f.name}" for s, t in _section_types().items() for f in dataclasses.fields(t)]
+    """Every overridable ``section.key`` (a model section's keys as ``model.cycle.weight``)."""
+    keys = []
+    for s, t in _section_types().items():
+        for f in dataclasses.fields(t):
+            keys.append(f"{s}.{f.name}")
+            if s == "model" and f.name in SECTIONS:
+                keys += [f"model.{f.name}.{g.name}" for g in dataclasses.fields(SECTIONS[f.name])]
+    return keys + [f"model.{k}" for k in LEGACY_MODEL_KEYS]
 
 
 def _unknown_key_message(key: str) -> str:
@@ -466,7 +551,100 @@ def _unknown_key_message(key: str) -> str:
 
 
 _TRUE = {"true", "1", "yes", "on"}
-_FALSE = {"false", "0", "no", "off"}
+_FALSE = {"false", "0", "no", "off", "none", "null"}
+
+# Keys of the flat model config before the variant sections: each still works, as the
+# (section, field) it now sets. recon_weight and r1_weight turn their section on (off at 0);
+# the others set a field of a section only where that section is on (they were no-ops
+# otherwise); label_dim goes to whichever labelled section is on.
+LEGACY_MODEL_KEYS = {"recon_weight": ("cycle", "weight", float),
+                     "r1_weight": ("r1", "weight", float),
+                     "r1_every": ("r1", "every", int),
+                     "label_dim": (None, "label_dim", int),
+                     "attributes": ("conditional", "attributes", bool),
+                     "embed_dim": ("conditional", "embed_dim", int)}
+
+
+class _ModelChanges:
+    """Model-section changes gathered in order, then applied to a ModelConfig at once: the
+    plain fields, the sections switched on or off, and the fields set inside sections."""
+
+    def __init__(self) -> None:
+        self.fields: dict[str, Any] = {}
+        self.toggles: dict[str, bool] = {}
+        self.inner: dict[str, dict[str, Any]] = {}      # set inside a section, turning it on
+        self.soft: list[tuple[str | None, str, Any]] = []  # set only where the section is on
+
+    def toggle(self, section: str, on: bool) -> None:
+        """Switch ``section`` on (keeping its settings) or off (dropping those set so far)."""
+        self.toggles[section] = on
+        if not on:
+            self.inner.pop(section, None)
+
+    def set(self, section: str, name: str, value: Any) -> None:
+        """Set a field of ``section``, switching it on."""
+        self.toggles[section] = True
+        self.inner.setdefault(section, {})[name] = value
+
+    def legacy(self, key: str, value: Any) -> None:
+        section, name, _ = LEGACY_MODEL_KEYS[key]
+        if section in ("cycle", "r1") and name == "weight":
+            _check(value >= 0, f"model.{key} must be >= 0; got {value}")
+            if value > 0:
+                self.set(section, name, value)
+            else:
+                self.toggle(section, False)
+        else:
+            if name == "every":
+                _check(value >= 1, f"model.{key} must be >= 1; got {value}")
+            self.soft.append((section, name, value))
+
+    def apply(self, m: ModelConfig) -> ModelConfig:
+        values = {f.name: getattr(m, f.name) for f in dataclasses.fields(m)}
+        values.update(self.fields)
+        for sec, on in self.toggles.items():
+            if not on:
+                values[sec] = None
+            elif values[sec] is None:
+                values[sec] = SECTIONS[sec]()
+        for sec, inner in self.inner.items():
+            base = values[sec] if values[sec] is not None else SECTIONS[sec]()
+            values[sec] = dataclasses.replace(base, **inner)
+        for sec, name, value in self.soft:
+            targets = [sec] if sec else list(LABELLED_SECTIONS)
+            for t in targets:
+                if values[t] is not None:
+                    values[t] = dataclasses.replace(values[t], **{name: value})
+        return ModelConfig(**values)
+
+
+def model_from_dict(d: dict[str, Any]) -> ModelConfig:
+    """A ModelConfig from its JSON form, including the flat form of runs written before the
+    variant sections (``recon_weight``, ``r1_weight``, ``conditional: true``, ...)."""
+    hints = typing.get_type_hints(ModelConfig)
+    changes = _ModelChanges()
+    for k, v in d.items():
+        if k in LEGACY_MODEL_KEYS:
+            changes.legacy(k, _coerce(f"model.{k}", v, LEGACY_MODEL_KEYS[k][2]))
+        elif k in SECTIONS:
+            if v is None or isinstance(v, bool):          # a flat-era flag, or off
+                changes.toggle(k, bool(v))
+            elif isinstance(v, dict):
+                changes.toggle(k, True)
+                sec_hints = typing.get_type_hints(SECTIONS[k])
+                unknown = sorted((x for x in v if x not in sec_hints), key=repr)
+                if unknown:
+                    raise ConfigError(_unknown_key_message(f"model.{k}.{unknown[0]}"))
+                changes.inner[k] = {x: _coerce(f"model.{k}.{x}", y, sec_hints[x])
+                                    for x, y in v.items()}
+            else:
+                raise ConfigError(f"model.{k} must be an object, null or a boolean; got "
+                                  f"{reprlib.repr(v)}")
+        elif k in hints:
+            changes.fields[k] = _coerce(f"model.{k}", v, hints[k])
+        else:
+            raise ConfigError(_unknown_key_message(f"model.{k}"))
+    return changes.apply(ModelConfig())
 
 
 def _parse_value(key: str, text: str, typ: Any) -> Any:
@@ -509,22 +687,47 @@ def apply_overrides(cfg: Config, overrides: Iterable[str]) -> Config:
     """Return ``cfg`` with each ``section.key=value`` applied, type-checked and validated.
 
     All overrides are applied before validation, so checks that involve several keys (e.g.
-    ``model.kind=vae`` with ``model.encoder=gaussian``) see the final values.
+    ``model.kind=vae`` with ``model.encoder=gaussian``) see the final values. A model section
+    is switched with ``model.cycle=on|off`` and set with ``model.cycle.weight=0.5`` (which
+    switches it on); the flat keys of earlier versions (``model.recon_weight=0.5``) still work.
     """
     hints = {name: typing.get_type_hints(t) for name, t in _section_types().items()}
-    changes: dict[str, dict[str, Any]] = {name: {} for name in hints}
+    changes: dict[str, dict[str, Any]] = {name: {} for name in hints if name != "model"}
+    model = _ModelChanges()
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like section.key=value")
         key, text = item.split("=", 1)
-        key = key.strip()
+        key, text = key.strip(), text.strip()
         section, _, name = key.partition(".")
-        if section not in hints or name not in hints[section]:
+        name, _, inner = name.partition(".")
+        if section == "model" and name in SECTIONS:
+            if not inner:
+                low = text.lower()
+                _check(low in _TRUE | _FALSE,
+                       f"{key} expects on or off (or set one of its keys, e.g. "
+                       f"model.{name}.{dataclasses.fields(SECTIONS[name])[0].name}=...); "
+                       f"got {text!r}")
+                model.toggle(name, low in _TRUE)
+                continue
+            sec_hints = typing.get_type_hints(SECTIONS[name])
+            if inner not in sec_hints:
+                raise ConfigError(_unknown_key_message(key))
+            model.set(name, inner, _parse_value(key, text, sec_hints[inner]))
+        elif section == "model" and name in LEGACY_MODEL_KEYS and not inner:
+            model.legacy(name, _parse_value(key, text, LEGACY_MODEL_KEYS[name][2]))
+        elif section in hints and name in hints[section] and not inner:
+            value = _parse_value(key, text, hints[section][name])
+            if section == "model":
+                model.fields[name] = value
+            else:
+                changes[section][name] = value
+        else:
             raise ConfigError(_unknown_key_message(key))
-        changes[section][name] = _parse_value(key, text.strip(), hints[section][name])
-    # Re-running __post_init__ validates the new values at once, each with its own message.
-    return dataclasses.replace(cfg, **{s: dataclasses.replace(getattr(cfg, s), **c)
-                                       for s, c in changes.items() if c})
+    # Building the new sections re-runs __post_init__: each value is validated at once.
+    return dataclasses.replace(cfg, model=model.apply(cfg.model),
+                               **{s: dataclasses.replace(getattr(cfg, s), **c)
+                                  for s, c in changes.items() if c})
 
 
 # --------------------------------------------------------------------------- presets
@@ -540,13 +743,13 @@ def _toy() -> Config:
     2017) and the R1 penalty at gamma ``TOY_R1`` (Mescheder et al., 2018), applied lazily on
     one step in ``TOY_R1_EVERY`` (Karras et al., 2020); and the decoder's batch-norm statistics
     frozen from ``TOY_FREEZE_BN`` of training on.
-    ``--set model.recon_weight=0 --set model.r1_weight=0`` gives the paper's pure ALI; the cycle
-    term must go to switch model.kind (and R1 too for the VAE).
+    ``--set model.cycle=off --set model.r1=off`` gives the paper's pure ALI; the cycle term must
+    go to switch model.kind (and R1 too for the VAE).
     """
     return Config(
         name="toy",
         model=ModelConfig(kind="ali", nets="toy", latent_dim=2, encoder="noise", noise_dim=2,
-                          recon_weight=TOY_RECON, r1_weight=TOY_R1, r1_every=TOY_R1_EVERY,
+                          cycle=CycleConfig(TOY_RECON), r1=R1Config(TOY_R1, TOY_R1_EVERY),
                           freeze_decoder_bn_at=TOY_FREEZE_BN),
         data=DataConfig(name="grid"),
         train=TrainConfig(steps=4_500, batch_size=32, lr=2e-4, lr_d=1.6e-3, beta1=0.5,
@@ -615,10 +818,10 @@ def _mnist() -> Config:
     """Our own small convolutional ALI for 28x28 MNIST (latent 32), sized for 2 CPU cores:
     6,000 steps of batch 100 (about 14 minutes), with ALICE's cycle term at weight 0.01, which
     keeps held-out reconstructions in their class (92%, against 72% for pure ALI) while the
-    encoder's features still beat raw pixels (README). ``--set model.recon_weight=0`` is ALI."""
+    encoder's features still beat raw pixels (README). ``--set model.cycle=off`` is ALI."""
     cfg = _image("mnist", 32, 100, MNIST_STEPS, log_every=500, checkpoint_every=2_000)
     return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model,
-                                                               recon_weight=MNIST_RECON))
+                                                               cycle=CycleConfig(MNIST_RECON)))
 
 
 @register("tiny")
@@ -650,7 +853,8 @@ def _semi_supervised(base: str, labels: int) -> Callable[[], Config]:
                                         checkpoint_every=1000)
         return dataclasses.replace(
             cfg, name=f"{base}_ssl_{labels}",
-            model=dataclasses.replace(cfg.model, semi_supervised=True, recon_weight=0.0),
+            model=dataclasses.replace(cfg.model, semi_supervised=SemiSupervisedConfig(),
+                                      cycle=None),
             data=dataclasses.replace(data, labels=labels), train=train)
     make.__doc__ = (f"Semi-supervised ALI on {base} with {labels} labels (K+1 discriminator, "
                     "Tables 1-2).")
@@ -660,13 +864,13 @@ def _semi_supervised(base: str, labels: int) -> Callable[[], Config]:
 def _conditional(base: str, embed_dim: int) -> Callable[[], Config]:
     def make() -> Config:
         cfg = get_config(base)
-        model = dataclasses.replace(cfg.model, conditional=True, embed_dim=embed_dim)
+        model = dataclasses.replace(cfg.model, conditional=ConditionalConfig(embed_dim=embed_dim))
         train = cfg.train
         if base == "mnist":
             # Pure Eq. 7 had collapsed each class to one image after 2,000 steps (README);
             # ALICE's cycle term makes the decoder use z: 95.8% accuracy at 3,000 steps,
             # 97.8% at 4,000 (README).
-            model = dataclasses.replace(model, recon_weight=MNIST_CONDITIONAL_RECON)
+            model = dataclasses.replace(model, cycle=CycleConfig(MNIST_CONDITIONAL_RECON))
             train = dataclasses.replace(train, steps=MNIST_CONDITIONAL_STEPS, log_every=250,
                                         checkpoint_every=1000)
         return dataclasses.replace(cfg, name=f"{base}_conditional", model=model, train=train)

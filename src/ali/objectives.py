@@ -380,12 +380,12 @@ def build_objective(m: "ModelConfig") -> Objective:
         terms.append(ELBO())
     else:
         raise ConfigError(f"unknown model.kind {m.kind!r}")
-    if m.r1_weight:
-        terms.append(R1(m.r1_weight, m.r1_every))
+    if m.r1 is not None:
+        terms.append(R1(m.r1.weight, m.r1.every))
     if m.kind == "gan_inverse":
         terms.append(InverseMapping())
-    if m.recon_weight:
-        terms.append(Cycle(m.recon_weight))
+    if m.cycle is not None:
+        terms.append(Cycle(m.cycle.weight))
     if m.freeze_decoder_bn_at < 1:
         terms.append(FreezeDecoderBN(m.freeze_decoder_bn_at))
     return Objective(terms)

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from . import __version__, distributed, speed
-from .config import Config, TrainConfig, section_defaults
+from .config import Config, TrainConfig, model_from_dict, section_defaults
 from .data import (Dataset, ImageSampler, first_items, labelled_subset, load_dataset,
                    make_sampler)
 from .errors import CheckpointError, ConfigError, DivergenceError, TrainingInterrupted
@@ -280,8 +280,7 @@ def resolve_labels(cfg: Config, dataset: Dataset) -> Config:
     if m.conditional and not attributes and bool((y < 0).any()):
         raise ConfigError("model.conditional=true needs the label of every training example; "
                           "unset data.labels")
-    return dataclasses.replace(cfg, model=dataclasses.replace(m, label_dim=k,
-                                                               attributes=attributes))
+    return dataclasses.replace(cfg, model=m.with_labels(k, attributes))
 
 
 def init_from_data_(model: GenerativeModel, dataset: Dataset) -> None:
@@ -430,6 +429,10 @@ def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[s
     A setting the saved config lacks (it was added to the project after the run was written)
     counts as its default, the behaviour the run was trained with.
     """
+    if isinstance(saved.get("model"), dict):
+        # The model section as this version writes it (a run may predate its variant sections).
+        with contextlib.suppress(ConfigError):
+            saved = {**saved, "model": dataclasses.asdict(model_from_dict(saved["model"]))}
     out = []
     for section in ("name", "model", "data", "train"):
         a, b = saved.get(section), current.get(section)
@@ -566,7 +569,7 @@ def _train(cfg: Config, ctx: distributed.Context, device: torch.device,
     if not resume:
         init_from_data_(model, dataset)
     sampler = make_sampler(dataset, t.batch_size, model.runs, seed=t.seed, device=device,
-                           shard=(ctx.rank, ctx.world_size), with_labels=cfg.model.conditional)
+                           shard=(ctx.rank, ctx.world_size), with_labels=cfg.model.conditional is not None)
     labelled_sampler = None
     if cfg.model.semi_supervised:
         x_lab, y_lab = labelled_subset(dataset)

@@ -58,11 +58,10 @@ def model_overrides(kind: str) -> tuple[str, ...]:
     """The overrides that turn the ``toy`` preset (ALI's settings) into model ``kind``: the cycle
     term is ALI's alone, and the VAE has no discriminator, so no gradient penalty."""
     if kind == "vae":
-        return ("model.kind=vae", "model.encoder=gaussian", "model.r1_weight=0",
-                "model.recon_weight=0")
+        return ("model.kind=vae", "model.encoder=gaussian", "model.r1=off", "model.cycle=off")
     if kind == "ali":
         return ("model.kind=ali", "model.encoder=noise")
-    return (f"model.kind={kind}", "model.encoder=noise", "model.recon_weight=0")
+    return (f"model.kind={kind}", "model.encoder=noise", "model.cycle=off")
 
 
 def tuned_overrides(kind: str, overrides: tuple[str, ...] = ()) -> tuple[str, ...]:
