@@ -11,7 +11,7 @@ from ali.cli import main
 from ali.config import get_config
 from ali.eval import fid as F
 from ali.eval import knn, recon, registry, svm
-from ali.eval.classifier import train_classifier
+from ali.eval.pixel_classifier import train_classifier
 from ali.eval.features import extract, svm_layers
 from ali.build import build_model
 from ali.report import tensorboard_hook

@@ -32,7 +32,7 @@ from typing import Any, Callable
 
 from ..errors import AliError
 
-MODULES = ("ali.eval.metrics", "ali.eval.labels")
+MODULES = ("ali.eval.metrics",)
 """Modules whose import registers metrics."""
 
 
@@ -186,7 +186,7 @@ class EvalContext:
     def classifier(self, path: str | Path | None = None, epochs: int = 10):
         """(the project's pixel classifier, its meta): from ``path`` (default
         ``RUN_DIR/eval/classifier.pt``), trained there first if it does not fit this data."""
-        from .classifier import load_or_train
+        from .pixel_classifier import load_or_train
 
         path = Path(path) if path else self.eval_dir / "classifier.pt"
         return load_or_train(path, self.dataset, self.cfg.data, self.seed, epochs, self.log)
