@@ -159,8 +159,8 @@ def grid_scale(images: Tensor) -> int:
 @torch.no_grad()
 def write_run_images(model: GenerativeModel, dataset, run_dir: Path, step: int,
                      n: int = 100, nrow: int = 10) -> list[Path]:
-    """samples.png and reconstructions.png in ``run_dir`` (and step-stamped copies in
-    ``run_dir/images``), with the model in evaluation mode."""
+    """samples.png and reconstructions.png (for a model with an encoder) in ``run_dir``, and
+    step-stamped copies in ``run_dir/images``, with the model in evaluation mode."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -171,11 +171,12 @@ def write_run_images(model: GenerativeModel, dataset, run_dir: Path, step: int,
         # attributes: those of held-out images; classes: the model's default (one per column)
         y_s = (sample_conditions(model, held_out_labels(dataset, n), n) if model.attributes
                else None)
-    s = model.sample(n, y_s)
-    r = reconstruction_grid(model, x, y)
+    grids = {"samples": model.sample(n, y_s)}
+    if model.encoder is not None:
+        grids["reconstructions"] = reconstruction_grid(model, x, y)
     model.train(was_training)
     out = []
-    for name, imgs in (("samples", s), ("reconstructions", r)):
+    for name, imgs in grids.items():
         out.append(save_grid(imgs, run_dir / f"{name}.png", nrow, grid_scale(imgs)))
         save_grid(imgs, run_dir / "images" / f"{name}-{step:08d}.png", nrow, grid_scale(imgs))
     return out

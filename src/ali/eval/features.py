@@ -51,7 +51,8 @@ def svm_layers(model: GenerativeModel, nets: str) -> list[tuple[str, nn.Module]]
     net = model.encoder.net
     # A conditional encoder is body + head around the embedded condition; the family's
     # indices count the blocks of both.
-    blocks = [*net.body, *net.head] if isinstance(net, ConditionedNet) else list(net)
+    blocks = ([*net.body, *net.head] if isinstance(net, ConditionedNet) else net) if picks \
+        else []
     out = []
     for i in picks:
         block = blocks[i]

@@ -206,7 +206,11 @@ def run_metric(ctx: EvalContext, name: str, opts: argparse.Namespace | None = No
 
     m = get(name)
     opts = resolve(m, opts or argparse.Namespace())
-    ctx.model  # noqa: B018 - a missing or broken run fails here, before any work
+    runs = getattr(ctx.model, "runs", 1)  # a missing or broken run fails here, before any work
+    if runs > 1:
+        raise AliError(f"{ctx.run_dir} holds {runs} models trained side by side (model.runs); "
+                       "ali eval scores one model (`ali train toy` prints each run's 2-D "
+                       "metrics)")
     t0 = time.perf_counter()
     torch.manual_seed(ctx.seed)
     result = m.func(ctx, opts)
