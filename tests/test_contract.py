@@ -187,7 +187,7 @@ API_XFAIL = {
     "interpolate": "model: model.interpolate(x1, x2, 3) on a conditional model raises "
                    "ValueError('... give y'), not an AliError",
     "interpolate-one-y": "model: model.interpolate(x1, x2, 3, y1) (y2 missing) on a "
-                         "conditional model raises AttributeError (condition_vector(None))",
+                         "conditional model raises ValueError('... give y'), not an AliError",
 }
 
 

@@ -324,7 +324,7 @@ def test_a_conditional_model_encodes_each_example_with_its_own_label():
     from ali.config import get_config
     from ali.errors import AliError
     from ali.eval.recon import reconstructions
-    from ali.nets import build_model
+    from ali.build import build_model
     from ali.viz import sample_conditions
 
     model = build_model(get_config("tiny", ["model.conditional=true", "model.label_dim=3",
@@ -347,7 +347,8 @@ def test_a_conditional_model_encodes_each_example_with_its_own_label():
     assert torch.allclose(rec, want, atol=1e-6)
     # samples: classes in turn; attribute vectors of real examples
     assert sample_conditions(model, None, 5).tolist() == [0, 1, 2, 0, 1]
-    model.attributes = True
+    model = build_model(get_config("tiny", ["model.conditional=true", "model.label_dim=3",
+                                            "model.attributes=true"]))
     attrs = torch.tensor([[1, 0, 0], [0, 1, 1]])
     assert sample_conditions(model, attrs, 3).tolist() == [[1, 0, 0], [0, 1, 1], [1, 0, 0]]
     drawn = sample_conditions(model, attrs, 50, torch.Generator().manual_seed(0))

@@ -12,7 +12,7 @@ import ali
 from ali.config import get_config
 from ali.errors import CheckpointError
 from ali.model import PRETRAINED_CONFIG, PRETRAINED_WEIGHTS
-from ali.nets import build_model
+from ali.build import build_model
 
 from conftest import tiny_toy
 

@@ -83,14 +83,13 @@ def describe(cfg: Config) -> dict[str, Any]:
     # class 0 (or of no attribute) is enough to trace their shapes.
     cond, v = (), None
     if m.conditional:
-        from .model import condition_vector
         from .nets.conv import condition_embedding
 
         y = torch.zeros(2, m.label_dim, dtype=torch.long) if m.attributes else \
             torch.zeros(2, dtype=torch.long)
-        v = condition_vector(y, m.label_dim)
-        e = condition_embedding(m)(v)
-        cond = (e.view(*e.shape, *([1] * (len(fam.latent_shape(m)) - 1))),)
+        conditioning = condition_embedding(m)
+        v = conditioning.vector(y)
+        cond = (conditioning.embed(v, len(fam.latent_shape(m)) - 1),)
     nets = {"encoder": enc.net, "decoder": dec, "disc_x": disc.d_x, "disc_z": disc.d_z,
             "disc_joint": disc.d_xz}
     info: dict[str, dict[str, Any]] = {}

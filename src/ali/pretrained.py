@@ -94,7 +94,7 @@ def read_config(path: str | Path):
 def _load_pretrained(path: Path, device: str) -> Any:
     from .config import Config
     from .model import PRETRAINED_WEIGHTS
-    from .nets import build_model
+    from .build import build_model
 
     model_cfg = read_config(path)
     weights = path / PRETRAINED_WEIGHTS

@@ -22,7 +22,8 @@ from torch import Tensor, nn
 
 from ..data import take
 from ..errors import AliError
-from ..model import ConditionedNet, GenerativeModel
+from ..model import GenerativeModel
+from ..nets.parts import ConditionedNet
 from . import FEATURE_KINDS as KINDS
 
 __all__ = ["BATCH", "batches", "conditions", "encoder_features", "extract", "svm_layers",
