@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ali.config import get_config
 from ali.data import load_dataset
-from ali.eval.classify import classification_error
+from ali.eval.semi_supervised import classification_error
 from ali.train import train
 
 SPLIT = ["data.train_split=test", "data.train_range=0:9000", "data.test_split=test",

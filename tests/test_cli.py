@@ -99,3 +99,32 @@ def test_toy_set_applies_to_every_adversarial_run(tmp_path, monkeypatch):
                  "--set", "model.r1_weight=2.5", "--set", "train.batch_size=16",
                  "--out", str(tmp_path / "t")]) == 0
     assert seen == {"ali": (2.5, 16, TOY_RECON), "gan": (2.5, 16, None), "vae": (None, 16, None)}
+
+
+@pytest.mark.parametrize("name, label_dim", [
+    ("mnist_conditional", 10), ("cifar10_ssl_1000", 10), ("svhn_conditional", 10),
+    ("celeba_conditional", 40)])
+def test_presets_with_known_labels_build_without_data(name, label_dim, capsys):
+    """MNIST, CIFAR-10 and SVHN have 10 classes and CelebA 40 attributes: ali arch needs no
+    dataset (and no --set model.label_dim) to build their labelled models."""
+    from ali.config import get_config
+    from ali.data import with_known_labels
+
+    cfg = with_known_labels(get_config(name))
+    assert cfg.model.label_dim == label_dim
+    assert cfg.model.attributes == name.startswith("celeba")
+    assert main(["arch", name, "--json"]) == 0
+    desc = json.loads(capsys.readouterr().out)
+    # the conditional decoder takes z and the embedded condition
+    assert desc["networks"]["decoder"]["out_shape"] == desc["image_shape"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["arch", "mnist_conditional", "--set", "model.label_dim=5"], "mnist has 10 classes"),
+    (["arch", "celeba", "--set", "model.semi_supervised=true"], "celeba has attributes"),
+    (["arch", "tiny", "--set", "model.conditional=true"], "model.label_dim is 0"),
+])
+def test_labels_that_cannot_serve_the_model_are_one_line(args, message, capsys):
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err

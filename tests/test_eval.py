@@ -11,7 +11,7 @@ from ali.cli import main
 from ali.config import get_config
 from ali.eval import fid as F
 from ali.eval import knn, recon, registry, svm
-from ali.eval.classifier import train_classifier
+from ali.eval.pixel_classifier import train_classifier
 from ali.eval.features import extract, svm_layers
 from ali.build import build_model
 from ali.report import tensorboard_hook
@@ -318,3 +318,38 @@ def test_missing_scikit_learn_is_one_line(tiny_run, monkeypatch, capsys):
     assert main(["eval", str(tiny_run), "--metric", "svm"]) == 2
     err = capsys.readouterr().err
     assert "pip install 'ali[eval]'" in err and err.count("\n") == 1
+
+
+def test_a_conditional_model_encodes_each_example_with_its_own_label():
+    from ali.config import get_config
+    from ali.errors import AliError
+    from ali.eval.recon import reconstructions
+    from ali.build import build_model
+    from ali.viz import sample_conditions
+
+    model = build_model(get_config("tiny", ["model.conditional=true", "model.label_dim=3",
+                                            "model.dropout=false"])).eval()
+    x = torch.randint(0, 256, (7, 3, 8, 8), dtype=torch.uint8)
+    y = torch.tensor([0, 1, 2, 0, 1, 2, 0])
+    got = extract(model, "tiny", x, "mu", idx=np.array([1, 4, 6]), labels=y, batch_size=2)
+    want = model.encode_mean(x[[1, 4, 6]].float() / 255, y[[1, 4, 6]]).flatten(1)
+    assert torch.allclose(got, want)
+    assert not torch.allclose(got, model.encode_mean(x[[1, 4, 6]].float() / 255,
+                                                     (y[[1, 4, 6]] + 1) % 3).flatten(1))
+    feats = extract(model, "tiny", x, "encoder", labels=y)     # + the svm layers
+    assert feats.shape[0] == 7 and feats.shape[1] > got.shape[1]
+    with pytest.raises(AliError, match="needs the examples' labels"):
+        extract(model, "tiny", x, "mu")
+    with pytest.raises(AliError, match="labels run from 0 to 4"):
+        extract(model, "tiny", x, "mu", labels=y * 2)
+    xs, rec = reconstructions(model, x, mean=True, labels=y, batch_size=3)
+    want = model.decode(model.encode_mean(x.float() / 255, y), y)
+    assert torch.allclose(rec, want, atol=1e-6)
+    # samples: classes in turn; attribute vectors of real examples
+    assert sample_conditions(model, None, 5).tolist() == [0, 1, 2, 0, 1]
+    model = build_model(get_config("tiny", ["model.conditional=true", "model.label_dim=3",
+                                            "model.attributes=true"]))
+    attrs = torch.tensor([[1, 0, 0], [0, 1, 1]])
+    assert sample_conditions(model, attrs, 3).tolist() == [[1, 0, 0], [0, 1, 1], [1, 0, 0]]
+    drawn = sample_conditions(model, attrs, 50, torch.Generator().manual_seed(0))
+    assert {tuple(r) for r in drawn.tolist()} == {(1, 0, 0), (0, 1, 1)}

@@ -10,7 +10,7 @@ from ali.cli import main
 from ali.config import get_config
 from ali.data import load_dataset
 from ali.errors import ConfigError
-from ali.eval.classify import classification_error
+from ali.eval.semi_supervised import classification_error
 from ali.model import condition_vector
 from ali.build import build_model
 from ali.train import load_run, resolve_labels, train

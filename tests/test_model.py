@@ -179,11 +179,28 @@ def test_maxout_takes_max_of_contiguous_pieces():
         Maxout(4, dim=-1)(x)
 
 
-def test_init_follows_config():
-    m = build("ali", 1, "model.init_std=0.5")
-    w = m.decoder.layers[0].weight
-    assert 0.3 < w.std() < 0.7
-    assert all((b == 0).all() for n, b in m.named_parameters() if n.endswith("layers.9.bias"))
+@pytest.mark.parametrize("std", [0.05, 0.5])
+def test_init_follows_config(std):
+    """Every linear weight ~ N(0, model.init_std), every bias 0, batch norm (1, 0), in all
+    three networks (two stds: an init that ignored the config would miss one)."""
+    from torch import nn
+
+    from ali.nets.layers import RunLinear
+
+    m = build("ali", 1, f"model.init_std={std}")
+    linears = [mod for mod in m.modules() if isinstance(mod, RunLinear)]
+    norms = [mod for mod in m.modules() if isinstance(mod, nn.modules.batchnorm._BatchNorm)]
+    biases = [mod.bias for mod in linears if mod.bias is not None]
+    # encoder 3 + decoder 5 + discriminator 4 linear layers; 2 + 4 batch norms
+    assert len(linears) == 12 and len(norms) == 6 and len(biases) == 6
+    pooled = torch.cat([mod.weight.detach().flatten() for mod in linears])
+    assert abs(float(pooled.mean())) < 0.05 * std
+    assert abs(float(pooled.std()) / std - 1) < 0.05
+    for mod in linears:
+        if mod.weight.numel() >= 200:   # enough entries for a per-layer estimate
+            assert 0.75 < float(mod.weight.detach().std()) / std < 1.25
+    assert all((b == 0).all() for b in biases)
+    assert all((n.weight == 1).all() and (n.bias == 0).all() for n in norms)
 
 
 def test_softplus_identity():

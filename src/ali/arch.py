@@ -79,6 +79,17 @@ def describe(cfg: Config) -> dict[str, Any]:
     m = cfg.model
     fam = family(m.nets)
     enc, dec, disc = fam.encoder(m), fam.decoder(m), fam.discriminator(m, joint=True)
+    # A conditional model's networks take the embedded condition too (Eq. 7): a batch of
+    # class 0 (or of no attribute) is enough to trace their shapes.
+    cond, v = (), None
+    if m.conditional:
+        from .nets.conv import condition_embedding
+
+        y = torch.zeros(2, m.label_dim, dtype=torch.long) if m.attributes else \
+            torch.zeros(2, dtype=torch.long)
+        conditioning = condition_embedding(m)
+        v = conditioning.vector(y)
+        cond = (conditioning.embed(v, len(fam.latent_shape(m)) - 1),)
     nets = {"encoder": enc.net, "decoder": dec, "disc_x": disc.d_x, "disc_z": disc.d_z,
             "disc_joint": disc.d_xz}
     info: dict[str, dict[str, Any]] = {}
@@ -104,9 +115,9 @@ def describe(cfg: Config) -> dict[str, Any]:
     try:
         with torch.no_grad():
             x, z = torch.rand(2, *data_shape), torch.randn(2, *latent_shape)
-            enc(x)
-            dec(z)
-            disc(x, z)
+            enc(x, *cond)
+            dec(z, *cond)
+            disc(x, z) if v is None else disc(x, z, v)
     finally:
         for h in hooks:
             h.remove()

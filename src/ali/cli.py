@@ -118,7 +118,7 @@ def _cmd_toy(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_and_held_out(args: argparse.Namespace, n: int):
+def _run_and_held_out(args: argparse.Namespace, n: int, what: str):
     """(model, n held-out images, their labels or None) of an image run, the RNG seeded with
     --seed; the labels are those a conditional model needs."""
     import torch
@@ -132,6 +132,9 @@ def _run_and_held_out(args: argparse.Namespace, n: int):
     if cfg.model.nets == "toy":
         raise AliError(f"{args.run_dir} is a 2-D run; use `ali toy` or `ali train toy` for its "
                        "figures")
+    if model.encoder is None:
+        raise AliError(f"{args.run_dir} is a {cfg.model.kind} run: it has no encoder to "
+                       f"{what} with")
     data = load_dataset(apply_overrides(cfg, args.overrides).data)
     x = held_out(data, n)
     y = held_out_labels(data, n) if model.conditional else None
@@ -139,90 +142,58 @@ def _run_and_held_out(args: argparse.Namespace, n: int):
     return model, x, y
 
 
-def _parse_labels(text: str, names: list[str] | None, k: int, what: str) -> list[int]:
-    """Comma-separated indices or names (as the dataset names its classes or attributes)."""
-    out = []
-    for token in (t.strip() for t in text.split(",")):
-        if token.isdigit() and int(token) < k:
-            out.append(int(token))
-        elif names and token in names:
-            out.append(names.index(token))
-        else:
-            known = f" (known: {', '.join(names)})" if names else f" (0..{k - 1})"
-            raise AliError(f"unknown {what} {token!r}{known}")
-    return out
+def _load_for_sampling(path: str):
+    """(model, its ModelConfig, step or None, the run's config or None) of a run folder or of
+    a folder written by ``save_pretrained``."""
+    from .pretrained import is_pretrained, load
+    from .train import load_run
 
-
-def _condition_grid(model, cfg, args):
-    """(images, images per row, description) of ``ali sample --condition``.
-
-    Classes: one column per class of --condition and one row per z (--rows). Attributes
-    (Figure 7): ONE fixed z; row r turns on --condition's r-th attribute, column c > 0 also
-    turns on --vary's c-th (column 0: the row's attribute alone)."""
-    import torch
-
-    from .data import load_dataset
-
-    k = model.label_dim
-    names = None
-    if any(not t.strip().isdigit() for t in f"{args.condition},{args.vary or ''}".split(",")
-           if t.strip()):
-        names = load_dataset(cfg.data).label_names
-    device = next(model.parameters()).device
-    if not model.attributes:
-        if args.vary:
-            raise AliError("--vary applies to attribute-conditional runs; a class-conditional "
-                           "grid has one column per class and one row per z")
-        classes = list(range(k)) if args.condition == "all" else _parse_labels(
-            args.condition, names, k, "class")
-        z = model.sample_prior(args.rows).repeat_interleave(len(classes), 0)
-        y = torch.tensor(classes * args.rows, device=device)
-        return model.decode(z, y), len(classes), f"{args.rows} z x {len(classes)} classes"
-    rows = list(range(k)) if args.condition == "all" else _parse_labels(
-        args.condition, names, k, "attribute")
-    cols = _parse_labels(args.vary, names, k, "attribute") if args.vary else []
-    y = torch.zeros(len(rows), len(cols) + 1, k, device=device)
-    for i, r in enumerate(rows):
-        y[i, :, r] = 1
-        for j, c in enumerate(cols):
-            y[i, j + 1, c] = 1
-    y = y.flatten(0, 1)
-    z = model.sample_prior(1).expand(len(y), *model.latent_shape)
-    return (model.decode(z, y), len(cols) + 1,
-            f"one z, {len(rows)} attribute rows x {len(cols) + 1} columns")
+    if is_pretrained(path):
+        model = load(path)
+        return model, model.config, None, None
+    model, cfg, step = load_run(path)
+    return model, cfg.model, step, cfg
 
 
 def _cmd_sample(args: argparse.Namespace) -> int:
     import torch
 
-    from .train import load_run
-    from .viz import grid_scale, sample_grid, save_grid
+    from .viz import condition_grid, grid_scale, save_grid
 
-    model, cfg, step = load_run(args.run_dir)
+    model, model_cfg, step, cfg = _load_for_sampling(args.run_dir)
     torch.manual_seed(args.seed)
-    if cfg.model.nets == "toy":
+    if model_cfg.nets == "toy":
         raise AliError(f"{args.run_dir} is not an image run")
     if (args.condition or args.vary) and not model.conditional:
         raise AliError(f"{args.run_dir} is not a conditional run (model.conditional=true)")
     if args.condition:
-        with torch.no_grad():
-            imgs, nrow, what = _condition_grid(model, cfg, args)
+        names = None
+        tokens = f"{args.condition},{args.vary or ''}".split(",")
+        if any(t.strip() and not t.strip().isdigit() for t in tokens if t.strip() != "all"):
+            if cfg is None:
+                raise AliError("label names need the run's dataset; a saved model takes "
+                               "indices (e.g. --condition 0,3)")
+            from .data import load_dataset
+
+            names = load_dataset(cfg.data).label_names
+        imgs, nrow, what = condition_grid(model, args.condition, args.vary, args.rows, names)
     elif model.conditional and model.attributes:
         raise AliError("an attribute-conditional run needs --condition ATTRS [--vary ATTRS]")
     else:
-        imgs, nrow = sample_grid(model, args.n), args.nrow
+        imgs, nrow = model.sample(args.n), args.nrow
         what = (f"{args.n} samples" + (", classes 0..K-1 along each row"
                                         if model.conditional else ""))
     out = Path(args.out or Path(args.run_dir) / "samples.png")
     save_grid(imgs, out, nrow, grid_scale(imgs))
-    print(f"{what} of {cfg.name} at step {step} -> {out}")
+    at = "" if step is None else f" at step {step}"
+    print(f"{what} of {cfg.name if cfg else args.run_dir}{at} -> {out}")
     return 0
 
 
 def _cmd_reconstruct(args: argparse.Namespace) -> int:
     from .viz import grid_scale, reconstruction_grid, save_grid
 
-    model, x, y = _run_and_held_out(args, args.n)
+    model, x, y = _run_and_held_out(args, args.n, "reconstruct")
     imgs = reconstruction_grid(model, x, y)
     out = Path(args.out or Path(args.run_dir) / "reconstructions.png")
     save_grid(imgs, out, args.nrow, grid_scale(imgs))
@@ -233,7 +204,7 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
 def _cmd_interpolate(args: argparse.Namespace) -> int:
     from .viz import grid_scale, interpolation_grid, save_grid
 
-    model, x, y = _run_and_held_out(args, 2 * args.pairs)
+    model, x, y = _run_and_held_out(args, 2 * args.pairs, "interpolate")
     if len(x) < 2 * args.pairs:
         raise AliError(f"only {len(x)} held-out images; need {2 * args.pairs} for --pairs")
     y1, y2 = (None, None) if y is None else (y[0::2], y[1::2])
@@ -255,8 +226,9 @@ def _cmd_data_download(args: argparse.Namespace) -> int:
 
 def _cmd_arch(args: argparse.Namespace) -> int:
     from .arch import describe, to_json, to_text
+    from .data import with_known_labels
 
-    desc = describe(get_config(args.name, args.overrides))
+    desc = describe(with_known_labels(get_config(args.name, args.overrides)))
     print(json.dumps(to_json(desc), indent=2) if args.json else to_text(desc))
     return 0
 
@@ -352,7 +324,8 @@ def build_parser() -> argparse.ArgumentParser:
             ("interpolate", _cmd_interpolate, "latent interpolations between held-out pairs "
                                               "(Figure 6)")):
         c = sub.add_parser(name, help=what, description=f"Write a PNG of {what}.")
-        c.add_argument("run_dir", help="a run folder written by `ali train`")
+        c.add_argument("run_dir", help="a run folder written by `ali train`" + (
+            " or a model folder written by save_pretrained" if name == "sample" else ""))
         c.add_argument("--out", help="PNG path (default RUN_DIR/<name>.png)")
         c.add_argument("--seed", type=int, default=0)
         if name == "interpolate":

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .errors import AliError
 from .model import GenerativeModel
 
 
@@ -40,12 +41,6 @@ def save_grid(images: Tensor, path: Path | str, nrow: int, scale: int = 1) -> Pa
 
 
 @torch.no_grad()
-def sample_grid(model: GenerativeModel, n: int = 100) -> Tensor:
-    """n samples x_tilde = G(z), z ~ p(z): (n, C, H, W)."""
-    return model.sample(n)
-
-
-@torch.no_grad()
 def reconstruction_grid(model: GenerativeModel, x: Tensor, y: Tensor | None = None) -> Tensor:
     """Originals and their reconstructions G(z_hat), z_hat ~ q(z|x), interleaved: tiled with
     an even number of images per row, odd columns are originals and even columns their
@@ -68,22 +63,92 @@ def interpolation_grid(model: GenerativeModel, x1: Tensor, x2: Tensor, steps: in
 
 def held_out(dataset, n: int, offset: int = 0) -> Tensor:
     """``n`` held-out images as floats in [0, 1] (the training set where there is no test set)."""
-    from .data.images import ImageSource
+    from .data import take
 
     x = dataset.test if dataset.test is not None else dataset.train
-    if isinstance(x, ImageSource):
-        x = x.select(slice(offset, offset + n)).load_all()
-    else:
-        x = x[offset:offset + n]
-    return x.float() / 255 if x.dtype == torch.uint8 else x.float()
+    return take(x, slice(offset, offset + n))
 
 
 def held_out_labels(dataset, n: int, offset: int = 0) -> Tensor:
     """The labels of :func:`held_out`'s images."""
     y = dataset.test_labels if dataset.test is not None else dataset.train_labels
     if y is None:
-        raise ValueError(f"dataset {dataset.name!r} has no labels")
+        raise AliError(f"this model is conditional and dataset {dataset.name!r} has no labels "
+                       "here to condition on")
     return y[offset:offset + n]
+
+
+def sample_conditions(model: GenerativeModel, labels: Tensor | None, n: int,
+                      generator: torch.Generator | None = None) -> Tensor | None:
+    """The y to draw ``n`` samples of ``model`` with: None for an unconditional model; classes
+    0..K-1 in turn for a class-conditional one (its default); for an attribute-conditional one,
+    attribute vectors of real examples, rows of ``labels`` ((N, K) 0/1): drawn at random with
+    ``generator``, or without one the first rows in turn (no randomness)."""
+    if not model.conditional:
+        return None
+    device = next(model.parameters()).device
+    if not model.attributes:
+        return torch.arange(n, device=device) % model.label_dim
+    if labels is None or labels.dim() != 2 or len(labels) == 0:
+        raise AliError("an attribute-conditional model samples with real attribute vectors, "
+                       "and the data here has none")
+    if labels.shape[1] != model.label_dim:
+        raise AliError(f"the model is conditional on {model.label_dim} attributes; the data "
+                       f"has {labels.shape[1]}")
+    rows = (torch.randint(len(labels), (n,), generator=generator) if generator is not None
+            else torch.arange(n) % len(labels))
+    return labels[rows].to(device)
+
+
+def parse_labels(text: str, names: list[str] | None, k: int, what: str) -> list[int]:
+    """Comma-separated indices or names (as the dataset names its classes or attributes)."""
+    out = []
+    for token in (t.strip() for t in text.split(",")):
+        if token.isdigit() and int(token) < k:
+            out.append(int(token))
+        elif names and token in names:
+            out.append(names.index(token))
+        else:
+            known = f" (known: {', '.join(names)})" if names else f" (0..{k - 1})"
+            raise AliError(f"unknown {what} {token!r}{known}")
+    return out
+
+
+@torch.no_grad()
+def condition_grid(model: GenerativeModel, condition: str = "all", vary: str | None = None,
+                   rows: int = 10, names: list[str] | None = None) -> tuple[Tensor, int, str]:
+    """Samples of a conditional model laid out by condition: (images, images per row,
+    what the grid shows).
+
+    Classes: one column per class of ``condition`` ("all" or comma-separated indices or
+    ``names``) and one row per z (``rows`` of them). Attributes (Figure 7): ONE fixed z; row r
+    turns on ``condition``'s r-th attribute, column c > 0 also turns on ``vary``'s c-th
+    (column 0: the row's attribute alone).
+    """
+    if not model.conditional:
+        raise AliError("a grid by condition needs a conditional model (model.conditional=true)")
+    k = model.label_dim
+    device = next(model.parameters()).device
+    if not model.attributes:
+        if vary:
+            raise AliError("--vary applies to attribute-conditional runs; a class-conditional "
+                           "grid has one column per class and one row per z")
+        classes = list(range(k)) if condition == "all" else parse_labels(
+            condition, names, k, "class")
+        z = model.sample_prior(rows).repeat_interleave(len(classes), 0)
+        y = torch.tensor(classes * rows, device=device)
+        return model.decode(z, y), len(classes), f"{rows} z x {len(classes)} classes"
+    on = list(range(k)) if condition == "all" else parse_labels(condition, names, k, "attribute")
+    cols = parse_labels(vary, names, k, "attribute") if vary else []
+    y = torch.zeros(len(on), len(cols) + 1, k, device=device)
+    for i, r in enumerate(on):
+        y[i, :, r] = 1
+        for j, c in enumerate(cols):
+            y[i, j + 1, c] = 1
+    y = y.flatten(0, 1)
+    z = model.sample_prior(1).expand(len(y), *model.latent_shape)
+    return (model.decode(z, y), len(cols) + 1,
+            f"one z, {len(on)} attribute rows x {len(cols) + 1} columns")
 
 
 def grid_scale(images: Tensor) -> int:
@@ -94,8 +159,8 @@ def grid_scale(images: Tensor) -> int:
 @torch.no_grad()
 def write_run_images(model: GenerativeModel, dataset, run_dir: Path, step: int,
                      n: int = 100, nrow: int = 10) -> list[Path]:
-    """samples.png and reconstructions.png in ``run_dir`` (and step-stamped copies in
-    ``run_dir/images``), with the model in evaluation mode."""
+    """samples.png and reconstructions.png (for a model with an encoder) in ``run_dir``, and
+    step-stamped copies in ``run_dir/images``, with the model in evaluation mode."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -104,12 +169,14 @@ def write_run_images(model: GenerativeModel, dataset, run_dir: Path, step: int,
     if model.conditional:
         y = held_out_labels(dataset, n // 2).to(device)
         # attributes: those of held-out images; classes: the model's default (one per column)
-        y_s = held_out_labels(dataset, n).to(device) if model.attributes else None
-    s = model.sample(n, y_s)
-    r = reconstruction_grid(model, x, y)
+        y_s = (sample_conditions(model, held_out_labels(dataset, n), n) if model.attributes
+               else None)
+    grids = {"samples": model.sample(n, y_s)}
+    if model.encoder is not None:
+        grids["reconstructions"] = reconstruction_grid(model, x, y)
     model.train(was_training)
     out = []
-    for name, imgs in (("samples", s), ("reconstructions", r)):
+    for name, imgs in grids.items():
         out.append(save_grid(imgs, run_dir / f"{name}.png", nrow, grid_scale(imgs)))
         save_grid(imgs, run_dir / "images" / f"{name}-{step:08d}.png", nrow, grid_scale(imgs))
     return out

@@ -10,6 +10,7 @@ becomes float in [0, 1] on the device (:class:`ImageSampler`). A large image dat
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -17,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..config import DataConfig, parse_range
+from ..config import Config, DataConfig, parse_range
 from ..errors import ConfigError, DataError
 from . import toy
 from .images import ImageSource, collate, convert
@@ -25,6 +26,14 @@ from .readers import READERS, Part, Spec
 
 DEVICE_BYTES = 4 << 30
 """In-memory images larger than this stay in host memory; batches are copied to the device."""
+
+KNOWN_LABELS: dict[str, tuple[int, bool]] = {
+    "mnist": (10, False), "cifar10": (10, False), "svhn": (10, False), "celeba": (40, True),
+    "imagenet64": (1000, False)}
+"""(K, attributes) of the datasets whose labels are known without reading their files: K
+classes, or K 0/1 attributes. What lets a conditional or semi-supervised config of these
+datasets build its networks without the data (``ali arch``, ``ali bench``); training checks
+them against the labels it reads."""
 
 
 @dataclass
@@ -59,11 +68,24 @@ class Dataset:
     def streamed(self) -> bool:
         return isinstance(self.train, ImageSource)
 
-    def to(self, device: torch.device | str) -> "Dataset":
-        move = lambda t: t.to(device) if isinstance(t, Tensor) else t  # noqa: E731
-        return Dataset(self.name, move(self.train), move(self.test), move(self.train_labels),
-                       move(self.test_labels), move(self.centres), self.std, self.data_shape,
-                       self.num_classes, self.label_names, self.workers)
+
+def with_known_labels(cfg: Config) -> Config:
+    """``cfg`` with ``model.label_dim`` and ``model.attributes`` taken from
+    :data:`KNOWN_LABELS` when a conditional or semi-supervised model leaves them to the data
+    (``label_dim=0``) and ``data.name`` is known; ``cfg`` unchanged otherwise. A one-line
+    :class:`~ali.errors.ConfigError` when the known labels cannot serve the model."""
+    m = cfg.model
+    known = KNOWN_LABELS.get(cfg.data.name)
+    if not (m.semi_supervised or m.conditional) or known is None:
+        return cfg
+    k, attributes = known
+    if m.semi_supervised and attributes:
+        raise ConfigError(f"model.semi_supervised=true needs class labels; {cfg.data.name} has "
+                          "attributes")
+    if m.label_dim and m.label_dim != k:
+        raise ConfigError(f"model.label_dim={m.label_dim} but {cfg.data.name} has {k} "
+                          f"{'attributes' if attributes else 'classes'}")
+    return dataclasses.replace(cfg, model=m.with_labels(k, attributes))
 
 
 def load_dataset(cfg: DataConfig) -> Dataset:
@@ -293,14 +315,22 @@ class StreamSampler:
         self._it = self._label_idx = None
 
 
+def take(data: Any, idx: np.ndarray | Tensor | slice | None = None) -> Tensor:
+    """Items ``idx`` (all by default) of ``data`` (a tensor or a streamed
+    :class:`~ali.data.images.ImageSource`) as floats on the CPU: uint8 images in [0, 1], other
+    data (2-D points) as they are."""
+    if isinstance(data, ImageSource):
+        x = (data if idx is None else data.select(idx)).load_all()
+    else:
+        if idx is not None and not isinstance(idx, slice):
+            idx = torch.as_tensor(idx)
+        x = (data if idx is None else data[idx]).cpu()
+    return x.float() / 255 if x.dtype == torch.uint8 else x.float()
+
+
 def first_items(dataset: Dataset, n: int) -> Tensor:
     """The first ``n`` training items as floats (images in [0, 1]), on the CPU."""
-    x = dataset.train
-    if isinstance(x, ImageSource):
-        x = x.select(slice(0, n)).load_all()
-    else:
-        x = x[:n].cpu()
-    return x.float() / 255 if x.dtype == torch.uint8 else x.float()
+    return take(dataset.train, slice(0, n))
 
 
 def make_sampler(dataset: Dataset, batch_size: int, runs: int = 1, seed: int = 0,

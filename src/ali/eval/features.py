@@ -20,25 +20,16 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ..data import take
 from ..errors import AliError
 from ..model import GenerativeModel
+from ..nets.parts import ConditionedNet
 from . import FEATURE_KINDS as KINDS
 
+__all__ = ["BATCH", "batches", "conditions", "encoder_features", "extract", "svm_layers",
+           "take"]
+
 BATCH = 500
-
-
-def take(data: Any, idx: np.ndarray | Tensor | slice | None = None) -> Tensor:
-    """Items ``idx`` of ``data`` (uint8 tensor, float tensor or ImageSource) as float in
-    [0, 1] (images) or as they are (2-D data), on the CPU."""
-    from ..data.images import ImageSource
-
-    if isinstance(data, ImageSource):
-        x = (data if idx is None else data.select(idx)).load_all()
-    else:
-        x = data if idx is None else data[torch.as_tensor(idx) if not isinstance(idx, slice)
-                                          else idx]
-        x = x.cpu()
-    return x.float() / 255 if x.dtype == torch.uint8 else x.float()
 
 
 def batches(data: Any, idx: np.ndarray | None = None, size: int = BATCH) -> Iterator[Tensor]:
@@ -59,9 +50,13 @@ def svm_layers(model: GenerativeModel, nets: str) -> list[tuple[str, nn.Module]]
     if model.encoder is None:
         raise AliError(f"a {type(model).__name__} has no encoder to take features from")
     net = model.encoder.net
+    # A conditional encoder is body + head around the embedded condition; the family's
+    # indices count the blocks of both.
+    blocks = ([*net.body, *net.head] if isinstance(net, ConditionedNet) else net) if picks \
+        else []
     out = []
     for i in picks:
-        block = net[i]
+        block = blocks[i]
         where = "bn" if hasattr(block, "bn") else "conv"
         spec = block.spec
         out.append((f"encoder[{i}] k{spec.kernel}s{spec.stride}-{spec.maps} {where}",
@@ -71,8 +66,10 @@ def svm_layers(model: GenerativeModel, nets: str) -> list[tuple[str, nn.Module]]
 
 @torch.no_grad()
 def encoder_features(model: GenerativeModel, x: Tensor,
-                     layers: list[tuple[str, nn.Module]] | None = None) -> Tensor:
-    """mu(x) concatenated with the flattened outputs of ``layers`` (forward hooks): (B, D).
+                     layers: list[tuple[str, nn.Module]] | None = None,
+                     y: Tensor | None = None) -> Tensor:
+    """mu(x) (mu(x, y) for a conditional model, ``y`` the examples' own labels) concatenated
+    with the flattened outputs of ``layers`` (forward hooks): (B, D).
 
     The caller puts the model in evaluation mode (population batch-norm statistics).
     """
@@ -80,7 +77,7 @@ def encoder_features(model: GenerativeModel, x: Tensor,
     handles = [m.register_forward_hook(lambda mod, inp, out: captured.append(out.flatten(1)))
                for _, m in (layers or [])]
     try:
-        mu = model.encode_mean(x).flatten(1)
+        mu = model.encode_mean(x, y).flatten(1)
     finally:
         for h in handles:
             h.remove()
@@ -90,9 +87,13 @@ def encoder_features(model: GenerativeModel, x: Tensor,
 @torch.no_grad()
 def extract(model: GenerativeModel | None, nets: str, data: Any, kind: str = "encoder",
             idx: np.ndarray | None = None, device: str | torch.device = "cpu",
-            batch_size: int = BATCH) -> Tensor:
+            batch_size: int = BATCH, labels: Tensor | None = None) -> Tensor:
     """Features ``kind`` (see the module doc) of ``data`` (or of its items ``idx``):
-    float32 (N, D) on the CPU."""
+    float32 (N, D) on the CPU.
+
+    ``labels``: the labels of all of ``data`` (indexed by ``idx`` alike). A conditional model
+    encodes each example with its own label, so it needs them; other models ignore them.
+    """
     if kind not in KINDS:
         raise AliError(f"unknown features {kind!r} (known: {', '.join(KINDS)})")
     out = []
@@ -102,12 +103,41 @@ def extract(model: GenerativeModel | None, nets: str, data: Any, kind: str = "en
         return torch.cat(out)
     if model is None:
         raise AliError(f"features {kind!r} need a model")
+    if model.encoder is None:
+        raise AliError(f"a {type(model).__name__} has no encoder to take features from")
     layers = svm_layers(model, nets) if kind == "encoder" else []
+    ys = conditions(model, labels, idx, len(data) if idx is None else len(idx))
     was_training = model.training
     model.eval()
     try:
-        for x in batches(data, idx, batch_size):
-            out.append(encoder_features(model, x.to(device), layers).float().cpu())
+        for i, x in enumerate(batches(data, idx, batch_size)):
+            y = None if ys is None else ys[i * batch_size:(i + 1) * batch_size].to(device)
+            out.append(encoder_features(model, x.to(device), layers, y).float().cpu())
     finally:
         model.train(was_training)
     return torch.cat(out)
+
+
+def conditions(model: GenerativeModel, labels: Tensor | None, idx: Any = None,
+               n: int | None = None) -> Tensor | None:
+    """The conditions a conditional model encodes ``n`` examples with: their own ``labels``
+    (items ``idx``); None for an unconditional model. A one-line error when they are missing
+    or are not the kind the model was trained on."""
+    if not model.conditional:
+        return None
+    what = "attributes" if model.attributes else "classes"
+    if labels is None:
+        raise AliError(f"this model is conditional on {what}: its encoder needs the examples' "
+                       "labels, and the data here has none")
+    y = labels if idx is None else labels[torch.as_tensor(idx) if not isinstance(idx, slice)
+                                          else idx]
+    if (y.dim() == 2) != model.attributes or (model.attributes and
+                                               y.shape[1] != model.label_dim):
+        raise AliError(f"this model is conditional on {model.label_dim} {what}; the data's "
+                       f"labels have shape {list(y.shape)}")
+    if not model.attributes and len(y) and (int(y.min()) < 0 or int(y.max()) >= model.label_dim):
+        raise AliError(f"this model is conditional on {model.label_dim} classes; the data's "
+                       f"labels run from {int(y.min())} to {int(y.max())}")
+    if n is not None and len(y) != n:
+        raise AliError(f"{len(y)} labels for {n} examples")
+    return y.cpu()

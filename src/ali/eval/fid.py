@@ -11,7 +11,7 @@ al., 2018) between two sets of features, and the feature networks that produce t
 A feature network maps float images (B, C, H, W) in [0, 1] to (B, D) features:
 ``inception`` (the standard pool3 features of pytorch-fid's InceptionV3 weights, see
 :mod:`ali.eval.inception`), ``classifier`` (the penultimate layer of the project's pixel
-classifier, :mod:`ali.eval.classifier`) or the path of a TorchScript file.
+classifier, :mod:`ali.eval.pixel_classifier`) or the path of a TorchScript file.
 """
 
 from __future__ import annotations

@@ -42,10 +42,12 @@ def _variant(default: str):
     return lambda o: None if o.features == default else o.features
 
 
-def _features(ctx: EvalContext, kind: str, data: Any, idx=None):
+def _features(ctx: EvalContext, kind: str, data: Any, labels: Any, idx=None):
+    """Features of ``data`` (items ``idx``); a conditional model encodes each example with
+    its own label."""
     from .features import extract
 
-    return extract(ctx.model, ctx.nets, data, kind, idx, ctx.device)
+    return extract(ctx.model, ctx.nets, data, kind, idx, ctx.device, labels=labels)
 
 
 @metric("svm", "the paper's L2-SVM protocol on encoder features (error %, mean/std)",
@@ -73,8 +75,9 @@ def svm(ctx: EvalContext, o: argparse.Namespace) -> dict[str, Any]:
     S.require_sklearn()
     y_tr, y_te = _class_labels(ctx, "--metric svm")
     d = ctx.dataset
-    f_te = _features(ctx, o.features, d.test).numpy()
-    res = S.run(lambda idx: _features(ctx, o.features, d.train, idx).numpy(), y_tr, f_te, y_te,
+    f_te = _features(ctx, o.features, d.test, d.test_labels).numpy()
+    res = S.run(lambda idx: _features(ctx, o.features, d.train, d.train_labels, idx).numpy(),
+                y_tr, f_te, y_te,
                 o.labels, o.repeats, o.val_size, grid, ctx.seed, o.max_iter, ctx.log)
     return {"error_mean": res.pop("error_mean"), "error_std": res.pop("error_std"),
             "labels": res.pop("labels"), "repeats": res.pop("repeats"),
@@ -99,8 +102,8 @@ def knn(ctx: EvalContext, o: argparse.Namespace) -> dict[str, Any]:
         rng = np.random.default_rng(ctx.seed)
         idx = np.sort(balanced_subset(y_tr, idx, o.labels, np.unique(y_tr[idx]), rng))
     d = ctx.dataset
-    f_tr = _features(ctx, o.features, d.train, idx)
-    f_te = _features(ctx, o.features, d.test)
+    f_tr = _features(ctx, o.features, d.train, d.train_labels, idx)
+    f_te = _features(ctx, o.features, d.test, d.test_labels)
     acc = K.accuracy(f_tr, torch.as_tensor(y_tr[idx]), f_te, torch.as_tensor(y_te), o.distance)
     return {"accuracy": acc, "features": o.features, "distance": o.distance,
             "train_size": int(len(idx)), "test_size": int(len(y_te)),
@@ -131,7 +134,7 @@ def recon(ctx: EvalContext, o: argparse.Namespace) -> dict[str, Any]:
     from .recon import reconstructions, scores
 
     x, y = _held_out(ctx, o.n)
-    x, rec = reconstructions(ctx.model, x, o.mean, ctx.device)
+    x, rec = reconstructions(ctx.model, x, o.mean, ctx.device, labels=y)
     images = x.dim() == 4
     classify = None
     extra: dict[str, Any] = {}
@@ -164,6 +167,7 @@ def _feature_net(ctx: EvalContext, spec: str, classifier: str | None):
 def _sample_and_real(ctx: EvalContext, o: argparse.Namespace):
     import torch
 
+    from ..viz import sample_conditions
     from .fid import embed
 
     x, _ = _held_out(ctx, o.n)
@@ -171,8 +175,12 @@ def _sample_and_real(ctx: EvalContext, o: argparse.Namespace):
         raise AliError("FID and KID need an image run")
     net = _feature_net(ctx, o.feature_net, o.classifier)
     model = ctx.model.eval()
-    # as many samples as held-out images; sample() runs without gradients
-    samples = torch.cat([model.sample(min(o.batch_size, len(x) - i)).float().cpu()
+    # As many samples as held-out images. A conditional model's are drawn under the conditions
+    # of the data: classes in turn, or the attribute vectors of random training images.
+    y = sample_conditions(model, ctx.dataset.train_labels, len(x),
+                          torch.Generator().manual_seed(ctx.seed))
+    samples = torch.cat([model.sample(min(o.batch_size, len(x) - i),
+                                      None if y is None else y[i:i + o.batch_size]).float().cpu()
                          for i in range(0, len(x), o.batch_size)])
     ctx.log(f"features of {len(x)} held-out images and {len(samples)} samples "
             f"({o.feature_net})")
@@ -209,3 +217,74 @@ def kid(ctx: EvalContext, o: argparse.Namespace) -> dict[str, Any]:
     mean, std = kernel(f_real, f_fake, o.subsets, o.subset_size, ctx.seed)
     return {"kid_mean": mean, "kid_std": std, "feature_net": o.feature_net, "n": len(f_real),
             "feature_dim": int(f_real.shape[1])}
+
+
+# The learning-with-labels experiments (sections 4.3-4.4).
+
+@metric("classify", "test error (%) of a semi-supervised run's K+1 discriminator",
+        option("--batch-size", type=int, default=500, help="images per forward pass"))
+def classify(ctx: EvalContext, o: argparse.Namespace) -> dict[str, Any]:
+    from .semi_supervised import classification_error
+
+    if not ctx.cfg.model.semi_supervised:
+        raise AliError(f"{ctx.run_dir} is not a semi-supervised run "
+                       "(train with --set model.semi_supervised=true)")
+    d = ctx.dataset
+    if d.test is None or d.test_labels is None or d.test_labels.ndim != 1:
+        raise AliError("classify needs a held-out split with class labels (data.test_split)")
+    err = classification_error(ctx.model, d.test, d.test_labels, o.batch_size)
+    return {"error": err, "n": len(d.test_labels)}
+
+
+@metric("conditional", "fraction of class-conditional samples the pixel classifier assigns to "
+                       "the class asked for",
+        option("--samples", type=int, default=1000, help="samples, the same number per class"),
+        option("--classifier", metavar="PATH",
+               help=CLASSIFIER.kwargs["help"]))
+def conditional(ctx: EvalContext, o: argparse.Namespace) -> dict[str, Any]:
+    import torch
+
+    model = ctx.model
+    if not model.conditional or model.attributes:
+        raise AliError(f"{ctx.run_dir} is not a class-conditional run "
+                       "(train with --set model.conditional=true on a dataset with classes)")
+    if o.samples < model.label_dim:
+        raise AliError(f"--samples must be at least the {model.label_dim} classes")
+    clf, meta = ctx.classifier(o.classifier)
+    torch.manual_seed(ctx.seed)
+    y = torch.arange(o.samples) % model.label_dim
+    hits = []
+    with torch.no_grad():
+        for i in range(0, o.samples, 500):
+            yb = y[i:i + 500].to(ctx.device)
+            x = model.sample(len(yb), yb)
+            hits.append(clf.predict(x).cpu() == yb.cpu())
+    hit = torch.cat(hits).float()
+    per_class = [float(hit[y == k].mean()) for k in range(model.label_dim)]
+    return {"accuracy": float(hit.mean()), "per_class": per_class, "samples": o.samples,
+            "diversity": _diversity(ctx, model), "classifier_accuracy": meta.get("accuracy")}
+
+
+def _diversity(ctx: EvalContext, model, per_class: int = 100) -> float | None:
+    """Mean over classes of (mean pixel distance between two samples of the class) / (the same
+    between two held-out images of the class): about 1 when p(x | y) is as varied as the data,
+    near 0 when the decoder ignores z (conditional mode collapse). None without held-out
+    labels."""
+    import torch
+
+    from .features import take
+
+    x, y = ctx.held_out()
+    if y is None or y.ndim != 1:
+        return None
+    ratios = []
+    with torch.no_grad():
+        for k in range(model.label_dim):
+            idx = torch.nonzero(y == k).flatten()[:per_class]
+            if len(idx) < 2:
+                continue
+            real = take(x, idx.numpy()).flatten(1)
+            yk = torch.full((per_class,), k, device=ctx.device)
+            fake = model.sample(per_class, yk).flatten(1).cpu()
+            ratios.append(float(torch.pdist(fake).mean() / torch.pdist(real).mean()))
+    return sum(ratios) / len(ratios) if ratios else None

@@ -17,23 +17,31 @@ import torch
 from torch import Tensor
 
 from ..model import GenerativeModel
-from .features import batches
+from ..errors import AliError
+from .features import batches, conditions
 
 
 @torch.no_grad()
 def reconstructions(model: GenerativeModel, data: Any, mean: bool = False,
-                    device: str | torch.device = "cpu", batch_size: int = 500
-                    ) -> tuple[Tensor, Tensor]:
-    """(originals, reconstructions), float in [0, 1] on the CPU, the model in eval mode."""
+                    device: str | torch.device = "cpu", batch_size: int = 500,
+                    labels: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """(originals, reconstructions), float in [0, 1] on the CPU, the model in eval mode.
+
+    ``labels``: the examples' labels, which a conditional model encodes and decodes each
+    example with (other models ignore them)."""
+    if model.encoder is None:
+        raise AliError(f"a {type(model).__name__} has no encoder: it cannot reconstruct")
+    ys = conditions(model, labels, None, len(data))
     was = model.training
     model.eval()
     xs, rs = [], []
     try:
-        for x in batches(data, size=batch_size):
+        for i, x in enumerate(batches(data, size=batch_size)):
             x = x.to(device)
-            z = model.encode_mean(x) if mean else model.encode(x)
+            y = None if ys is None else ys[i * batch_size:(i + 1) * batch_size].to(device)
+            z = model.encode_mean(x, y) if mean else model.encode(x, y)
             xs.append(x.cpu())
-            rs.append(model.decode(z).float().cpu())
+            rs.append(model.decode(z, y).float().cpu())
     finally:
         model.train(was)
     return torch.cat(xs), torch.cat(rs)

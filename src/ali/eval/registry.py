@@ -32,7 +32,7 @@ from typing import Any, Callable
 
 from ..errors import AliError
 
-MODULES = ("ali.eval.metrics", "ali.eval.labels")
+MODULES = ("ali.eval.metrics",)
 """Modules whose import registers metrics."""
 
 
@@ -186,7 +186,7 @@ class EvalContext:
     def classifier(self, path: str | Path | None = None, epochs: int = 10):
         """(the project's pixel classifier, its meta): from ``path`` (default
         ``RUN_DIR/eval/classifier.pt``), trained there first if it does not fit this data."""
-        from .classifier import load_or_train
+        from .pixel_classifier import load_or_train
 
         path = Path(path) if path else self.eval_dir / "classifier.pt"
         return load_or_train(path, self.dataset, self.cfg.data, self.seed, epochs, self.log)
@@ -206,7 +206,11 @@ def run_metric(ctx: EvalContext, name: str, opts: argparse.Namespace | None = No
 
     m = get(name)
     opts = resolve(m, opts or argparse.Namespace())
-    ctx.model  # noqa: B018 - a missing or broken run fails here, before any work
+    runs = getattr(ctx.model, "runs", 1)  # a missing or broken run fails here, before any work
+    if runs > 1:
+        raise AliError(f"{ctx.run_dir} holds {runs} models trained side by side (model.runs); "
+                       "ali eval scores one model (`ali train toy` prints each run's 2-D "
+                       "metrics)")
     t0 = time.perf_counter()
     torch.manual_seed(ctx.seed)
     result = m.func(ctx, opts)

@@ -1,0 +1,188 @@
+"""save_pretrained / ali.load: a model rebuilt from its own folder, without data or training
+config, is the same model; a damaged or foreign folder is refused in one line."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import ali
+from ali.config import get_config
+from ali.errors import CheckpointError
+from ali.model import PRETRAINED_CONFIG, PRETRAINED_WEIGHTS
+from ali.build import build_model
+
+from conftest import tiny_toy
+
+KINDS = ["ali", "gan", "gan_inverse", "gan_posthoc", "vae"]
+
+
+def _tiny_image(*over):
+    # No dataset: the label count is given, as resolve_labels would have filled it in.
+    return get_config("tiny", ["model.dropout=false", *over])
+
+
+VARIANTS = {
+    **{kind: (lambda k=kind: tiny_toy(f"model.kind={k}",
+                                      f"model.encoder={'gaussian' if k == 'vae' else 'noise'}"))
+       for kind in KINDS},
+    "ali_deterministic": lambda: tiny_toy("model.encoder=deterministic"),
+    "ali_runs3": lambda: tiny_toy("model.runs=3"),
+    "vae_runs3": lambda: tiny_toy("model.kind=vae", "model.encoder=gaussian", "model.runs=3"),
+    "ali_cycle_r1": lambda: tiny_toy("model.recon_weight=1", "model.r1_weight=0.1"),
+    "image_ali": lambda: _tiny_image(),
+    "image_gan_posthoc": lambda: _tiny_image("model.kind=gan_posthoc"),
+    "class_conditional": lambda: _tiny_image("model.conditional=true", "model.label_dim=3"),
+    "attribute_conditional": lambda: _tiny_image("model.conditional=true", "model.label_dim=4",
+                                                 "model.attributes=true"),
+    "semi_supervised": lambda: _tiny_image("model.semi_supervised=true", "model.label_dim=3"),
+}
+
+
+def _condition(model, n):
+    if not model.conditional:
+        return None
+    if model.attributes:
+        return (torch.arange(n * model.label_dim).view(n, -1) % 3 == 0).long()
+    return torch.arange(n) % model.label_dim
+
+
+def _outputs(model):
+    """sample, decode, encode_mean (where the model has an encoder) and the discriminator's
+    log-ratio, each from a fixed seed."""
+    n = 5
+    y = _condition(model, n)
+    torch.manual_seed(7)
+    out = {"sample": model.sample(n, y)}
+    torch.manual_seed(8)
+    z = model.sample_prior(n)
+    with torch.no_grad():
+        out["decode"] = model.decode(z, y)
+        x = out["decode"]
+        if model.encoder is not None:
+            out["encode_mean"] = model.encode_mean(x, y)
+            torch.manual_seed(9)
+            out["encode"] = model.encode(x, y)
+    return out
+
+
+def _perturbed(cfg):
+    """A model of ``cfg`` whose every parameter and buffer differs from a fresh build's (so a
+    loader that silently kept the fresh init would be caught)."""
+    model = build_model(cfg)
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for t in model.state_dict().values():
+            if t.is_floating_point():
+                t.add_(0.01 * torch.randn(t.shape, generator=g))
+    return model.eval()
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_round_trip_gives_the_same_model(variant, tmp_path):
+    model = _perturbed(VARIANTS[variant]())
+    model.save_pretrained(tmp_path / "m")
+    loaded = ali.load(tmp_path / "m")
+    assert type(loaded) is type(model) and not loaded.training
+    assert loaded.config == model.config
+    want, got = model.state_dict(), loaded.state_dict()
+    assert want.keys() == got.keys()
+    assert all(torch.equal(want[k], got[k]) for k in want)
+    a, b = _outputs(model), _outputs(loaded)
+    assert a.keys() == b.keys() and "sample" in a
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_a_run_folder_loads_its_latest_checkpoint(tmp_path):
+    from ali.train import load_run, train
+
+    cfg = tiny_toy("train.steps=2", "train.checkpoint_every=2")
+    train(cfg, run_dir=tmp_path / "run")
+    want, _, _ = load_run(tmp_path / "run")
+    got = ali.load(tmp_path / "run")
+    assert all(torch.equal(v, got.state_dict()[k]) for k, v in want.state_dict().items())
+    # and a run's model saved as a pretrained folder is the same model again
+    got.save_pretrained(tmp_path / "pre")
+    again = ali.load(tmp_path / "pre")
+    assert all(torch.equal(v, again.state_dict()[k]) for k, v in want.state_dict().items())
+    assert json.loads((tmp_path / "pre" / PRETRAINED_CONFIG).read_text())["model"] == \
+        json.loads((tmp_path / "run" / "config.json").read_text())["model"]
+
+
+@pytest.fixture
+def saved(tmp_path):
+    build_model(tiny_toy()).save_pretrained(tmp_path / "m")
+    return tmp_path / "m"
+
+
+def _damage(saved, how):
+    w, c = saved / PRETRAINED_WEIGHTS, saved / PRETRAINED_CONFIG
+    meta = json.loads(c.read_text())
+    if how == "truncated weights":
+        w.write_bytes(w.read_bytes()[:len(w.read_bytes()) // 2])
+    elif how == "corrupted header":
+        data = bytearray(w.read_bytes())
+        data[8:24] = b"\xff" * 16
+        w.write_bytes(bytes(data))
+    elif how == "empty weights":
+        w.write_bytes(b"")
+    elif how == "truncated config":
+        c.write_text(c.read_text()[:40])
+    elif how == "missing config":
+        c.unlink()
+    elif how == "foreign config":
+        c.write_text(json.dumps({"architectures": ["BertModel"]}))
+    elif how == "invalid model key":
+        meta["model"]["latent_dimm"] = 3
+        c.write_text(json.dumps(meta))
+    elif how == "config of another model":
+        meta["model"]["width"] = 32
+        c.write_text(json.dumps(meta))
+    elif how == "not a folder":
+        return w
+    elif how == "nothing there":
+        return saved / "nowhere"
+    elif how == "empty folder":
+        (saved / "empty").mkdir()
+        return saved / "empty"
+    return saved
+
+
+@pytest.mark.parametrize("how, says", [
+    ("truncated weights", "truncated or corrupted"),
+    ("corrupted header", "truncated or corrupted"),
+    ("empty weights", "truncated or corrupted"),
+    ("truncated config", "truncated or corrupted"),
+    ("missing config", "no config.json"),
+    ("foreign config", "not an ali saved model"),
+    ("invalid model key", "did you mean 'model.latent_dim'"),
+    ("config of another model", "does not fit"),
+    ("not a folder", "is a file"),
+    ("nothing there", "no saved model"),
+    ("empty folder", "neither a saved model"),
+])
+def test_a_damaged_or_foreign_folder_is_refused_in_one_line(saved, how, says):
+    with pytest.raises(CheckpointError) as e:
+        ali.load(_damage(saved, how))
+    assert says in str(e.value) and "\n" not in str(e.value)
+
+
+def test_the_cli_reports_a_damaged_model_in_one_line(saved, tmp_path):
+    (saved / PRETRAINED_WEIGHTS).write_bytes(b"\x00" * 10)
+    proc = subprocess.run([sys.executable, "-c", "import sys, ali.cli; sys.exit(ali.cli.main("
+                           f"['sample', {str(saved)!r}]))"], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("ali: error:") and proc.stderr.count("\n") == 1
+    assert "Traceback" not in proc.stderr
+
+
+def test_import_ali_does_not_import_torch():
+    proc = subprocess.run([sys.executable, "-c", "import sys, ali; print(ali.__version__); "
+                           "assert 'torch' not in sys.modules; assert callable(ali.load); "
+                           "ali.ALI; assert 'torch' in sys.modules"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
