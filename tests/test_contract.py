@@ -174,21 +174,7 @@ XFAIL = {
     "model.semi_supervised=true --set model.label_dim=2` -> ValueError 'a semi-supervised "
     "model needs a labelled batch'",
 }
-API_XFAIL = {
-    "sample-attributes": "model: model.sample(4) on an attribute-conditional model raises "
-                         "ValueError('an attribute-conditional model needs y ...'), not an "
-                         "AliError (nor a documented default)",
-    "encode": "model: model.encode(x) on a conditional model raises ValueError('this model is "
-              "conditional: give y'), not a one-line AliError",
-    "encode_mean": "model: model.encode_mean(x) on a conditional model raises ValueError, not "
-                   "an AliError",
-    "reconstruct": "model: model.reconstruct(x) on a conditional model raises ValueError, not "
-                   "an AliError",
-    "interpolate": "model: model.interpolate(x1, x2, 3) on a conditional model raises "
-                   "ValueError('... give y'), not an AliError",
-    "interpolate-one-y": "model: model.interpolate(x1, x2, 3, y1) (y2 missing) on a "
-                         "conditional model raises ValueError('... give y'), not an AliError",
-}
+API_XFAIL: dict[str, str] = {}
 
 
 # ---------------------------------------------------------------------------- running cells

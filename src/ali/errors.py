@@ -16,6 +16,11 @@ class ConfigError(AliError, ValueError):
     """An invalid configuration name, key, type or value."""
 
 
+class ConditionError(AliError, ValueError):
+    """A conditional model called without the condition y it needs (or an unconditional one
+    given a y)."""
+
+
 class DataError(AliError):
     """A dataset that is missing, truncated or malformed."""
 

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from . import losses as L
+from .errors import ConditionError
 from .nets.parts import (ConditionedNet, Conditioning, JointDiscriminator,  # noqa: F401
                          MarginalDiscriminator, StochasticEncoder, condition_vector)
 from .objectives import GEN_LOSS, JointGame, KPlusOneGame, Losses, Objective  # noqa: F401
@@ -91,10 +92,11 @@ class GenerativeModel(nn.Module):
         or () for an unconditional model."""
         if self.embed is None:
             if v is not None:
-                raise ValueError(f"{type(self).__name__} is not conditional: y must be None")
+                raise ConditionError(f"{type(self).__name__} is not conditional: y must be None")
             return ()
         if v is None:
-            raise ValueError("this model is conditional: give y (class indices or attributes)")
+            raise ConditionError("this model is conditional: give y (class indices (B,) or "
+                                 "0/1 attributes (B, K))")
         return (self.embed.embed(v, len(self.latent_shape) - 1),)
 
     def _cond(self, y: Tensor | None) -> tuple[Tensor, ...]:
@@ -265,6 +267,9 @@ class GenerativeModel(nn.Module):
         """
         if steps < 2:
             raise ValueError("interpolate needs steps >= 2")
+        if self.conditional and (y1 is None or y2 is None):
+            raise ConditionError("a conditional model interpolates between (x1, y1) and "
+                                 "(x2, y2): give y1 and y2")
         z1, z2 = self.encode(x1, y1), self.encode(x2, y2)
         t = torch.linspace(0, 1, steps, device=z1.device, dtype=z1.dtype)
         z = torch.lerp(z1, z2, t.view(steps, *([1] * z1.dim())))           # (steps, B, *latent)

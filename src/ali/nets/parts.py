@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ..errors import ConditionError
+
 
 class StochasticEncoder(nn.Module):
     """q(z | x) around an encoder network.
@@ -111,7 +113,7 @@ class JointDiscriminator(nn.Module):
         parts = [self.d_x(x), self.d_z(z)]              # (B, Cx, 1, 1), (B, Cz, 1, 1)
         if self.embed is not None:
             if y is None:
-                raise ValueError("this discriminator is conditional: give y")
+                raise ConditionError("this discriminator is conditional: give y")
             e = self.embed(y)                            # (B, E)
             parts.append(e.view(*e.shape, *([1] * (parts[0].dim() - 2))))
         h = torch.cat(parts, dim=self.cat_dim)
@@ -156,5 +158,6 @@ class Conditioning(nn.Linear):
         """Classes 0..K-1 in turn, one per row of ``n`` samples; an attribute-conditional
         model has no default (every attribute vector is as good as another)."""
         if self.attributes:
-            raise ValueError("an attribute-conditional model needs y: (n, K) 0/1 attributes")
+            raise ConditionError("an attribute-conditional model needs y: (n, K) 0/1 attributes "
+                                 "(every attribute vector is as good a default as another)")
         return torch.arange(n, device=device) % self.label_dim
