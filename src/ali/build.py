@@ -36,7 +36,7 @@ def build_model(cfg: Config | ModelConfig) -> GenerativeModel:
         model = GANPostHoc(nets.encoder(m), nets.decoder(m), nets.discriminator(m, joint=False),
                            nets.discriminator(m, joint=True), lat, objective, m.runs)
     elif m.kind == "vae":
-        likelihood = "gaussian" if m.nets == "toy" else "bernoulli"
+        likelihood = "bernoulli" if m.images else "gaussian"
         model = VAE(nets.encoder(m), nets.decoder(m), lat, nets.data_shape(m), objective,
                     likelihood=likelihood, runs=m.runs)
     else:

@@ -129,7 +129,7 @@ def _run_and_held_out(args: argparse.Namespace, n: int, what: str):
     from .viz import held_out, held_out_labels
 
     model, cfg, _ = load_run(args.run_dir)
-    if cfg.model.nets == "toy":
+    if not cfg.model.images:
         raise AliError(f"{args.run_dir} is a 2-D run; use `ali toy` or `ali train toy` for its "
                        "figures")
     if model.encoder is None:
@@ -162,7 +162,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
 
     model, model_cfg, step, cfg = _load_for_sampling(args.run_dir)
     torch.manual_seed(args.seed)
-    if model_cfg.nets == "toy":
+    if not model_cfg.images:
         raise AliError(f"{args.run_dir} is not an image run")
     if (args.condition or args.vary) and not model.conditional:
         raise AliError(f"{args.run_dir} is not a conditional run (model.conditional=true)")

@@ -132,6 +132,8 @@ SECTIONS_OF_KIND = {"ali": ("cycle", "r1", "conditional", "semi_supervised"),
                     "gan": ("r1",), "gan_inverse": ("r1",), "gan_posthoc": ("r1",), "vae": ()}
 EXCLUSIVE = {"semi_supervised": ("conditional", "cycle", "r1")}
 LABELLED_SECTIONS = ("conditional", "semi_supervised")
+POINT_FAMILIES = ("toy",)
+"""Network families on 2-D points rather than images."""
 
 
 @dataclass(frozen=True)
@@ -209,12 +211,17 @@ class ModelConfig:
                 _check(getattr(self, other) is None,
                        f"model.{key} cannot be combined with model.{other}; add --set "
                        f"model.{other}=off")
-            _check(key not in LABELLED_SECTIONS or self.nets != "toy",
+            _check(key not in LABELLED_SECTIONS or self.images,
                    f"model.{key} needs image networks (model.nets={self.nets} is the 2-D "
                    "family)")
         if self.kind == "vae":
             _check(self.encoder == "gaussian",
                    "model.kind=vae needs model.encoder=gaussian (the KL term needs mu and sigma)")
+
+    @property
+    def images(self) -> bool:
+        """Whether the networks take images (every family but the 2-D one, ``toy``)."""
+        return self.nets not in POINT_FAMILIES
 
     # The model's labels, wherever they live: what the networks and the data pipeline need.
     @property

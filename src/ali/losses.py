@@ -23,24 +23,25 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
-def full(t: Tensor) -> Tensor:
+def fp32(t: Tensor) -> Tensor:
     """``t`` in fp32 when it is in a half precision (mixed-precision forward), else as it is."""
     return t.float() if t.dtype in (torch.bfloat16, torch.float16) else t
 
 
-def _batch_mean_run_sum(t: Tensor) -> Tensor:
+def batch_mean_run_sum(t: Tensor) -> Tensor:
+    """Average a (B, R) per-example term over the batch and sum it over runs."""
     return t.mean(0).sum()
 
 
 def discriminator_loss(s_q: Tensor, s_p: Tensor) -> Tensor:
     """-E_q[log D(x, z_hat)] - E_p[log(1 - D(x_tilde, z))]."""
-    return _batch_mean_run_sum(F.softplus(-s_q) + F.softplus(s_p))
+    return batch_mean_run_sum(F.softplus(-s_q) + F.softplus(s_p))
 
 
 def generator_loss(s_q: Tensor, s_p: Tensor, kind: str = "nonsaturating") -> Tensor:
     """The encoder/decoder loss: Eq. 4 (``nonsaturating``) or minus Eq. 1 (``saturating``)."""
     if kind == "nonsaturating":
-        return _batch_mean_run_sum(F.softplus(s_q) + F.softplus(-s_p))
+        return batch_mean_run_sum(F.softplus(s_q) + F.softplus(-s_p))
     if kind == "saturating":
         return -discriminator_loss(s_q, s_p)
     raise ValueError(f"unknown generator loss {kind!r}")
@@ -74,11 +75,6 @@ def per_example_sum(t: Tensor, runs: int = 1) -> Tensor:
     return t.flatten(2).sum(-1) if runs > 1 else t.flatten(1).sum(-1, keepdim=True)
 
 
-def batch_mean_run_sum(t: Tensor) -> Tensor:
-    """Average a (B, R) per-example term over the batch and sum it over runs."""
-    return _batch_mean_run_sum(t)
-
-
 def r1_penalty(s_real: Tensor, inputs: list[Tensor], runs: int = 1) -> Tensor:
     """The zero-centred gradient penalty R1 of Mescheder et al. (2018) on the discriminator's
     'real' inputs: E ||d s_real / d inputs||^2, over all of ``inputs`` (for ALI both halves of
@@ -87,25 +83,25 @@ def r1_penalty(s_real: Tensor, inputs: list[Tensor], runs: int = 1) -> Tensor:
     The graph is kept (``create_graph``) so the penalty can be differentiated w.r.t. the
     discriminator's parameters. An input that does not reach ``s_real`` contributes zero.
     """
-    grads = torch.autograd.grad(full(s_real).sum(), inputs, create_graph=True,
+    grads = torch.autograd.grad(fp32(s_real).sum(), inputs, create_graph=True,
                                 allow_unused=True)
-    total = sum(per_example_sum(full(g).pow(2), runs) for g in grads if g is not None)
+    total = sum(per_example_sum(fp32(g).pow(2), runs) for g in grads if g is not None)
     return batch_mean_run_sum(total)
 
 
 def gaussian_kl(mu: Tensor, log_sigma: Tensor) -> Tensor:
     """KL(N(mu, sigma^2) || N(0, 1)) elementwise, in fp32."""
-    mu, log_sigma = full(mu), full(log_sigma)
+    mu, log_sigma = fp32(mu), fp32(log_sigma)
     return 0.5 * (mu.pow(2) + (2 * log_sigma).exp() - 1) - log_sigma
 
 
 def gaussian_nll(x: Tensor, mean: Tensor, log_sigma: Tensor) -> Tensor:
     """-log N(x; mean, sigma^2) elementwise, in fp32."""
-    x, mean, log_sigma = full(x), full(mean), full(log_sigma)
+    x, mean, log_sigma = fp32(x), fp32(mean), fp32(log_sigma)
     return 0.5 * ((x - mean) * (-log_sigma).exp()).pow(2) + log_sigma + 0.5 * math.log(2 * math.pi)
 
 
 def bernoulli_nll(x: Tensor, mean: Tensor, eps: float = 1e-7) -> Tensor:
     """-log Bernoulli(x; mean) elementwise for x in [0, 1], in fp32 (1 - 1e-7 is 1 in bf16)."""
-    x, mean = full(x), full(mean).clamp(eps, 1 - eps)
+    x, mean = fp32(x), fp32(mean).clamp(eps, 1 - eps)
     return -(x * mean.log() + (1 - x) * (1 - mean).log())

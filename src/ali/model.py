@@ -213,7 +213,7 @@ class GenerativeModel(nn.Module):
         y_k = None if y is None else y.repeat_interleave(oversample, dim=0)
         z = self.sample_prior(n * oversample)                       # (nK, *latent)
         x = self.decode(z, y_k)                                     # (nK, *data)
-        logits = L.full(self.log_ratio(x, z, y_k)).reshape(n, oversample, -1)  # (n, K, R)
+        logits = L.fp32(self.log_ratio(x, z, y_k)).reshape(n, oversample, -1)  # (n, K, R)
         pick = torch.multinomial(logits.transpose(1, 2).reshape(-1, oversample).softmax(-1), 1)
         pick = pick.view(n, 1, -1, 1)                               # (n, 1, R, 1)
         runs = pick.shape[2]
@@ -307,7 +307,7 @@ class ALI(GenerativeModel):
         discriminator logsumexp of the class logits (the fake logit is fixed at 0); for a
         conditional model, of the pairs under condition y."""
         v = self.embed.vector(y) if y is not None and self.embed is not None else y
-        s = L.full(self.discriminator(x, z) if v is None else self.discriminator(x, z, v))
+        s = L.fp32(self.discriminator(x, z) if v is None else self.discriminator(x, z, v))
         if self.semi_supervised:                                    # s: (B, K)
             return s.logsumexp(1)
         return s.squeeze(1) if self.runs == 1 else s

@@ -152,7 +152,7 @@ def _adversarial(out: Losses, s_q: Tensor, s_p: Tensor, gen_loss: str,
                  with_d: bool = True) -> None:
     """Algorithm 1's losses on logits of the 'real' pairs ``s_q`` and the 'fake' ones ``s_p``
     (B, R), in fp32 whatever the precision of the forward pass."""
-    s_q, s_p = L.full(s_q), L.full(s_p)
+    s_q, s_p = L.fp32(s_q), L.fp32(s_p)
     if with_d:
         out.add_d(L.discriminator_loss(s_q, s_p))
     out.add_g(L.generator_loss(s_q, s_p, gen_loss))
@@ -208,7 +208,7 @@ class KPlusOneGame(Term):
         m, b = f.model, len(f.x)
         z_hat = m.encoder(torch.cat([f.x, x_l]))            # (B + Bl, *latent): one pass
         x_tilde = m.decoder(f.z)                            # (B, *data)
-        logits = L.full(m.discriminator(torch.cat([f.x, x_tilde, x_l]),
+        logits = L.fp32(m.discriminator(torch.cat([f.x, x_tilde, x_l]),
                                         torch.cat([z_hat[:b], f.z, z_hat[b:]])))  # (2B+Bl, K)
         l_q, l_p, l_l = logits.split([b, b, len(x_l)])
         f.s_q, f.s_p = l_q.logsumexp(1, keepdim=True), l_p.logsumexp(1, keepdim=True)  # (B, 1)
@@ -227,7 +227,7 @@ class Cycle(Term):
         self.weight = weight
 
     def __call__(self, f: Forward, out: Losses) -> None:
-        sse = L.per_example_sum((f.x - L.full(f.x_rec)).pow(2), f.runs)   # (B, R)
+        sse = L.per_example_sum((f.x - L.fp32(f.x_rec)).pow(2), f.runs)   # (B, R)
         cycle = L.batch_mean_run_sum(sse)
         out.add_g(self.weight * cycle)
         out.stats["recon_sse"] = cycle.detach() / f.runs

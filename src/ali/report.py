@@ -124,7 +124,7 @@ def render_interpolations(run_dir: Path) -> str | None:
 
     try:
         model, cfg, _ = load_run(run_dir)
-        if cfg.model.nets == "toy" or model.encoder is None:
+        if not cfg.model.images or model.encoder is None:
             return None
         data = load_dataset(cfg.data)
         x = held_out(data, 16)
