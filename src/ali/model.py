@@ -14,9 +14,11 @@ of composable loss terms. The training engine calls :meth:`GenerativeModel.sched
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 from pathlib import Path
+from typing import Iterator
 
 import torch
 from torch import Tensor, nn
@@ -26,6 +28,18 @@ from .errors import ConditionError
 from .nets.parts import (ConditionedNet, Conditioning, JointDiscriminator,  # noqa: F401
                          MarginalDiscriminator, StochasticEncoder, condition_vector)
 from .objectives import GEN_LOSS, JointGame, KPlusOneGame, Losses, Objective  # noqa: F401
+
+@contextlib.contextmanager
+def evaluating(module: nn.Module) -> Iterator[nn.Module]:
+    """``module`` in evaluation mode for the ``with`` block, then back in the mode it was in
+    (also when the block raises): how evaluation code borrows a model that may be training."""
+    was = module.training
+    module.eval()
+    try:
+        yield module
+    finally:
+        module.train(was)
+
 
 PRETRAINED_WEIGHTS = "model.safetensors"
 PRETRAINED_CONFIG = "config.json"

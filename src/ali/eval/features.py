@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from ..data import take
 from ..errors import AliError
-from ..model import GenerativeModel
+from ..model import GenerativeModel, evaluating
 from ..nets.parts import ConditionedNet
 from . import FEATURE_KINDS as KINDS
 
@@ -107,14 +107,10 @@ def extract(model: GenerativeModel | None, nets: str, data: Any, kind: str = "en
         raise AliError(f"a {type(model).__name__} has no encoder to take features from")
     layers = svm_layers(model, nets) if kind == "encoder" else []
     ys = conditions(model, labels, idx, len(data) if idx is None else len(idx))
-    was_training = model.training
-    model.eval()
-    try:
+    with evaluating(model):
         for i, x in enumerate(batches(data, idx, batch_size)):
             y = None if ys is None else ys[i * batch_size:(i + 1) * batch_size].to(device)
             out.append(encoder_features(model, x.to(device), layers, y).float().cpu())
-    finally:
-        model.train(was_training)
     return torch.cat(out)
 
 

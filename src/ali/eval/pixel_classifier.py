@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import AliError
+from ..model import evaluating
 from .features import batches, take
 
 FEATURE_DIM = 128
@@ -63,13 +64,11 @@ class PixelClassifier(nn.Module):
     @torch.no_grad()
     def predict(self, x: Tensor, batch_size: int = 500) -> Tensor:
         """Class indices (B,), or 0/1 attributes (B, K) for a multi-label classifier."""
-        was = self.training
-        self.eval()
         out = []
-        for xb in batches(x, size=batch_size):
-            logits = self(xb.to(next(self.parameters()).device)).cpu()
-            out.append((logits > 0).long() if self.multilabel else logits.argmax(1))
-        self.train(was)
+        with evaluating(self):
+            for xb in batches(x, size=batch_size):
+                logits = self(xb.to(next(self.parameters()).device)).cpu()
+                out.append((logits > 0).long() if self.multilabel else logits.argmax(1))
         return torch.cat(out)
 
 

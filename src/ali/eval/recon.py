@@ -16,7 +16,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-from ..model import GenerativeModel
+from ..model import GenerativeModel, evaluating
 from ..errors import AliError
 from .features import batches, conditions
 
@@ -32,18 +32,14 @@ def reconstructions(model: GenerativeModel, data: Any, mean: bool = False,
     if model.encoder is None:
         raise AliError(f"a {type(model).__name__} has no encoder: it cannot reconstruct")
     ys = conditions(model, labels, None, len(data))
-    was = model.training
-    model.eval()
     xs, rs = [], []
-    try:
+    with evaluating(model):
         for i, x in enumerate(batches(data, size=batch_size)):
             x = x.to(device)
             y = None if ys is None else ys[i * batch_size:(i + 1) * batch_size].to(device)
             z = model.encode_mean(x, y) if mean else model.encode(x, y)
             xs.append(x.cpu())
             rs.append(model.decode(z, y).float().cpu())
-    finally:
-        model.train(was)
     return torch.cat(xs), torch.cat(rs)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..model import GenerativeModel
+from ..model import GenerativeModel, evaluating
 
 
 @torch.no_grad()
@@ -16,11 +16,10 @@ def predict(model: GenerativeModel, x: Tensor, batch_size: int = 500) -> Tensor:
         raise TypeError("only a semi-supervised run (model.semi_supervised=true) classifies")
     from .features import batches
 
-    was_training = model.training
-    model.eval()
     device = next(model.parameters()).device
-    out = [model.classify(xb.to(device)).argmax(1).cpu() for xb in batches(x, size=batch_size)]
-    model.train(was_training)
+    with evaluating(model):
+        out = [model.classify(xb.to(device)).argmax(1).cpu()
+               for xb in batches(x, size=batch_size)]
     return torch.cat(out) if out else torch.empty(0, dtype=torch.long)
 
 
