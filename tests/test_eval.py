@@ -12,7 +12,7 @@ from ali.config import get_config
 from ali.eval import fid as F
 from ali.eval import knn, recon, registry, svm
 from ali.eval.pixel_classifier import train_classifier
-from ali.eval.features import extract, svm_layers
+from ali.eval.features import extract
 from ali.build import build_model
 from ali.report import tensorboard_hook
 
@@ -38,7 +38,7 @@ def test_encoder_features_are_mu_plus_post_bn_pre_activation():
     x = torch.rand(5, 3, 8, 8)
     f = extract(model, "tiny", x)
     assert f.shape == (5, 4 + 8 * 3 * 3 + 16)               # mu + encoder[0] + encoder[1]
-    names = [n for n, _ in svm_layers(model, "tiny")]
+    names = [n for n, _ in model.feature_layers()]
     assert names == ["encoder[0] k4s2-8 bn", "encoder[1] k3s1-16 bn"]
     b0 = model.encoder.net[0]
     with torch.no_grad():

@@ -186,3 +186,60 @@ def test_import_ali_does_not_import_torch():
                            "ali.ALI; assert 'torch' in sys.modules"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
+
+
+# ---------------------------------------------------------------------------- features
+
+def _mnist_like(**kw):
+    from ali.build import build_model
+    return build_model(get_config("tiny", [f"{k}={v}" for k, v in kw.items()])).eval()
+
+
+def test_features_are_flat_detached_and_take_uint8_or_unit_floats():
+    model = _mnist_like()
+    x8 = torch.randint(0, 256, (7, 3, 8, 8), dtype=torch.uint8)
+    f = model.features(x8)
+    assert f.shape == (7, 4) and not f.requires_grad and f.dtype == torch.float32
+    f.numpy()                                                  # detached: numpy works
+    torch.testing.assert_close(model.features(x8.float() / 255), f)
+    torch.testing.assert_close(model.features(x8.numpy()), f)  # numpy in
+    # batching changes nothing (evaluation mode: batch norm on population statistics)
+    torch.testing.assert_close(model.features(x8, batch_size=2), f)
+    assert model.training is False
+    model.train()
+    model.features(x8)
+    assert model.training is True                              # the mode it was in
+    svm = model.features(x8, kind="svm")
+    assert svm.shape == (7, 4 + 8 * 3 * 3 + 16)                # mu + the family's svm layers
+    torch.testing.assert_close(svm[:, :4], model.eval().features(x8))
+
+
+@pytest.mark.parametrize("x, message", [
+    (torch.rand(2, 3, 16, 16), r"takes x of shape \(N, 3, 8, 8\); got \(2, 3, 16, 16\)"),
+    (torch.rand(2, 8, 8, 3), r"channels first: x.permute\(0, 3, 1, 2\)"),
+    (torch.rand(2, 3, 8, 8) * 255, r"pixels must be uint8 or floats in \[0, 1\].*divide by 255"),
+    (torch.zeros(2, 3, 8, 8, dtype=torch.int64), "must be uint8 or floating point"),
+])
+def test_features_refuse_a_mismatch_in_one_line(x, message):
+    from ali.errors import DataError
+    with pytest.raises(DataError, match=message) as e:
+        _mnist_like().features(x)
+    assert "\n" not in str(e.value)
+
+
+def test_features_of_a_model_without_encoder_or_without_y():
+    from ali.errors import AliError
+    with pytest.raises(AliError, match="has no encoder"):
+        _mnist_like(**{"model.kind": "gan"}).features(torch.rand(2, 3, 8, 8))
+    cond = _mnist_like(**{"model.conditional": "true", "model.label_dim": 3})
+    with pytest.raises(AliError, match="give y"):
+        cond.features(torch.rand(2, 3, 8, 8))
+    assert cond.features(torch.rand(2, 3, 8, 8), torch.tensor([0, 2])).shape == (2, 4)
+
+
+def test_ali_features_from_a_saved_folder(tmp_path):
+    import ali
+    model = _mnist_like()
+    model.save_pretrained(tmp_path / "m")
+    x = torch.randint(0, 256, (5, 3, 8, 8), dtype=torch.uint8)
+    torch.testing.assert_close(ali.features(tmp_path / "m", x), model.features(x))

@@ -21,6 +21,10 @@ class ConditionError(AliError, ValueError):
     given a y)."""
 
 
+class EncoderError(AliError, TypeError):
+    """Inference asked of a model that has no encoder (a GAN)."""
+
+
 class DataError(AliError):
     """A dataset that is missing, truncated or malformed."""
 

@@ -18,15 +18,19 @@ import contextlib
 import dataclasses
 import json
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import torch
 from torch import Tensor, nn
 
 from . import losses as L
-from .errors import ConditionError
+from .errors import ConditionError, DataError, EncoderError
+from .nets import family
 from .nets.parts import (ConditionedNet, Conditioning, JointDiscriminator,  # noqa: F401
                          MarginalDiscriminator, StochasticEncoder, condition_vector)
+if TYPE_CHECKING:
+    import numpy as np
+
 from .objectives import GEN_LOSS, JointGame, KPlusOneGame, Losses, Objective  # noqa: F401
 
 @contextlib.contextmanager
@@ -40,6 +44,11 @@ def evaluating(module: nn.Module) -> Iterator[nn.Module]:
     finally:
         module.train(was)
 
+
+FEATURE_KINDS = ("mu", "svm")
+"""What :meth:`GenerativeModel.features` returns: ``mu``, the encoder's point estimate, or
+``svm``, the paper's L2-SVM features (section 4.3): mu concatenated with the post-batch-norm,
+pre-activation outputs of the encoder blocks the network family names in ``svm_layers``."""
 
 PRETRAINED_WEIGHTS = "model.safetensors"
 PRETRAINED_CONFIG = "config.json"
@@ -125,6 +134,101 @@ class GenerativeModel(nn.Module):
         if self.embed is None:
             return None
         return self.embed.default(n, next(self.parameters()).device)
+
+    # ------------------------------------------------------------------ features
+    @property
+    def data_shape(self) -> tuple[int, ...] | None:
+        """The shape of one x the networks take, e.g. (1, 28, 28) or (2,) (None for a model not
+        built from a config)."""
+        if self.config is None:
+            return None
+        return tuple(family(self.config.nets).data_shape(self.config))
+
+    def feature_layers(self) -> list[tuple[str, nn.Module]]:
+        """(name, module) of the encoder layers whose outputs join mu in the ``svm`` features:
+        the batch norm of each block in the family's ``svm_layers`` (its conv where it has
+        none); empty for families that name none."""
+        enc = self._need_encoder()
+        fam = getattr(family(self.config.nets), "FAMILY", None) if self.config else None
+        picks = getattr(fam, "svm_layers", ())
+        if not picks:
+            return []
+        net = enc.net
+        # A conditional encoder is body + head around the embedded condition; the family's
+        # indices count the blocks of both.
+        blocks = [*net.body, *net.head] if isinstance(net, ConditionedNet) else net
+        out = []
+        for i in picks:
+            block = blocks[i]
+            where = "bn" if hasattr(block, "bn") else "conv"
+            spec = block.spec
+            out.append((f"encoder[{i}] k{spec.kernel}s{spec.stride}-{spec.maps} {where}",
+                        getattr(block, where)))
+        return out
+
+    def as_input(self, x: Tensor | "np.ndarray") -> Tensor:
+        """``x`` checked against the networks' data shape and range and made float: uint8
+        images become [0, 1]; float images must already be in [0, 1]. One-line
+        :class:`~ali.errors.DataError` on a mismatch."""
+        x = torch.as_tensor(x)
+        want = self.data_shape
+        if want is not None and tuple(x.shape[1:]) != want:
+            hint = (" (channels first: x.permute(0, 3, 1, 2))" if x.dim() == 4 and len(want) == 3
+                    and tuple(x.shape[1:]) == (*want[1:], want[0]) else "")
+            raise DataError(f"this model takes x of shape (N, {', '.join(map(str, want))}); got "
+                            f"{tuple(x.shape)}{hint}")
+        images = want is None or len(want) >= 3
+        if x.dtype == torch.uint8:
+            return x.float() / 255 if images else x.float()
+        if not x.is_floating_point():
+            raise DataError(f"x must be uint8 or floating point; got {x.dtype}")
+        if images and len(x) and (float(x.min()) < 0 or float(x.max()) > 1):
+            raise DataError(f"image pixels must be uint8 or floats in [0, 1]; got values in "
+                            f"[{float(x.min()):.4g}, {float(x.max()):.4g}] (divide by 255?)")
+        return x.float()
+
+    @torch.no_grad()
+    def features(self, x: Tensor | "np.ndarray", y: Tensor | None = None, kind: str = "mu",
+                 batch_size: int = 500) -> Tensor:
+        """Flat, detached encoder features of ``x``: (N, D) float32 on the model's device.
+
+        Args:
+            x: (N, *data_shape) images as uint8 or floats in [0, 1] (2-D points as floats),
+                a tensor or a numpy array; checked against the model (one-line error).
+            y: a conditional model's labels of x (each example is encoded with its own).
+            kind: ``mu`` (the encoder's point estimate) or ``svm`` (mu plus the paper's
+                L2-SVM layers, see :data:`FEATURE_KINDS`).
+            batch_size: examples per forward pass.
+
+        The model is in evaluation mode for the call (batch norm on population statistics).
+        Example::
+
+            f = model.features(images_uint8)            # (N, latent_dim)
+            LogisticRegression().fit(f.cpu().numpy(), labels)
+        """
+        if kind not in FEATURE_KINDS:
+            raise DataError(f"unknown features {kind!r} (known: {', '.join(FEATURE_KINDS)})")
+        self._need_encoder()
+        x = self.as_input(x)
+        device = next(self.parameters()).device
+        layers = self.feature_layers() if kind == "svm" else []
+        out = []
+        with evaluating(self):
+            for i in range(0, len(x), batch_size):
+                xb = x[i:i + batch_size].to(device)
+                yb = None if y is None else torch.as_tensor(y)[i:i + batch_size].to(device)
+                captured: list[Tensor] = []
+                handles = [m.register_forward_hook(
+                    lambda mod, inp, o: captured.append(o.flatten(1))) for _, m in layers]
+                try:
+                    mu = self.encode_mean(xb, yb).flatten(1)            # (B, L)
+                finally:
+                    for h in handles:
+                        h.remove()
+                out.append(torch.cat([mu, *captured], dim=1).float())   # (B, D)
+        if not out:
+            return torch.empty(0, 0, device=device)
+        return torch.cat(out)
 
     # ------------------------------------------------------------------ saving
     def save_pretrained(self, directory: str | Path) -> Path:
@@ -254,7 +358,7 @@ class GenerativeModel(nn.Module):
     # ------------------------------------------------------------------ q(x, z)
     def _need_encoder(self) -> StochasticEncoder:
         if self.encoder is None:
-            raise TypeError(f"{type(self).__name__} has no encoder")
+            raise EncoderError(f"a {type(self).__name__} has no encoder")
         return self.encoder
 
     def encode(self, x: Tensor, y: Tensor | None = None) -> Tensor:

@@ -16,7 +16,7 @@ from typing import Any
 
 from .errors import AliError, CheckpointError, ConfigError
 
-__all__ = ["load", "is_pretrained"]
+__all__ = ["features", "load", "is_pretrained"]
 
 
 def _one_line(e: BaseException, limit: int = 200) -> str:
@@ -115,3 +115,21 @@ def _load_pretrained(path: Path, device: str) -> Any:
         raise CheckpointError(f"{weights} does not fit the model of its config.json: "
                               f"{_one_line(e)}") from None
     return model.to(device).eval()
+
+
+def features(model: Any, x: Any, y: Any = None, kind: str = "mu", device: str = "cpu",
+             batch_size: int = 500) -> Any:
+    """Encoder features of ``x`` from a model, a saved model folder or a run folder: the
+    three-line route from a trained ALI to scikit-learn.
+
+    ``model`` may be a :class:`~ali.model.GenerativeModel` or a path for :func:`load` (loaded
+    on ``device``); the rest is :meth:`~ali.model.GenerativeModel.features`: (N, D) float32,
+    detached, on the model's device. Example::
+
+        import ali
+        f = ali.features("runs/mnist", images_uint8).numpy()   # (N, 32)
+        LogisticRegression(max_iter=1000).fit(f, labels)
+    """
+    if isinstance(model, (str, Path)):
+        model = load(model, device)
+    return model.features(x, y, kind, batch_size)

@@ -1,9 +1,10 @@
 """Features of images for the evaluation metrics.
 
-- ``encoder``: the paper's L2-SVM features (section 4.3, as the original code computed them):
-  mu of q(z|x) concatenated with the post-batch-norm, pre-activation outputs of the encoder
-  blocks its family names in ``svm_layers`` (:class:`~ali.nets.conv.ConvFamily`), flattened,
-  with the model in evaluation mode so batch norm uses its population statistics. For SVHN and
+- ``encoder``: the paper's L2-SVM features (section 4.3, as the original code computed them;
+  :meth:`~ali.model.GenerativeModel.features` with ``kind="svm"``): mu of q(z|x) concatenated
+  with the post-batch-norm, pre-activation outputs of the encoder blocks its family names in
+  ``svm_layers`` (:class:`~ali.nets.conv.ConvFamily`), flattened, with the model in evaluation
+  mode so batch norm uses its population statistics. For SVHN and
   CIFAR-10 these are the k4s2-256 (256x4x4), k4s1-512 and k1-512 layers: 5,376 numbers for SVHN.
 - ``mu``: mu alone (the encoder's point estimate, :meth:`~ali.model.GenerativeModel.encode_mean`).
 - ``pixels``: the raw pixels in [0, 1], the baseline.
@@ -18,16 +19,14 @@ from typing import Any, Iterator
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from ..data import take
 from ..errors import AliError
-from ..model import GenerativeModel, evaluating
-from ..nets.parts import ConditionedNet
+from ..model import GenerativeModel
 from . import FEATURE_KINDS as KINDS
 
-__all__ = ["BATCH", "batches", "conditions", "encoder_features", "extract", "svm_layers",
-           "take"]
+__all__ = ["BATCH", "batches", "conditions", "extract", "take"]
 
 BATCH = 500
 
@@ -38,50 +37,6 @@ def batches(data: Any, idx: np.ndarray | None = None, size: int = BATCH) -> Iter
     for start in range(0, n, size):
         part = slice(start, start + size) if idx is None else idx[start:start + size]
         yield take(data, part)
-
-
-def svm_layers(model: GenerativeModel, nets: str) -> list[tuple[str, nn.Module]]:
-    """(name, module) of the encoder layers whose outputs join mu in the ``encoder`` features:
-    the batch norm of each block in the family's ``svm_layers`` (its conv where it has none)."""
-    from ..nets import family
-
-    fam = getattr(family(nets), "FAMILY", None)
-    picks = getattr(fam, "svm_layers", ())
-    if model.encoder is None:
-        raise AliError(f"a {type(model).__name__} has no encoder to take features from")
-    net = model.encoder.net
-    # A conditional encoder is body + head around the embedded condition; the family's
-    # indices count the blocks of both.
-    blocks = ([*net.body, *net.head] if isinstance(net, ConditionedNet) else net) if picks \
-        else []
-    out = []
-    for i in picks:
-        block = blocks[i]
-        where = "bn" if hasattr(block, "bn") else "conv"
-        spec = block.spec
-        out.append((f"encoder[{i}] k{spec.kernel}s{spec.stride}-{spec.maps} {where}",
-                    getattr(block, where)))
-    return out
-
-
-@torch.no_grad()
-def encoder_features(model: GenerativeModel, x: Tensor,
-                     layers: list[tuple[str, nn.Module]] | None = None,
-                     y: Tensor | None = None) -> Tensor:
-    """mu(x) (mu(x, y) for a conditional model, ``y`` the examples' own labels) concatenated
-    with the flattened outputs of ``layers`` (forward hooks): (B, D).
-
-    The caller puts the model in evaluation mode (population batch-norm statistics).
-    """
-    captured: list[Tensor] = []
-    handles = [m.register_forward_hook(lambda mod, inp, out: captured.append(out.flatten(1)))
-               for _, m in (layers or [])]
-    try:
-        mu = model.encode_mean(x, y).flatten(1)
-    finally:
-        for h in handles:
-            h.remove()
-    return torch.cat([mu, *captured], dim=1)
 
 
 @torch.no_grad()
@@ -105,12 +60,11 @@ def extract(model: GenerativeModel | None, nets: str, data: Any, kind: str = "en
         raise AliError(f"features {kind!r} need a model")
     if model.encoder is None:
         raise AliError(f"a {type(model).__name__} has no encoder to take features from")
-    layers = svm_layers(model, nets) if kind == "encoder" else []
     ys = conditions(model, labels, idx, len(data) if idx is None else len(idx))
-    with evaluating(model):
-        for i, x in enumerate(batches(data, idx, batch_size)):
-            y = None if ys is None else ys[i * batch_size:(i + 1) * batch_size].to(device)
-            out.append(encoder_features(model, x.to(device), layers, y).float().cpu())
+    which = "svm" if kind == "encoder" else "mu"
+    for i, x in enumerate(batches(data, idx, batch_size)):
+        y = None if ys is None else ys[i * batch_size:(i + 1) * batch_size]
+        out.append(model.features(x, y, which, batch_size).cpu())
     return torch.cat(out)
 
 
