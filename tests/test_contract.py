@@ -127,6 +127,7 @@ METRIC_OPTIONS = {
     "fid": ["--feature-net", "classifier"],
     "kid": ["--feature-net", "classifier", "--subsets", "2", "--subset-size", "8"],
     "conditional": ["--samples", "20"],
+    "anomaly": ["--normal-class", "0"],
 }
 COMMANDS = ["resume", "bench", "arch", "sample", "sample-condition", "reconstruct", "interpolate",
             *(f"eval-{m}" for m in METRICS), "report", "pretrained"]
@@ -159,6 +160,13 @@ def expect(s: Setup, cmd: str) -> str:
         return "not a class-conditional run"
     if cmd in ("eval-svm", "eval-knn") and s.attributes:
         return "class labels"
+    if cmd == "eval-anomaly":
+        if not s.encoder:
+            return "no encoder"
+        if s.kind not in ("ali", "gan_posthoc"):     # its default score needs D(x, z)
+            return "no joint discriminator"
+        if s.attributes:
+            return "class labels"
     return "ok"
 
 

@@ -311,6 +311,9 @@ class DataConfig:
     """DataLoader worker processes for streamed data (0 decodes in the training process)."""
     verify: bool = True
     """Check the official files' md5 checksums where the release publishes them."""
+    normal_class: int = -1
+    """Anomaly detection's one-class protocol: keep only class K in the training split (the
+    held-out split keeps every class); -1 keeps every class."""
 
     def __post_init__(self) -> None:
         _one_of(self.name, DATA_NAMES, "data.name")
@@ -321,6 +324,8 @@ class DataConfig:
         _check(self.channels in (0, 1, 3), f"data.channels must be 0, 1 or 3; got {self.channels}")
         _check(self.labels >= 0, f"data.labels must be >= 0; got {self.labels}")
         _check(self.workers >= 0, f"data.workers must be >= 0; got {self.workers}")
+        _check(self.normal_class >= -1,
+               f"data.normal_class must be a class index, or -1 for all; got {self.normal_class}")
         _one_of(self.stream, STREAM_MODES, "data.stream")
         for key in ("train_split", "test_split"):
             v = getattr(self, key)

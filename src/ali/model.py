@@ -14,36 +14,24 @@ of composable loss terms. The training engine calls :meth:`GenerativeModel.sched
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
 from . import losses as L
+from .anomaly import ALPHA, anomaly_score
 from .errors import ConditionError, DataError, EncoderError
 from .nets import family
 from .nets.parts import (ConditionedNet, Conditioning, JointDiscriminator,  # noqa: F401
-                         MarginalDiscriminator, StochasticEncoder, condition_vector)
+                         MarginalDiscriminator, StochasticEncoder, condition_vector, evaluating)
 if TYPE_CHECKING:
     import numpy as np
 
 from .objectives import GEN_LOSS, JointGame, KPlusOneGame, Losses, Objective  # noqa: F401
-
-@contextlib.contextmanager
-def evaluating(module: nn.Module) -> Iterator[nn.Module]:
-    """``module`` in evaluation mode for the ``with`` block, then back in the mode it was in
-    (also when the block raises): how evaluation code borrows a model that may be training."""
-    was = module.training
-    module.eval()
-    try:
-        yield module
-    finally:
-        module.train(was)
-
 
 FEATURE_KINDS = ("mu", "svm")
 """What :meth:`GenerativeModel.features` returns: ``mu``, the encoder's point estimate, or
@@ -229,6 +217,15 @@ class GenerativeModel(nn.Module):
         if not out:
             return torch.empty(0, 0, device=device)
         return torch.cat(out)
+
+    def anomaly_score(self, x: Tensor | "np.ndarray", kind: str = "egbad",
+                      y: Tensor | None = None, alpha: float = ALPHA,
+                      batch_size: int = 500) -> Tensor:
+        """Anomaly scores (N,) of ``x``, higher for more anomalous: the reconstruction
+        distance (``l1``, ``l2``), the discriminator-feature distance (``fm``), minus D's logit
+        (``logit``) or EGBAD's ``alpha * l1 + (1 - alpha) * fm`` (``egbad``); see
+        :mod:`ali.anomaly`."""
+        return anomaly_score(self, x, kind, y, alpha, batch_size)
 
     # ------------------------------------------------------------------ saving
     def save_pretrained(self, directory: str | Path) -> Path:

@@ -95,8 +95,10 @@ def load_dataset(cfg: DataConfig) -> Dataset:
         g = torch.Generator().manual_seed(cfg.seed)
         x, y = toy.sample(cfg.name, cfg.n_train, std, g)
         xt, yt = toy.sample(cfg.name, cfg.n_test, std, g)
+        k = len(toy.centres(cfg.name))
+        x, y = keep_class(x, y, cfg.normal_class, k, cfg.name)
         return Dataset(cfg.name, x, xt, y, yt, toy.centres(cfg.name), std, data_shape=(2,),
-                       num_classes=len(toy.centres(cfg.name)))
+                       num_classes=k)
     if cfg.name not in READERS:
         raise ConfigError(f"unknown dataset data.name={cfg.name!r} "
                           f"(known: {', '.join((*toy.NAMES, *READERS))})")
@@ -105,6 +107,7 @@ def load_dataset(cfg: DataConfig) -> Dataset:
     x, y = _split(cfg, spec, cfg.train_split, cfg.train_range, "train", stream)
     xt, yt = (_split(cfg, spec, cfg.test_split, cfg.test_range, "test", stream)
               if cfg.test_split else (None, None))
+    x, y = keep_class(x, y, cfg.normal_class, spec.num_classes, cfg.name)
     if cfg.labels:
         y = keep_labels(y, cfg.labels, spec.num_classes, cfg.seed)
     shape = tuple(x.shape) if isinstance(x, ImageSource) else tuple(x.shape[1:])
@@ -144,6 +147,24 @@ def _split(cfg: DataConfig, spec: Spec, splits: str, range_text: str, key: str,
     elif not stream:
         x = x.load_all()
     return x, y
+
+
+def keep_class(x: Any, y: Tensor | None, k: int, num_classes: int | None,
+               name: str) -> tuple[Any, Tensor | None]:
+    """The items of class ``k`` alone (anomaly detection's normal class); everything for
+    ``k = -1``. One-line error for data without class labels or a class out of range."""
+    if k < 0:
+        return x, y
+    if y is None or y.dim() != 1 or not num_classes:
+        raise ConfigError(f"data.normal_class={k} needs class labels, and {name} has none here")
+    if k >= num_classes:
+        raise ConfigError(f"data.normal_class={k} is out of range: {name} has classes "
+                          f"0..{num_classes - 1}")
+    idx = torch.nonzero(y == k).flatten()
+    if len(idx) == 0:
+        raise ConfigError(f"data.normal_class={k}: the training split has no example of it")
+    x = x.select(idx.numpy()) if isinstance(x, ImageSource) else x[idx]
+    return x, y[idx]
 
 
 def keep_labels(y: Tensor | None, n: int, num_classes: int | None, seed: int) -> Tensor:

@@ -288,3 +288,50 @@ def _diversity(ctx: EvalContext, model, per_class: int = 100) -> float | None:
             fake = model.sample(per_class, yk).flatten(1).cpu()
             ratios.append(float(torch.pdist(fake).mean() / torch.pdist(real).mean()))
     return sum(ratios) / len(ratios) if ratios else None
+
+
+@metric("anomaly", "one-class anomaly detection on the held-out split (AUROC, AUPRC)",
+        option("--normal-class", type=int,
+               help="the normal class K: held-out K against every other class (default: the "
+                    "run's data.normal_class)"),
+        option("--score", choices=("l1", "l2", "fm", "logit", "egbad"), default="egbad",
+               help="higher is more anomalous (ali.anomaly): reconstruction distance l1/l2, "
+                    "discriminator features fm, minus D's logit, or EGBAD's alpha*l1 + "
+                    "(1-alpha)*fm"),
+        option("--alpha", type=float, default=0.9, help="egbad's weight of l1"),
+        option("--batch-size", type=int, default=500, help="items per forward pass"),
+        variant=lambda o: o.score)
+def anomaly(ctx: EvalContext, o: argparse.Namespace) -> dict[str, Any]:
+    import numpy as np
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    from .features import batches
+
+    k = ctx.cfg.data.normal_class if o.normal_class is None else o.normal_class
+    if k is None or k < 0:
+        raise AliError("--metric anomaly needs the normal class: give --normal-class K (or "
+                       "train with --set data.normal_class=K)")
+    x, y = ctx.held_out()
+    d = ctx.dataset
+    if y is None or y.ndim != 1 or not d.num_classes:
+        raise AliError(f"--metric anomaly needs class labels on the held-out split (dataset "
+                       f"{d.name!r} has none)")
+    if not 0 <= k < d.num_classes:
+        raise AliError(f"--normal-class {k} is out of range: {d.name} has classes "
+                       f"0..{d.num_classes - 1}")
+    anomalous = (y != k).numpy()
+    if anomalous.all() or not anomalous.any():
+        raise AliError(f"the held-out split needs both class {k} and other classes")
+    model = ctx.model
+    ys = y if model.conditional else None
+    scores = [model.anomaly_score(xb, o.score, None if ys is None else
+                                  ys[i * o.batch_size:(i + 1) * o.batch_size],
+                                  o.alpha, o.batch_size).cpu()
+              for i, xb in enumerate(batches(x, size=o.batch_size))]
+    s = np.concatenate([t.numpy() for t in scores]).astype(np.float64)
+    if not np.isfinite(s).all():
+        raise AliError(f"{int((~np.isfinite(s)).sum())} anomaly scores are not finite")
+    return {"auroc": float(roc_auc_score(anomalous, s)),
+            "auprc": float(average_precision_score(anomalous, s)),
+            "score": o.score, "normal_class": int(k), "alpha": o.alpha,
+            "n_normal": int((~anomalous).sum()), "n_anomalous": int(anomalous.sum())}

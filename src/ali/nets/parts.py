@@ -8,6 +8,9 @@ leaf: the model code imports it, never the reverse.
 
 from __future__ import annotations
 
+import contextlib
+from typing import Iterator
+
 import torch
 from torch import Tensor, nn
 
@@ -161,3 +164,15 @@ class Conditioning(nn.Linear):
             raise ConditionError("an attribute-conditional model needs y: (n, K) 0/1 attributes "
                                  "(every attribute vector is as good a default as another)")
         return torch.arange(n, device=device) % self.label_dim
+
+
+@contextlib.contextmanager
+def evaluating(module: nn.Module) -> Iterator[nn.Module]:
+    """``module`` in evaluation mode for the ``with`` block, then back in the mode it was in
+    (also when the block raises): how evaluation code borrows a model that may be training."""
+    was = module.training
+    module.eval()
+    try:
+        yield module
+    finally:
+        module.train(was)

@@ -1,0 +1,109 @@
+"""Anomaly scores of a trained model with an encoder (beyond the paper).
+
+The encoder makes scoring a new point one forward pass instead of an optimisation (Zenati et
+al., 2018, "Efficient GAN-based anomaly detection", EGBAD). For x, with z = E(x) the encoder's
+point estimate (its mean: scores are deterministic) and x' = G(z), HIGHER MEANS MORE ANOMALOUS
+for every score:
+
+- ``l1``, ``l2``: the reconstruction distance ``||x - x'||_1`` and ``||x - x'||_2``;
+- ``fm``: the discriminator-feature distance ``||f(x, z) - f(x', z)||_1``, f being the joint
+  discriminator's last hidden features (the input of its last layer);
+- ``logit``: minus the joint discriminator's logit on (x, z): D calls data pairs real (a high
+  logit), so a low logit is anomalous;
+- ``egbad``: EGBAD's weighting ``alpha * l1 + (1 - alpha) * fm`` (alpha 0.9 in their paper).
+
+``l1`` and ``l2`` work for every model with an encoder (the VAE included); the others need a
+joint discriminator (ALI's, or gan_posthoc's second one).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .errors import AliError, EncoderError
+from .nets.parts import JointDiscriminator, evaluating
+
+SCORES = ("l1", "l2", "fm", "logit", "egbad")
+ALPHA = 0.9
+"""EGBAD's weight of the reconstruction term (their MNIST setting)."""
+
+
+def joint_discriminator(model: Any) -> nn.Module:
+    """The model's joint discriminator D(x, z), or a one-line error."""
+    for name in ("discriminator", "joint_discriminator"):
+        d = getattr(model, name, None)
+        if isinstance(d, JointDiscriminator):
+            return d
+    raise AliError(f"a {type(model).__name__} has no joint discriminator: use --score l1 or l2")
+
+
+def _last_layer(d: nn.Module) -> nn.Module:
+    """The last module with parameters of D(x, z)'s joint part: its input is the last hidden
+    feature map."""
+    layers = [m for m in d.d_xz.modules() if next(m.parameters(recurse=False), None) is not None]
+    return layers[-1]
+
+
+@torch.no_grad()
+def _scores(model: Any, x: Tensor, y: Tensor | None, kind: str, alpha: float) -> Tensor:
+    # x: (B, *data) float on the model's device
+    z = model.encode_mean(x, y)                                     # (B, *latent)
+    x_rec = model.decode(z, y)                                      # (B, *data)
+    if kind in ("l1", "l2"):
+        d = (x - x_rec).flatten(1)
+        return d.abs().sum(1) if kind == "l1" else d.pow(2).sum(1).sqrt()
+    if kind == "logit":
+        return -model.log_ratio(x, z, y)
+    disc = joint_discriminator(model)
+    captured: list[Tensor] = []
+    hook = _last_layer(disc).register_forward_pre_hook(
+        lambda mod, inp: captured.append(inp[0].flatten(1)))
+    try:
+        v = None if y is None or model.embed is None else model.embed.vector(y)
+        args = (torch.cat([x, x_rec]), torch.cat([z, z]))
+        disc(*args) if v is None else disc(*args, torch.cat([v, v]))
+    finally:
+        hook.remove()
+    f_x, f_rec = captured[0].chunk(2)                                # (B, F) each
+    fm = (f_x - f_rec).abs().sum(1)
+    if kind == "fm":
+        return fm
+    l1 = (x - x_rec).flatten(1).abs().sum(1)
+    return alpha * l1 + (1 - alpha) * fm
+
+
+def anomaly_score(model: Any, x: Any, kind: str = "egbad", y: Tensor | None = None,
+                  alpha: float = ALPHA, batch_size: int = 500) -> Tensor:
+    """Anomaly scores (N,) of ``x`` (higher: more anomalous), float32 on the model's device.
+
+    Args:
+        model: a trained model with an encoder (a :class:`~ali.model.GenerativeModel`).
+        x: (N, *data_shape): images as uint8 or floats in [0, 1], or feature vectors; a
+            tensor or a numpy array, checked against the model (one-line error).
+        kind: one of :data:`SCORES` (see the module doc).
+        y: a conditional model's labels of x.
+        alpha: ``egbad``'s weight of the reconstruction term, in [0, 1].
+        batch_size: examples per forward pass.
+    """
+    if kind not in SCORES:
+        raise AliError(f"unknown anomaly score {kind!r} (known: {', '.join(SCORES)})")
+    if not 0 <= alpha <= 1:
+        raise AliError(f"alpha must be in [0, 1]; got {alpha}")
+    if model.encoder is None:
+        raise EncoderError(f"a {type(model).__name__} has no encoder: it cannot score "
+                           "anomalies in one pass")
+    if model.runs != 1:
+        raise AliError(f"a run-batched model ({model.runs} runs) scores no single anomaly")
+    if kind in ("fm", "logit", "egbad"):
+        joint_discriminator(model)
+    x = model.as_input(x)
+    device = next(model.parameters()).device
+    out = []
+    with evaluating(model):
+        for i in range(0, len(x), batch_size):
+            yb = None if y is None else torch.as_tensor(y)[i:i + batch_size].to(device)
+            out.append(_scores(model, x[i:i + batch_size].to(device), yb, kind, alpha).float())
+    return torch.cat(out) if out else torch.empty(0, device=device)
