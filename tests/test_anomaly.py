@@ -102,3 +102,67 @@ def test_eval_anomaly_on_a_one_class_run(tmp_path, capsys):
     assert other["normal_class"] == 12 and other["score"] == "egbad"
     assert main(["eval", str(run), "--metric", "anomaly", "--normal-class", "30"]) == 2
     assert capsys.readouterr().err.count("\n") == 1
+
+
+# ---------------------------------------------------------------------------- ali score
+
+@pytest.fixture(scope="module")
+def toy_saved(tmp_path_factory):
+    d = tmp_path_factory.mktemp("score")
+    model = _model()
+    model.save_pretrained(d / "toy")
+    return d / "toy", model
+
+
+def test_ali_score_writes_one_row_per_item(toy_saved, tmp_path, capsys):
+    import csv
+    import numpy as np
+    path, model = toy_saved
+    x = np.random.default_rng(0).normal(size=(7, 2))
+    np.savetxt(tmp_path / "x.csv", x, delimiter=",", header="a,b", comments="")
+    np.savez(tmp_path / "x.npz", x=x)
+    for name in ("x.csv", "x.npz"):
+        out = tmp_path / f"{name}.scores.csv"
+        assert main(["score", str(path), "--input", str(tmp_path / name), "--out", str(out),
+                     "--score", "l2", "--device", "cpu"]) == 0
+        rows = list(csv.reader(open(out)))
+        assert rows[0] == ["name", "l2"] and len(rows) == 8
+        want = model.anomaly_score(torch.tensor(x, dtype=torch.float32), "l2")
+        np.testing.assert_allclose([float(r[1]) for r in rows[1:]], want.numpy(), rtol=1e-5)
+    capsys.readouterr()
+
+
+@pytest.mark.parametrize("content, message", [
+    ("1,2\n3,x\n", "row 2 has a non-numeric value 'x'"),
+    ("1,2\n3,nan\n", "1 values are NaN or infinite"),
+    ("1,2,3\n4,5,6\n", r"items of shape \[3\], but the model takes \[2\]"),
+    ("1,2\n3\n", "same number of values"),
+])
+def test_ali_score_refuses_bad_input_in_one_line(toy_saved, tmp_path, capsys, content, message):
+    path, _ = toy_saved
+    (tmp_path / "bad.csv").write_text(content)
+    assert main(["score", str(path), "--input", str(tmp_path / "bad.csv"), "--out",
+                 str(tmp_path / "s.csv"), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("ali: error:"), err
+    assert __import__("re").search(message, err), err
+    assert not (tmp_path / "s.csv").exists()
+
+
+def test_ali_score_on_a_folder_of_images_and_a_gan(tmp_path, capsys):
+    from PIL import Image
+    import numpy as np
+    m = build_model(get_config("tiny")).eval()
+    m.save_pretrained(tmp_path / "m")
+    (tmp_path / "imgs").mkdir()
+    for i in range(3):   # 12 x 12: resized to the model's 8 x 8
+        Image.fromarray(np.full((12, 12, 3), 40 * i, np.uint8)).save(tmp_path / "imgs" / f"{i}.png")
+    assert main(["score", str(tmp_path / "m"), "--input", str(tmp_path / "imgs"), "--out",
+                 str(tmp_path / "s.csv"), "--device", "cpu"]) == 0
+    assert [r.split(",")[0] for r in (tmp_path / "s.csv").read_text().split()[1:]] == [
+        "0.png", "1.png", "2.png"]
+    build_model(get_config("tiny", ["model.kind=gan"])).save_pretrained(tmp_path / "g")
+    capsys.readouterr()
+    assert main(["score", str(tmp_path / "g"), "--input", str(tmp_path / "imgs"), "--out",
+                 str(tmp_path / "g.csv"), "--device", "cpu"]) == 2
+    assert "has no encoder" in capsys.readouterr().err

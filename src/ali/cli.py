@@ -215,6 +215,33 @@ def _cmd_interpolate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_score(args: argparse.Namespace) -> int:
+    import csv
+
+    import torch
+
+    from .data.inputs import read_inputs
+    from .pretrained import load
+
+    device = args.device if args.device != "auto" else (
+        "cuda" if torch.cuda.is_available() else "cpu")
+    model = load(args.run_dir, device)
+    if model.conditional:
+        raise AliError("ali score does not take labels: a conditional model cannot score "
+                       "unlabelled items")
+    x, names = read_inputs(args.input, model.data_shape)
+    scores = model.anomaly_score(x, args.score, alpha=args.alpha,
+                                 batch_size=args.batch_size).cpu().tolist()
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["name", args.score])
+        w.writerows(zip(names, (f"{s:.6g}" for s in scores)))
+    print(f"{len(names)} scores ({args.score}) -> {out}")
+    return 0
+
+
 def _cmd_data_download(args: argparse.Namespace) -> int:
     from .data.download import download
 
@@ -347,6 +374,19 @@ def build_parser() -> argparse.ArgumentParser:
             c.add_argument("--rows", type=int, default=10,
                            help="class-conditional grid: rows, one z each")
         c.set_defaults(func=func)
+
+    sc = sub.add_parser("score", help="anomaly scores of new data (higher: more anomalous)",
+                        description="Score each item of an npz file, a folder of images or a "
+                                    "CSV of feature vectors with a trained model (ali.anomaly) "
+                                    "and write NAME,score rows to a CSV file.")
+    sc.add_argument("run_dir", help="a run folder or a folder written by save_pretrained")
+    sc.add_argument("--input", required=True, help=".npz, .csv or a folder of images")
+    sc.add_argument("--out", required=True, help="CSV file to write")
+    sc.add_argument("--score", choices=("l1", "l2", "fm", "logit", "egbad"), default="egbad")
+    sc.add_argument("--alpha", type=float, default=0.9, help="egbad's weight of l1")
+    sc.add_argument("--batch-size", type=int, default=500)
+    sc.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
+    sc.set_defaults(func=_cmd_score)
 
     d = sub.add_parser("data", help="dataset tools")
     dsub = d.add_subparsers(dest="data_command", required=True, metavar="ACTION")

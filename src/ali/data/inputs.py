@@ -1,0 +1,112 @@
+"""New data to score or encode with a trained model (``ali score``): an npz file, a folder of
+images or a CSV of feature vectors, read into the shape the model takes."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..errors import DataError
+from .images import IMAGE_EXTENSIONS, convert, hwc, read_image
+
+NPZ_KEYS = ("x", "x_test", "x_train")
+"""The arrays an npz input is read from, in this order (or its only array)."""
+
+
+def read_inputs(path: str | Path, data_shape: tuple[int, ...]) -> tuple[Tensor, list[str]]:
+    """(x, names): the items of ``path`` for a model taking items of ``data_shape`` (images
+    (C, H, W) as uint8, resized where a folder's images differ; feature vectors (D,) as
+    float32), and a name per item (the file name for a folder, else the row number).
+
+    A one-line :class:`~ali.errors.DataError` for a missing or unreadable input, a text or
+    missing value in a CSV, or items of another width or shape.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"no input at {path}")
+    images = len(data_shape) == 3
+    if path.is_dir():
+        if not images:
+            raise DataError(f"{path} is a folder of images, but the model takes feature "
+                            f"vectors of shape {list(data_shape)}")
+        files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+        if not files:
+            raise DataError(f"{path} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+        c, h, _ = data_shape
+        x = torch.stack([read_image(p, h, c) for p in files])
+        return x, [str(p.relative_to(path)) for p in files]
+    if path.suffix == ".npz":
+        x = _npz(path)
+        if images:
+            if x.dtype != np.uint8 or x.ndim not in (3, 4):
+                raise DataError(f"{path}: images must be uint8 (N, H, W) or (N, H, W, C); got "
+                                f"{x.dtype} {list(x.shape)}")
+            t = hwc(x)
+            if tuple(t.shape[1:]) != tuple(data_shape):
+                t = convert(t, data_shape[1], data_shape[0])
+        else:
+            t = _vectors(x.astype(np.float64, copy=False), path)
+    elif path.suffix == ".csv":
+        if images:
+            raise DataError(f"{path} is a CSV of feature vectors, but the model takes images")
+        t = _vectors(_csv(path), path)
+    else:
+        raise DataError(f"{path}: give an .npz file, a .csv file or a folder of images")
+    if tuple(t.shape[1:]) != tuple(data_shape):
+        raise DataError(f"{path}: items of shape {list(t.shape[1:])}, but the model takes "
+                        f"{list(data_shape)}")
+    return t, [str(i) for i in range(len(t))]
+
+
+def _npz(path: Path) -> np.ndarray:
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            keys = list(f.keys())
+            key = next((k for k in NPZ_KEYS if k in keys), keys[0] if len(keys) == 1 else None)
+            if key is None:
+                raise DataError(f"{path} holds {', '.join(keys) or 'no arrays'}; name the items "
+                                f"{' or '.join(NPZ_KEYS)}")
+            return f[key]
+    except DataError:
+        raise
+    except Exception as e:  # a truncated or foreign file
+        raise DataError(f"{path} is not a readable npz file ({type(e).__name__})") from None
+
+
+def _csv(path: Path) -> np.ndarray:
+    """The numeric rows of a CSV; a header row of names is skipped."""
+    with open(path, newline="") as f:
+        rows = [r for r in csv.reader(f) if r]
+    if rows and not _numeric(rows[0]):
+        rows = rows[1:]                                 # a header
+    for i, r in enumerate(rows):
+        if not _numeric(r):
+            bad = next(v for v in r if not _is_number(v))
+            raise DataError(f"{path}: row {i + 1} has a non-numeric value {bad!r}")
+    if not rows or len({len(r) for r in rows}) != 1:
+        raise DataError(f"{path}: the rows must all have the same number of values")
+    return np.asarray(rows, dtype=np.float64)
+
+
+def _is_number(v: str) -> bool:
+    try:
+        float(v)
+        return True
+    except ValueError:
+        return False
+
+
+def _numeric(row: list[str]) -> bool:
+    return all(_is_number(v) for v in row)
+
+
+def _vectors(a: np.ndarray, path: Path) -> Tensor:
+    if a.ndim != 2:
+        raise DataError(f"{path}: feature vectors must be (N, D); got {list(a.shape)}")
+    if not np.isfinite(a).all():
+        raise DataError(f"{path}: {int((~np.isfinite(a)).sum())} values are NaN or infinite")
+    return torch.from_numpy(a.astype(np.float32))
