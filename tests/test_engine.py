@@ -201,3 +201,43 @@ def test_bench_draws_labels_of_the_model_kind(variant, capsys):
     sets = [a for v in variant for a in ("--set", v)]
     assert main(["bench", "tiny", "--steps", "1", "--repeats", "1", "--json", *sets]) == 0
     assert json.loads(capsys.readouterr().out)["flops_per_image"] > 0
+
+
+# --------------------------------------------------------------------------- private RNGs
+
+@pytest.fixture
+def tiny_npz(tmp_path):
+    import numpy as np
+    rng = np.random.default_rng(0)
+    path = tmp_path / "tiny.npz"
+    np.savez(path, x_train=rng.integers(0, 256, (64, 8, 8, 3), dtype=np.uint8),
+             x_test=rng.integers(0, 256, (16, 8, 8, 3), dtype=np.uint8))
+    return path
+
+
+def _same(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_images_and_tensorboard_leave_the_training_rng_alone(tiny_npz, tmp_path, capsys):
+    """`ali train` (run images every checkpoint) and train() with a TensorBoard callback
+    reach the parameters of a plain train() with the same seed."""
+    from ali.config import get_config
+    from ali.data import load_dataset
+    from ali.report import TensorBoard
+
+    over = [f"data.root={tiny_npz}", "train.steps=6", "train.checkpoint_every=2",
+            "train.log_every=2", "train.device=cpu", "train.progress=off"]
+    plain = train(get_config("tiny", over), quiet=True).model.state_dict()
+    run = tmp_path / "run"
+    assert main(["train", "tiny", *[a for o in over for a in ("--set", o)],
+                 "--out", str(run)]) == 0
+    assert sorted(p.name for p in (run / "images").iterdir())[:2] == [
+        "reconstructions-00000002.png", "reconstructions-00000004.png"]
+    assert _same(load_checkpoint(run / "checkpoints" / "latest.pt")["model"], plain)
+    cfg = get_config("tiny", over)
+    writer = _Writer()
+    tb = TensorBoard(2, load_dataset(cfg.data), writer_factory=lambda d: writer)
+    res = train(cfg, run_dir=tmp_path / "tb", quiet=True, callbacks=[tb])
+    assert ("image", "samples", 4) in writer.calls
+    assert _same(res.model.state_dict(), plain)

@@ -209,7 +209,8 @@ class RunImages(Callback):
     def __call__(self, step: int, loop: Loop) -> None:
         from .viz import write_run_images
 
-        write_run_images(loop.run.model, self.dataset, loop.run_dir, step)
+        with private_rng(callback_seed(self.seed, "images", step), loop.run.device):
+            write_run_images(loop.run.model, self.dataset, loop.run_dir, step)
 
 
 # ---------------------------------------------------------------------------- signals

@@ -297,12 +297,13 @@ class TensorBoard(Callback):
                 if k != "step" and isinstance(v, (int, float)):
                     w.add_scalar(f"train/{k}", v, step)
         if self._images_due(step):
-            from .callbacks import evaluating
+            from .callbacks import callback_seed, evaluating, private_rng
             from .viz import grid, held_out, held_out_labels, reconstruction_grid
 
             dataset = self.dataset
             device = next(model.parameters()).device
-            with evaluating(model):
+            with private_rng(callback_seed(self.seed, "tensorboard", step), device), \
+                    evaluating(model):
                 # Conditional runs: attribute samples take held-out images' attributes; class
                 # samples cycle through the classes.
                 y_s = (held_out_labels(dataset, 64).to(device)
