@@ -241,3 +241,14 @@ def test_images_and_tensorboard_leave_the_training_rng_alone(tiny_npz, tmp_path,
     res = train(cfg, run_dir=tmp_path / "tb", quiet=True, callbacks=[tb])
     assert ("image", "samples", 4) in writer.calls
     assert _same(res.model.state_dict(), plain)
+
+
+def test_run_images_follow_their_own_interval_not_the_log_steps(tiny_npz, tmp_path, capsys):
+    # Logs at 3 and 6 (and the end), images every 2 steps: 2, 4, 6.
+    over = [f"data.root={tiny_npz}", "train.steps=6", "train.checkpoint_every=2",
+            "train.log_every=3", "train.device=cpu", "train.progress=off"]
+    run = tmp_path / "run"
+    assert main(["train", "tiny", *[a for o in over for a in ("--set", o)],
+                 "--out", str(run)]) == 0
+    assert sorted(p.name for p in (run / "images").iterdir() if p.name.startswith("samples")) \
+        == ["samples-00000002.png", "samples-00000004.png", "samples-00000006.png"]

@@ -203,8 +203,7 @@ class RunImages(Callback):
         self.dataset, self.every, self.seed = dataset, every, seed
 
     def due(self, step: int, loop: Loop) -> bool:
-        return (loop.run_dir is not None and loop.record is not None
-                and _every_or_end(step, self.every, loop.run.total))
+        return loop.run_dir is not None and _every_or_end(step, self.every, loop.end)
 
     def __call__(self, step: int, loop: Loop) -> None:
         from .viz import write_run_images

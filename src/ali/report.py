@@ -279,7 +279,7 @@ class TensorBoard(Callback):
         return _tensorboard_installed()
 
     def due(self, step: int, loop) -> bool:
-        return loop.run_dir is not None and loop.record is not None
+        return loop.run_dir is not None and (loop.record is not None or self._images_due(step))
 
     def __call__(self, step: int, loop) -> None:
         self.log(step, loop.run.model, loop.run_dir, loop.record)
