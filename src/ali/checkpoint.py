@@ -266,9 +266,19 @@ def check_resumable(ckpt: dict[str, Any], cfg: Config, path: Path | str,
                     extend: bool = False) -> None:
     """A one-line :class:`CheckpointError` unless ``cfg`` continues the run of ``ckpt``.
 
-    Only the keys of :data:`RESUMABLE_KEYS` may differ.
+    Only the keys of :data:`RESUMABLE_KEYS` may differ; ``train.steps`` only when the schedule
+    does not follow it, or with ``extend`` (the caller accepts that the learning-rate decay,
+    the batch-norm freeze or gan_posthoc's phases stretch from the resumed step on).
     """
     diff = config_differences(ckpt["config"], cfg.to_dict())
     if diff:
         raise CheckpointError(f"{path} was written by a different config "
                               f"({diff[0]}); resume with the run's own settings")
+    saved_steps = (ckpt["config"].get("train") or {}).get("steps")
+    follows = schedule_follows_steps(cfg)
+    if saved_steps != cfg.train.steps and follows and not extend:
+        raise CheckpointError(
+            f"train.steps {saved_steps} -> {cfg.train.steps} would stretch the schedule, which "
+            f"follows train.steps here ({', '.join(follows)}), so the run would not continue "
+            f"as trained; pass --extend (extend=True) to accept that, or keep train.steps and "
+            f"stop early with --until")
