@@ -350,7 +350,10 @@ class Divergence:
 
     def recover(self, step: int, problem: str, loop: Loop) -> int:
         t, run = self.t, loop.run
-        stopping = loop.signum is not None or self.signals.signum is not None
+        # A signal stops instead of rolling back; in a multi-process run only the stop every
+        # process agreed on counts (Sync), so that all of them decide alike.
+        stopping = loop.signum is not None or (not run.ctx.enabled
+                                               and self.signals.signum is not None)
         rollback = t.on_divergence == "rollback"
         if rollback and run.rollbacks < t.max_rollbacks and not stopping:
             assert self.checkpointer.good is not None

@@ -35,6 +35,7 @@ class Callback:
     """Only process 0 of a multi-process run runs it (it writes the run folder)."""
 
     def due(self, step: int, loop: "Loop") -> bool:
+        """Whether to run after step ``step`` (1-based: the number of steps done)."""
         return self.every > 0 and step % self.every == 0
 
     def __call__(self, step: int, loop: "Loop") -> None:
@@ -52,6 +53,7 @@ class LossSums:
         self.reset()
 
     def add(self, out: Any) -> None:
+        """Add a step's :class:`~ali.model.Losses` (per run: a loss over R runs is a sum)."""
         scalars = {"loss_g": out.g.detach() / self.runs, **out.stats}
         if out.d is not None:
             scalars["loss_d"] = out.d.detach() / self.runs
@@ -60,6 +62,7 @@ class LossSums:
         self.n += 1
 
     def reset(self) -> None:
+        """Start a new logging interval (now)."""
         self.sums: dict[str, torch.Tensor] = {}
         self.n = 0
         self.since = time.perf_counter()
