@@ -21,9 +21,10 @@ def test_train_writes_run_folder(tmp_path, capsys):
     # A second run into the same folder must not overwrite it silently.
     assert main(["train", "toy", *TINY, "--out", str(out)]) == 2
     assert "already holds a run" in capsys.readouterr().err
-    # Resuming with more steps continues from step 4.
+    # Resuming with more steps continues from step 4 (--extend: the toy preset's linear decay
+    # and batch-norm freeze follow train.steps, so more steps stretch them).
     assert main(["train", "toy", *TINY, "--set", "train.steps=6", "--out", str(out),
-                 "--resume"]) == 0
+                 "--resume", "--extend"]) == 0
     steps = [json.loads(l)["step"] for l in (out / "metrics.jsonl").read_text().splitlines()]
     assert steps == [2, 4, 6]
 

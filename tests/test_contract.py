@@ -8,8 +8,7 @@ GAN, image networks with several runs, ...) must be refused when the config is b
 ``save_pretrained`` / ``ali.load`` round trip and what a conditional model does without y.
 
 ``expect`` below is the table of which cells work and which refuse (with a word of the
-refusal); cells that fail in code owned elsewhere are marked xfail(strict=True) with the
-failing call, so fixing them turns the test red until the mark goes.
+refusal).
 """
 
 from __future__ import annotations
@@ -170,19 +169,6 @@ def expect(s: Setup, cmd: str) -> str:
     return "ok"
 
 
-XFAIL = {
-    # bench.py prepares its step without the label paths of the engine
-    ("img-class-conditional", "bench"): "bench.py: `ali bench tiny --set model.conditional=true "
-    "--set model.label_dim=2` -> ValueError 'this model is conditional: give y'",
-    ("img-class-conditional-cycle", "bench"): "bench.py: as img-class-conditional",
-    ("img-attribute-conditional", "bench"): "bench.py: `ali bench tiny --set "
-    "model.conditional=true --set model.label_dim=3 --set model.attributes=true` -> ValueError "
-    "'this model is conditional: give y'",
-    ("img-semi-supervised", "bench"): "bench.py: `ali bench tiny --set "
-    "model.semi_supervised=true --set model.label_dim=2` -> ValueError 'a semi-supervised "
-    "model needs a labelled batch'",
-}
-API_XFAIL: dict[str, str] = {}
 
 
 # ---------------------------------------------------------------------------- running cells
@@ -264,12 +250,7 @@ def lab(tmp_path_factory):
 
 
 def _params(cells):
-    out = []
-    for s, cmd in cells:
-        reason = XFAIL.get((s.name, cmd))
-        marks = [pytest.mark.xfail(strict=True, reason=reason)] if reason else []
-        out.append(pytest.param(s, cmd, id=f"{s.name}-{cmd}", marks=marks))
-    return out
+    return [pytest.param(s, cmd, id=f"{s.name}-{cmd}") for s, cmd in cells]
 
 
 # ---------------------------------------------------------------------------- the cells
@@ -292,8 +273,9 @@ def test_command(lab, capsys, tmp_path, s, cmd):
     if cmd == "resume":
         copy = tmp_path / "run"
         shutil.copytree(run, copy)
-        # the run's own settings come from its checkpoint; only the step count is new
-        check(call(capsys, ["train", s.preset, "--out", str(copy), "--resume",
+        # the run's own settings come from its checkpoint; only the step count is new (--extend:
+        # some presets' schedules follow train.steps)
+        check(call(capsys, ["train", s.preset, "--out", str(copy), "--resume", "--extend",
                             "--set", "train.steps=6"]), want)
         steps = [int(line.split('"step": ')[1].split(",")[0])
                  for line in (copy / "metrics.jsonl").read_text().splitlines()]
@@ -386,14 +368,7 @@ COND = [s for s in VALID if s.conditional]
 
 
 def _api_params():
-    out = []
-    for s in COND:
-        for c in API_WITHOUT_Y:
-            reason = API_XFAIL.get(c if c != "sample" or not s.attributes else
-                                   "sample-attributes")
-            out.append(pytest.param(s, c, id=f"{s.name}-{c}", marks=[pytest.mark.xfail(
-                strict=True, reason=reason)] if reason else []))
-    return out
+    return [pytest.param(s, c, id=f"{s.name}-{c}") for s in COND for c in API_WITHOUT_Y]
 
 
 @pytest.mark.parametrize("s, call_", _api_params())

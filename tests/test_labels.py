@@ -112,8 +112,14 @@ def test_semi_supervised_run_learns_to_classify_and_reloads(classes_npz, tmp_pat
     model, saved, _ = load_run(tmp_path / "run")
     assert saved.model.label_dim == 2
     assert classification_error(model, data.test, data.test_labels) == err
-    # The labelled sampler's state is in the checkpoint: resuming continues the same run.
-    assert (tmp_path / "run" / "checkpoints" / "latest.pt").is_file()
+    # The labelled sampler's state is in the checkpoint: a run stopped at step 30 and resumed
+    # reaches the straight run's parameters, bit for bit.
+    train(cfg, run_dir=tmp_path / "pieces", quiet=True, dataset=data, until=30)
+    resumed = train(cfg, run_dir=tmp_path / "pieces", resume=True, quiet=True, dataset=data)
+    assert resumed.step == 60
+    got = resumed.model.state_dict()
+    for k, v in result.model.state_dict().items():
+        assert torch.equal(v, got[k]), k
 
 
 def test_semi_supervised_errors_are_one_line(tmp_path, classes_npz):

@@ -289,7 +289,8 @@ def test_cli_signal_stops_cleanly_and_resumes_bit_identically(tmp_path, signum, 
 
 def test_sigkill_at_a_random_moment_leaves_a_loadable_checkpoint(tmp_path):
     run = tmp_path / "run"
-    delay = random.uniform(0.0, 0.5)
+    # A random moment, but the same one in every session: a failure can be reproduced.
+    delay = random.Random(20161202).uniform(0.0, 0.5)
     proc = _ali("train", "toy", *SUB, "--set", "train.log_every=1000",
                 "--set", "train.checkpoint_every=2", "--out", str(run),
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -393,6 +394,26 @@ def test_corrupted_checkpoint_in_a_real_process_has_no_traceback(made_run, tmp_p
     done = _resume(run, 10)
     assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
     assert "Traceback" not in done.stderr and "cannot read checkpoint" in done.stderr
+
+
+@pytest.mark.parametrize("args", [["train", "nosuch"], ["train", "tyo", "--out", "x"]])
+def test_an_unknown_config_for_train_is_one_line(args, capsys):
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "unknown config" in err and "Traceback" not in err
+
+
+def test_sample_on_a_truncated_checkpoint_is_one_short_line(made_run, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(made_run, run)
+    latest = run / "checkpoints" / "latest.pt"
+    latest.write_bytes(latest.read_bytes()[:1000])     # torch: a paragraph after the cause
+    capsys.readouterr()
+    assert main(["sample", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot read checkpoint" in err, err
+    # The cause, not torch's paragraph of advice after it.
+    assert len(err.replace(str(run), "")) < 200, err
 
 
 def test_resume_removes_temporaries_of_dead_writers(tmp_path):

@@ -79,8 +79,9 @@ def test_resume_a_run_written_before_a_setting_existed(tmp_path):
     torch.save(ckpt, path)
     with pytest.raises(CheckpointError, match=r"model.r1: None -> \{'weight': 1.0, 'every': 1\}"):
         train(tiny_toy("model.r1_weight=1", "train.steps=8"), run_dir=tmp_path, resume=True,
-              quiet=True)
-    res = train(tiny_toy("train.steps=8"), run_dir=tmp_path, resume=True, quiet=True)
+              quiet=True, extend=True)
+    res = train(tiny_toy("train.steps=8"), run_dir=tmp_path, resume=True, quiet=True,
+                extend=True)
     assert res.step == 8
 
 
@@ -100,7 +101,7 @@ def test_resume_a_run_written_with_the_flat_model_config(tmp_path):
     with pytest.raises(CheckpointError, match=r"model.cycle: \{'weight': 0.5\} -> None"):
         train(tiny_toy("train.steps=8"), run_dir=tmp_path, resume=True, quiet=True)
     res = train(tiny_toy("model.cycle.weight=0.5", "train.steps=8"), run_dir=tmp_path,
-                resume=True, quiet=True)
+                resume=True, extend=True, quiet=True)
     assert res.step == 8
 
 
@@ -131,3 +132,62 @@ def test_batch_larger_than_dataset_is_rejected():
     from ali.errors import ConfigError
     with pytest.raises(ConfigError, match="larger than the dataset"):
         train(tiny_toy("data.n_train=10"), quiet=True)
+
+
+def _cli_params(run):
+    return load_checkpoint(run / "checkpoints" / "latest.pt")["model"]
+
+
+def test_training_in_pieces_reaches_the_straight_run_bit_identically(tmp_path, capsys):
+    """200 steps straight == 100 then resumed to 200: with --until (the toy preset's linear
+    decay and batch-norm freeze follow train.steps) and, where the schedule does not follow
+    train.steps, with train.steps=100 then --set train.steps=200."""
+    from ali.cli import main
+    from test_cli import TINY
+
+    def run(out, *extra):
+        assert main(["train", "toy", *TINY, "--set", "train.seed=3", "--set",
+                     "train.log_every=50", *extra, "--out", str(tmp_path / out)]) == 0, \
+            capsys.readouterr().err
+        return _cli_params(tmp_path / out)
+
+    def same(a, b):
+        return all(torch.equal(a[k], b[k]) for k in a)
+
+    straight = run("straight", "--set", "train.steps=200")
+    run("pieces", "--set", "train.steps=200", "--until", "100")
+    assert load_checkpoint(tmp_path / "pieces" / "checkpoints" / "latest.pt")["step"] == 100
+    # (TINY's train.steps=4 is overridden again: the run's own 200)
+    assert same(run("pieces", "--resume", "--set", "train.steps=200"), straight)
+
+    const = ("--set", "train.lr_schedule=constant", "--set", "model.freeze_decoder_bn_at=1")
+    straight = run("c-straight", *const, "--set", "train.steps=200")
+    run("c-pieces", *const, "--set", "train.steps=100")
+    assert same(run("c-pieces", "--resume", "--set", "train.steps=200"), straight)
+
+
+@pytest.mark.parametrize("extra, named", [
+    ((), "train.lr_schedule=linear, model.freeze_decoder_bn_at=0.5"),
+    (("train.lr_schedule=constant", "model.kind=gan_posthoc", "model.recon_weight=0",
+      "model.freeze_decoder_bn_at=1"), "model.kind=gan_posthoc"),
+])
+def test_a_longer_run_that_stretches_the_schedule_is_refused_unless_extended(
+        tmp_path, capsys, extra, named):
+    from ali.cli import main
+    from test_cli import TINY
+
+    sets = [a for o in extra for a in ("--set", o)]
+    assert main(["train", "toy", *TINY, *sets, "--out", str(tmp_path)]) == 0
+    capsys.readouterr()
+    longer = ["train", "toy", "--out", str(tmp_path), "--resume", "--set", "train.steps=6"]
+    assert main(longer) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and named in err and "--extend" in err, err
+    assert main([*longer, "--extend"]) == 0
+    assert load_checkpoint(tmp_path / "checkpoints" / "latest.pt")["step"] == 6
+
+
+def test_until_is_one_line_when_not_positive(capsys):
+    from ali.cli import main
+    assert main(["train", "toy", "--until", "0"]) == 2
+    assert capsys.readouterr().err.count("\n") == 1

@@ -19,11 +19,12 @@ import torch
 
 from . import speed
 from .config import Config, apply_overrides, get_config
-from .data import Dataset, make_sampler
+from .data import Dataset
+from .distributed import resolve_device
 from .errors import ConfigError
-from .build import build_model
 from .nets import family
-from .train import make_optimizer, resolve_device, train_step
+from .run import Run, build_run
+from .step import train_step
 
 SYNTHETIC_BATCHES = 4
 """The random dataset holds this many batches (drawn from on the device, as a real run)."""
@@ -34,8 +35,14 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+# Class count of the synthetic labels when the config does not set model.label_dim.
+SYNTHETIC_CLASSES = 10
+
+
 def synthetic_dataset(cfg: Config, batch_size: int, seed: int = 0) -> Dataset:
-    """Random data of ``cfg``'s data shape: uint8 images, or 2-D points."""
+    """Random data of ``cfg``'s data shape: uint8 images, or 2-D points; with random labels of
+    the kind the model takes (classes, or 0/1 attributes with ``model.attributes``) when it is
+    conditional or semi-supervised."""
     shape = tuple(family(cfg.model.nets).data_shape(cfg.model))
     shape = shape[1:] if cfg.model.runs > 1 else shape      # one run's item; the sampler stacks
     g = torch.Generator().manual_seed(seed)
@@ -44,45 +51,67 @@ def synthetic_dataset(cfg: Config, batch_size: int, seed: int = 0) -> Dataset:
         x = torch.randint(0, 256, (n, *shape), generator=g, dtype=torch.uint8)
     else:
         x = torch.randn((n, *shape), generator=g)
-    return Dataset("random", x, None, data_shape=shape)
+    m = cfg.model
+    if not (m.conditional or m.semi_supervised):
+        return Dataset("random", x, None, data_shape=shape)
+    k = m.label_dim or SYNTHETIC_CLASSES
+    if m.attributes:
+        y = torch.randint(0, 2, (n, k), generator=g)
+        return Dataset("random", x, None, train_labels=y, data_shape=shape)
+    # Every class present, in random order (a semi-supervised run's labelled subset is all).
+    y = torch.arange(n) % k
+    y = y[torch.randperm(n, generator=g)]
+    return Dataset("random", x, None, train_labels=y, data_shape=shape, num_classes=k)
 
 
 @dataclass
 class StepUnderTest:
-    """A training step ready to be timed: ``step()`` draws a batch and z and updates both
-    players, as :func:`ali.train.train` does."""
+    """A training step ready to be timed: ``step()`` draws a batch and z (and the labels the
+    model takes) and updates both players, as :func:`ali.train.train` does."""
 
-    cfg: Config
-    device: torch.device
-    settings: speed.StepSettings
-    model: Any
-    stepper: speed.Stepper
-    sampler: Any
+    run: Run
     taken: int = 0
     """Steps so far: what the model's schedule sees (a lazy R1 penalty then costs what it
     costs on average in training)."""
 
+    @property
+    def cfg(self) -> Config:
+        return self.run.cfg
+
+    @property
+    def device(self) -> torch.device:
+        return self.run.device
+
+    @property
+    def settings(self) -> speed.StepSettings:
+        return self.run.settings
+
+    @property
+    def model(self) -> Any:
+        return self.run.model
+
+    @property
+    def stepper(self) -> speed.Stepper:
+        return self.run.stepper
+
+    @property
+    def sampler(self) -> Any:
+        return self.run.sampler
+
     def step(self) -> None:
         self.model.schedule(self.taken, self.cfg.train.steps)
         self.taken += 1
-        self.stepper(self.sampler.next(), self.model.sample_prior(self.cfg.train.batch_size))
+        x, z, inputs = self.run.draw()
+        self.stepper(x, z, **inputs)
 
 
 def prepare(cfg: Config) -> StepUnderTest:
-    """The model, optimisers and step of ``cfg`` on its device, with random data."""
+    """The run of ``cfg`` on its device (:func:`ali.run.build_run`, as training builds it),
+    on random data of its shape and label kind."""
     t = cfg.train
     device = resolve_device(t.device)
-    torch.manual_seed(t.seed)
-    data = synthetic_dataset(cfg, t.batch_size, t.seed)
-    settings = speed.resolve(t, device, images=len(data.data_shape or ()) == 3)
-    model = build_model(cfg).to(device).train()
-    speed.prepare(model, settings, device)
-    params_d, params_g = model.parameters_d(), model.parameters_g()
-    opt_d = make_optimizer(params_d, t, t.lr if t.lr_d is None else t.lr_d)
-    opt_g = make_optimizer(params_g, t)
-    stepper = speed.Stepper(model, opt_d, opt_g, params_d, params_g, device, settings)
-    sampler = make_sampler(data, t.batch_size, model.runs, seed=t.seed, device=device)
-    return StepUnderTest(cfg, device, settings, model, stepper, sampler)
+    return StepUnderTest(build_run(cfg, device, dataset=synthetic_dataset(cfg, t.batch_size,
+                                                                          t.seed)))
 
 
 def time_chunk(step: Callable[[], None], device: torch.device, n: int) -> float:
@@ -119,7 +148,8 @@ def bench(name: str | Config, steps: int = 20, batch_size: int | None = None,
     chunk = max(1, steps // repeats)
     step_s = statistics.median(time_chunk(s.step, s.device, chunk) for _ in range(repeats))
     b = s.cfg.train.batch_size
-    flops = step_flops(s.model, s.stepper, s.sampler.next(), s.model.sample_prior(b))
+    x, z, inputs = s.run.draw()
+    flops = step_flops(s.model, s.stepper, x, z, **inputs)
     items = b * s.model.runs
     per_item = flops / items
     return {"config": s.cfg.name, "device": _device_name(s.device),
@@ -130,7 +160,8 @@ def bench(name: str | Config, steps: int = 20, batch_size: int | None = None,
             "threads": torch.get_num_threads(), "steps": chunk * repeats, "runs": s.model.runs}
 
 
-def step_flops(model: Any, stepper: speed.Stepper, x: torch.Tensor, z: torch.Tensor) -> int:
+def step_flops(model: Any, stepper: speed.Stepper, x: torch.Tensor, z: torch.Tensor,
+               **inputs: Any) -> int:
     """FLOPs of one real training step (forward and both backward passes), counted by
     :class:`~torch.utils.flop_counter.FlopCounterMode` on the uncompiled step (a compiled one
     does the same arithmetic)."""
@@ -138,9 +169,12 @@ def step_flops(model: Any, stepper: speed.Stepper, x: torch.Tensor, z: torch.Ten
 
     if stepper.settings.channels_last:
         x, z = speed.to_channels_last(x), speed.to_channels_last(z)
+        if "labelled" in inputs:
+            x_l, y_l = inputs["labelled"]
+            inputs["labelled"] = (speed.to_channels_last(x_l), y_l)
     with FlopCounterMode(display=False) as counter:
         train_step(model, x, z, stepper.opt_d, stepper.opt_g, stepper.params_d,
-                   stepper.params_g, autocast=stepper.autocast, scaler=stepper.scaler)
+                   stepper.params_g, autocast=stepper.autocast, scaler=stepper.scaler, **inputs)
     return int(counter.get_total_flops())
 
 

@@ -15,16 +15,11 @@ from pathlib import Path
 
 from . import __version__
 from .config import apply_overrides, config_names, get_config
-from .errors import AliError, TrainingInterrupted
+from .errors import AliError, TrainingInterrupted, one_line
 
 EXIT_USER_ERROR = 2
 EXIT_SIGNAL_BASE = 128
 """Killed or stopped by signal N exits with 128 + N (130 for SIGINT, 143 for SIGTERM)."""
-
-
-def _one_line(e: Exception) -> str:
-    """The promise of this module: an error is exactly one line."""
-    return " ".join(str(e).split())
 
 
 def _default_out(name: str) -> Path:
@@ -39,6 +34,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     cfg = get_config(args.name, args.overrides)
     if args.resume and args.out is None:
         raise AliError("--resume needs --out RUN_DIR (the folder of the run to continue)")
+    if args.until is not None and args.until < 1:
+        raise AliError(f"--until must be >= 1; got {args.until}")
     out = Path(args.out) if args.out else _default_out(cfg.name)
     if args.resume:
         # The run's own settings, so `ali train NAME --out DIR --resume` needs no --set again;
@@ -52,26 +49,24 @@ def _cmd_train(args: argparse.Namespace) -> int:
         raise AliError(f"{out} already holds a run; pass --resume to continue it, "
                        "or choose another --out")
     if main:
-        print(f"training {cfg.name} ({cfg.model.kind}) for {cfg.train.steps} steps -> {out}",
-              flush=True)
-    hooks, dataset = [], None
+        until = (f" (stopping at step {args.until})" if args.until is not None
+                 and args.until < cfg.train.steps else "")
+        print(f"training {cfg.name} ({cfg.model.kind}) for {cfg.train.steps} steps{until} "
+              f"-> {out}", flush=True)
+    callbacks, dataset = [], None
+    every = cfg.train.checkpoint_every       # run images and TensorBoard's images
     if cfg.model.nets != "toy":
+        from .callbacks import RunImages
         from .data import load_dataset
-        from .viz import write_run_images
 
         dataset = load_dataset(cfg.data)
+        callbacks.append(RunImages(dataset, every, seed=cfg.train.seed))
+    from .report import TensorBoard
 
-        def image_hook(step, model, run_dir):
-            if step % cfg.train.checkpoint_every == 0 or step == cfg.train.steps:
-                write_run_images(model, dataset, run_dir, step)
-
-        hooks.append(image_hook)
-    from .report import tensorboard_hook
-
-    tb = tensorboard_hook(cfg.train.checkpoint_every, dataset)
-    if tb is not None:  # only when the tensorboard package is installed
-        hooks.append(tb)
-    result = train(cfg, run_dir=out, resume=args.resume, hooks=hooks, dataset=dataset)
+    if TensorBoard.available():
+        callbacks.append(TensorBoard(every, dataset, seed=cfg.train.seed))
+    result = train(cfg, run_dir=out, resume=args.resume, callbacks=callbacks, dataset=dataset,
+                   until=args.until, extend=args.extend)
     if not main:
         return 0
     if cfg.model.nets == "toy":
@@ -125,7 +120,7 @@ def _run_and_held_out(args: argparse.Namespace, n: int, what: str):
 
     from .config import apply_overrides
     from .data import load_dataset
-    from .train import load_run
+    from .checkpoint import load_run
     from .viz import held_out, held_out_labels
 
     model, cfg, _ = load_run(args.run_dir)
@@ -146,7 +141,7 @@ def _load_for_sampling(path: str):
     """(model, its ModelConfig, step or None, the run's config or None) of a run folder or of
     a folder written by ``save_pretrained``."""
     from .pretrained import is_pretrained, load
-    from .train import load_run
+    from .checkpoint import load_run
 
     if is_pretrained(path):
         model = load(path)
@@ -218,14 +213,11 @@ def _cmd_interpolate(args: argparse.Namespace) -> int:
 def _cmd_score(args: argparse.Namespace) -> int:
     import csv
 
-    import torch
-
     from .data.inputs import read_inputs
+    from .distributed import resolve_device
     from .pretrained import load
 
-    device = args.device if args.device != "auto" else (
-        "cuda" if torch.cuda.is_available() else "cpu")
-    model = load(args.run_dir, device)
+    model = load(args.run_dir, resolve_device(args.device))
     if model.conditional:
         raise AliError("ali score does not take labels: a conditional model cannot score "
                        "unlabelled items")
@@ -325,6 +317,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", help="run folder (default runs/NAME-TIMESTAMP)")
     t.add_argument("--resume", action="store_true",
                    help="continue from OUT/checkpoints/latest.pt")
+    t.add_argument("--until", type=int, metavar="N",
+                   help="stop with a checkpoint at step N; the schedule still follows "
+                        "train.steps, so --resume later continues exactly (training in pieces)")
+    t.add_argument("--extend", action="store_true",
+                   help="with --resume: accept a new train.steps that stretches a schedule "
+                        "following it (linear lr decay, batch-norm freeze, gan_posthoc)")
     t.set_defaults(func=_cmd_train)
 
     y = sub.add_parser("toy", help="the paper's 2-D experiment (section 4.5), all five models")
@@ -468,10 +466,10 @@ def main(argv: list[str] | None = None) -> int:
                 raise AliError(f"--{key} must be >= 1; got {getattr(args, key)}")
         return args.func(args)
     except TrainingInterrupted as e:
-        print(f"ali: {_one_line(e)}", file=sys.stderr)
+        print(f"ali: {one_line(e, limit=None)}", file=sys.stderr)
         return EXIT_SIGNAL_BASE + e.signum
     except AliError as e:
-        print(f"ali: error: {_one_line(e)}", file=sys.stderr)
+        print(f"ali: error: {one_line(e, limit=None)}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         # A second signal during training: checkpoints are written atomically, so the last

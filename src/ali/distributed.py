@@ -77,13 +77,20 @@ def active() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
+def resolve_device(name: str) -> torch.device:
+    """The device ``train.device`` names: ``auto`` is cuda when available, else cpu."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"train.device={name} but no CUDA device is available")
+    return torch.device(name)
+
+
 def init(device: str) -> tuple[Context, torch.device, bool]:
     """Join the process group torchrun describes and pick this process's device.
 
     Returns (context, device, whether this call created the process group).
     """
-    from .train import resolve_device
-
     ctx = from_env()
     if not ctx.enabled:
         return ctx, resolve_device(device), False

@@ -51,3 +51,22 @@ class TrainingInterrupted(AliError):
     def __init__(self, message: str, signum: int, step: int, result: object = None) -> None:
         super().__init__(message)
         self.signum, self.step, self.result = signum, step, result
+
+
+def one_line(e: BaseException, limit: int | None = 200) -> str:
+    """``e``'s message as one short printable line, for an error that must be one line.
+
+    Terminal colour codes and control characters go, whitespace runs become one space, and the
+    text is cut at ``limit`` characters (None: not cut) (torch's and inductor's messages span pages of advice
+    after the cause). Of torch's ``weights_only`` unpickling advice only the cause is kept: it
+    names what is wrong with the file.
+    """
+    import re
+
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e))
+    cause = re.search(r"WeightsUnpickler error: ([^\n]*?)(\. |\n|$)", text)
+    if cause:
+        text = f"it holds more than tensors and plain values ({cause.group(1)})"
+    text = " ".join("".join(c if c.isprintable() else " " for c in text).split())
+    text = text or type(e).__name__
+    return text if limit is None or len(text) <= limit else text[:limit] + "..."

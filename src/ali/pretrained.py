@@ -14,14 +14,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .errors import AliError, CheckpointError, ConfigError
+from .errors import AliError, CheckpointError, ConfigError, one_line
 
 __all__ = ["features", "load", "is_pretrained"]
-
-
-def _one_line(e: BaseException, limit: int = 200) -> str:
-    text = " ".join(str(e).split()) or type(e).__name__
-    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def is_pretrained(path: str | Path) -> bool:
@@ -58,7 +53,7 @@ def load(path: str | Path, device: str = "cpu") -> Any:
     if is_pretrained(path):
         return _load_pretrained(path, device)
     if (path / "checkpoints").is_dir():
-        from .train import load_run
+        from .checkpoint import load_run
 
         return load_run(path, device)[0]
     raise CheckpointError(f"{path} is neither a saved model (model.safetensors and config.json) "
@@ -78,7 +73,7 @@ def read_config(path: str | Path):
         meta = json.loads(file.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise CheckpointError(f"cannot read {file} (truncated or corrupted?): "
-                              f"{_one_line(e)}") from None
+                              f"{one_line(e)}") from None
     if not isinstance(meta, dict) or meta.get("format") != PRETRAINED_FORMAT:
         found = meta.get("format") if isinstance(meta, dict) else None
         raise CheckpointError(f"{file} is not an ali saved model (format {found!r}, expected "
@@ -88,7 +83,7 @@ def read_config(path: str | Path):
     try:
         return Config.from_dict({"model": meta["model"]}).model
     except ConfigError as e:
-        raise CheckpointError(f"{file} holds an invalid model config: {_one_line(e)}") from None
+        raise CheckpointError(f"{file} holds an invalid model config: {one_line(e)}") from None
 
 
 def _load_pretrained(path: Path, device: str) -> Any:
@@ -104,16 +99,16 @@ def _load_pretrained(path: Path, device: str) -> Any:
         state = load_file(str(weights))
     except Exception as e:  # safetensors raises its own error types on damaged files
         raise CheckpointError(f"cannot read {weights} (truncated or corrupted?): "
-                              f"{type(e).__name__}: {_one_line(e)}") from None
+                              f"{type(e).__name__}: {one_line(e)}") from None
     try:
         model = build_model(Config(model=model_cfg))
     except AliError as e:
-        raise CheckpointError(f"{path}: cannot build its model: {_one_line(e)}") from None
+        raise CheckpointError(f"{path}: cannot build its model: {one_line(e)}") from None
     try:
         model.load_state_dict(state)
     except (RuntimeError, KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{weights} does not fit the model of its config.json: "
-                              f"{_one_line(e)}") from None
+                              f"{one_line(e)}") from None
     return model.to(device).eval()
 
 

@@ -7,9 +7,9 @@ needs nothing beyond the standard library. Where the run has no ``interpolations
 writes samples and reconstructions only) it renders one from the checkpoint when the run's data
 can be read.
 
-:func:`tensorboard_hook` is a training hook that sends the same scalars and images to
+:class:`TensorBoard` is a training callback that sends the same scalars and images to
 TensorBoard (``RUN_DIR/tensorboard``) when the ``tensorboard`` package is installed
-(``pip install 'ali[tensorboard]'``), and is ``None`` otherwise.
+(``pip install 'ali[tensorboard]'``); :func:`tensorboard_hook` is the same as a plain hook.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import math
 from pathlib import Path
 from typing import Any, Callable
 
+from .engine import Callback
 from .errors import AliError
 
 CURVES = (("losses", ("loss_d", "loss_g")), ("discriminator accuracy", ("acc_q", "acc_p")))
@@ -117,7 +118,7 @@ def _images(run_dir: Path) -> list[Path]:
 def render_interpolations(run_dir: Path) -> str | None:
     """Write ``interpolations.png`` from the checkpoint; None, or why it could not."""
     from .data import load_dataset
-    from .train import load_run
+    from .checkpoint import load_run
     from .viz import grid_scale, held_out, held_out_labels, interpolation_grid, save_grid
 
     import torch
@@ -230,46 +231,115 @@ def summary_writer(run_dir: Path):
     return SummaryWriter(str(Path(run_dir) / TB_DIR))
 
 
-def tensorboard_hook(every_images: int, dataset: Any = None,
-                     writer_factory: Callable[[Path], Any] = summary_writer):
-    """A training hook ``hook(step, model, run_dir)`` sending each new ``metrics.jsonl`` record
-    to TensorBoard, and sample/reconstruction grids every ``every_images`` steps; None when
-    TensorBoard is not installed."""
-    state: dict[str, Any] = {}
+def _last_record(run_dir: Path) -> dict[str, Any] | None:
+    """The last record of ``metrics.jsonl``, read from the file's end (not the whole file)."""
+    path = run_dir / "metrics.jsonl"
+    try:
+        with open(path, "rb") as f:
+            size = f.seek(0, 2)
+            f.seek(max(0, size - 65536))
+            lines = f.read().decode(errors="replace").splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(rec, dict) and "step" in rec:
+            return rec
+    return None
 
-    def hook(step: int, model, run_dir: Path | None) -> None:
-        if run_dir is None:
-            return
-        if "writer" not in state:
-            state["writer"] = writer_factory(Path(run_dir))
-        w = state["writer"]
-        records = read_records(Path(run_dir))
-        if records and records[-1]["step"] == step:
-            for k, v in records[-1].items():
+
+def _tensorboard_installed() -> bool:
+    try:
+        import torch.utils.tensorboard  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class TensorBoard(Callback):
+    """A training callback sending each logged record's scalars to TensorBoard
+    (``RUN_DIR/tensorboard``; the record is passed, the metrics file is not read) and
+    sample/reconstruction grids every ``every_images`` steps, drawn on its own RNG stream (the
+    training RNG is untouched, so a run with TensorBoard trains as one without)."""
+
+    main_only = True
+
+    def __init__(self, every_images: int, dataset: Any = None,
+                 writer_factory: Callable[[Path], Any] | None = None, seed: int = 0) -> None:
+        self.every_images, self.dataset, self.seed = every_images, dataset, seed
+        self.writer_factory = writer_factory or summary_writer
+        self.writer = None
+
+    @staticmethod
+    def available() -> bool:
+        """Whether the ``tensorboard`` package is installed."""
+        return _tensorboard_installed()
+
+    def due(self, step: int, loop) -> bool:
+        return loop.run_dir is not None and (loop.record is not None or self._images_due(step))
+
+    def __call__(self, step: int, loop) -> None:
+        self.log(step, loop.run.model, loop.run_dir, loop.record)
+
+    def _images_due(self, step: int) -> bool:
+        return self.dataset is not None and step % self.every_images == 0
+
+    def log(self, step: int, model, run_dir: Path, record: dict[str, Any] | None) -> None:
+        """Send ``record``'s numbers (when given) and, at an image step, the grids."""
+        if self.writer is None:
+            self.writer = self.writer_factory(Path(run_dir))
+        w = self.writer
+        if record is not None:
+            for k, v in record.items():
                 if k != "step" and isinstance(v, (int, float)):
                     w.add_scalar(f"train/{k}", v, step)
-        if dataset is not None and step % every_images == 0:
+        if self._images_due(step):
+            from .callbacks import callback_seed, private_rng
+            from .model import evaluating
             from .viz import grid, held_out, held_out_labels, reconstruction_grid
 
-            was = model.training
-            model.eval()
+            dataset = self.dataset
             device = next(model.parameters()).device
-            # Conditional runs: attribute samples take held-out images' attributes; class
-            # samples cycle through the classes.
-            y_s = (held_out_labels(dataset, 64).to(device)
-                   if model.conditional and model.attributes else None)
-            w.add_image("samples", grid(model.sample(64, y_s), 8), step, dataformats="HWC")
-            if model.encoder is not None:
-                x = held_out(dataset, 32).to(device)
-                y = held_out_labels(dataset, 32).to(device) if model.conditional else None
-                w.add_image("reconstructions", grid(reconstruction_grid(model, x, y), 8), step,
-                            dataformats="HWC")
-            model.train(was)
+            with private_rng(callback_seed(self.seed, "tensorboard", step), device), \
+                    evaluating(model):
+                # Conditional runs: attribute samples take held-out images' attributes; class
+                # samples cycle through the classes.
+                y_s = (held_out_labels(dataset, 64).to(device)
+                       if model.conditional and model.attributes else None)
+                w.add_image("samples", grid(model.sample(64, y_s), 8), step, dataformats="HWC")
+                if model.encoder is not None:
+                    x = held_out(dataset, 32).to(device)
+                    y = held_out_labels(dataset, 32).to(device) if model.conditional else None
+                    w.add_image("reconstructions", grid(reconstruction_grid(model, x, y), 8),
+                                step, dataformats="HWC")
         w.flush()
 
-    if writer_factory is summary_writer:
-        try:
-            import torch.utils.tensorboard  # noqa: F401
-        except ImportError:
-            return None
+    def close(self) -> None:
+        if self.writer is not None and hasattr(self.writer, "close"):
+            self.writer.close()
+        self.writer = None
+
+
+def tensorboard_hook(every_images: int, dataset: Any = None,
+                     writer_factory: Callable[[Path], Any] = summary_writer):
+    """A plain training hook ``hook(step, model, run_dir, record=None)`` doing what
+    :class:`TensorBoard` does (for ``train(hooks=...)``); without ``record`` it sends the last
+    record of ``metrics.jsonl`` when that is of ``step``. None when TensorBoard is not
+    installed."""
+    if writer_factory is summary_writer and not _tensorboard_installed():
+        return None
+    tb = TensorBoard(every_images, dataset, writer_factory)
+
+    def hook(step: int, model, run_dir: Path | None,
+             record: dict[str, Any] | None = None) -> None:
+        if run_dir is None:
+            return
+        if record is None:
+            last = _last_record(Path(run_dir))
+            record = last if last is not None and last["step"] == step else None
+        tb.log(step, model, Path(run_dir), record)
+
     return hook

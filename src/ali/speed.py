@@ -1,16 +1,16 @@
 """How a training step runs fast: precision, memory format and compilation (README, "Speed").
 
 :func:`resolve` turns ``train.precision``, ``train.channels_last`` and ``train.compile`` into the
-settings of one device; :class:`Stepper` runs :func:`~ali.train.train_step` with them. The
-``auto`` values are the fastest settings measured to keep quality on each device kind:
+settings of one device; :class:`Stepper` runs :func:`~ali.step.train_step` with them. The
+``auto`` values are what was measured to keep quality and speed on each device kind:
 
-- CPU: fp32, channels-last. On the 2-core AVX-512 machine of the README (avx512_bf16 but no
-  AMX), a large bf16 matrix multiply runs at about half the fp32 rate and the bf16 svhn step was
-  slower than fp32; channels-last made the svhn step about 1.3x faster (oneDNN's transposed
-  convolutions work in that format and copy NCHW tensors to it); torch.compile made it slower.
-- GPU: bf16 autocast where the GPU supports it (Ampere and later), channels-last. Not measured
-  here (no GPU); bf16 was measured to keep quality on the CPU, with the same autocast policy and
-  fp32 losses, and channels-last is what tensor-core convolutions want.
+- precision: fp32 on every device (:func:`auto_precision`); bf16 and fp16 are opt-in. On the
+  2-core AVX-512 machine of the README (avx512_bf16 but no AMX), a large bf16 matrix multiply
+  runs at about half the fp32 rate and the bf16 svhn step was slower than fp32; bf16 also lost
+  quality on MNIST's reconstructions.
+- channels-last: on, on either kind of device (oneDNN's transposed convolutions work in that
+  format and made the svhn step about 1.3x faster on the CPU; tensor-core convolutions want it).
+- torch.compile: off (it made the CPU step slower).
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ import torch
 from torch import Tensor
 
 from .config import TrainConfig
-from .errors import AliError, ConfigError
+from .errors import AliError, ConfigError, one_line
+from .step import train_step
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -129,8 +130,6 @@ class Stepper:
     def __call__(self, x: Tensor, z: Tensor, **inputs: Any):
         """One step on data ``x`` and prior draws ``z``; ``inputs`` (a conditional model's
         ``y``, a semi-supervised model's ``labelled`` batch) go to ``model.losses``."""
-        from .train import train_step
-
         if self.settings.channels_last:
             x, z = to_channels_last(x), to_channels_last(z)
             if "labelled" in inputs:
@@ -145,8 +144,7 @@ class Stepper:
         try:
             out = step()
         except Exception as e:  # inductor's errors span pages: one line, and what to do
-            text = " ".join(str(e).split())[:200] or type(e).__name__
-            raise CompileError(f"torch.compile failed ({type(e).__name__}: {text}); "
+            raise CompileError(f"torch.compile failed ({type(e).__name__}: {one_line(e)}); "
                                "run without train.compile / --compile") from None
         self._untried = False
         return out

@@ -78,10 +78,17 @@ def with_known_labels(cfg: Config) -> Config:
     known = KNOWN_LABELS.get(cfg.data.name)
     if not (m.semi_supervised or m.conditional) or known is None:
         return cfg
-    k, attributes = known
+    return with_labels(cfg, *known)
+
+
+def with_labels(cfg: Config, k: int, attributes: bool) -> Config:
+    """``cfg`` whose conditional or semi-supervised model takes ``k`` classes (or ``k`` 0/1
+    attributes) of ``cfg.data.name``; a one-line :class:`~ali.errors.ConfigError` when such
+    labels cannot serve the model (attributes for a semi-supervised one, another label_dim)."""
+    m = cfg.model
+    which = "model.semi_supervised" if m.semi_supervised else "model.conditional"
     if m.semi_supervised and attributes:
-        raise ConfigError(f"model.semi_supervised=true needs class labels; {cfg.data.name} has "
-                          "attributes")
+        raise ConfigError(f"{which}=true needs class labels; {cfg.data.name} has attributes")
     if m.label_dim and m.label_dim != k:
         raise ConfigError(f"model.label_dim={m.label_dim} but {cfg.data.name} has {k} "
                           f"{'attributes' if attributes else 'classes'}")

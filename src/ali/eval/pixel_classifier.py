@@ -142,7 +142,7 @@ def train_classifier(x: Any, y: Tensor, x_test: Any = None, y_test: Tensor | Non
 
 
 def save(clf: PixelClassifier, meta: dict[str, Any], path: Path | str) -> Path:
-    from ..train import atomic_save
+    from ..checkpoint import atomic_save
 
     path = Path(path)
     atomic_save({"model": clf.state_dict(), "meta": meta}, path)

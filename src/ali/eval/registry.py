@@ -144,7 +144,7 @@ class EvalContext:
 
     @cached_property
     def _run(self):
-        from ..train import load_run
+        from ..checkpoint import load_run
 
         return load_run(self.run_dir, self.device)
 
@@ -202,7 +202,7 @@ def run_metric(ctx: EvalContext, name: str, opts: argparse.Namespace | None = No
     """Compute metric ``name`` on ``ctx``'s run and write its JSON; (result, path)."""
     import torch
 
-    from ..train import _atomic_write
+    from ..checkpoint import atomic_write
 
     m = get(name)
     opts = resolve(m, opts or argparse.Namespace())
@@ -219,5 +219,5 @@ def run_metric(ctx: EvalContext, name: str, opts: argparse.Namespace | None = No
               "options": {k: v for k, v in vars(opts).items()}}
     path = Path(out) if out else result_path(ctx.run_dir, m, opts)
     text = json.dumps(result, indent=2) + "\n"
-    _atomic_write(path, lambda f: f.write(text.encode()))
+    atomic_write(path, lambda f: f.write(text.encode()))
     return result, path

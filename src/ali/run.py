@@ -1,0 +1,232 @@
+"""Run setup: everything a training run is made of, built in one place (:func:`build_run`).
+
+``ali.train.train`` and ``ali bench`` both build their run here: the dataset's labels resolved
+into the config, the model with its data-dependent initialisation, the samplers (the labelled
+one of a semi-supervised model included), the speed settings, both optimisers and the step. A
+:class:`Run` also holds what a checkpoint saves of it (:meth:`Run.state_dict`) and the one
+learning-rate formula (:meth:`Run.learning_rates`).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import __version__, distributed, speed
+from .checkpoint import rng_state, set_rng_state
+from .config import Config
+from .data import (Dataset, ImageSampler, first_items, labelled_subset, load_dataset, make_sampler,
+                   with_labels)
+from .errors import CheckpointError, ConfigError, one_line
+from .build import build_model
+from .nets import family
+from .step import lr_factor, make_optimizer
+
+# The original code set the decoder's per-pixel output bias from this many training images.
+DECODER_BIAS_IMAGES = 500
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, numpy's and torch's global RNGs (the training RNG)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def check_data_shape(cfg: Config, dataset: Dataset) -> None:
+    """A one-line error when the data's items do not have the shape the networks expect."""
+    want = tuple(family(cfg.model.nets).data_shape(cfg.model))
+    have = tuple(dataset.data_shape or tuple(dataset.train.shape[1:]))
+    if want[-len(have):] != have:
+        raise ConfigError(
+            f"dataset {dataset.name!r} has items of shape {list(have)} but config "
+            f"{cfg.name!r} ({cfg.model.nets} networks) expects {list(want[-len(have):])}; "
+            "choose a config for this image size or set data.image_size / data.channels")
+
+
+def resolve_labels(cfg: Config, dataset: Dataset) -> Config:
+    """``cfg`` with ``model.label_dim`` and ``model.attributes`` filled in from the dataset's
+    labels, for semi-supervised and conditional models; a one-line error when the data cannot
+    serve the model."""
+    m = cfg.model
+    if not (m.semi_supervised or m.conditional):
+        return cfg
+    which = "model.semi_supervised" if m.semi_supervised else "model.conditional"
+    y = dataset.train_labels
+    if y is None:
+        raise ConfigError(f"{which}=true needs labels, and dataset {dataset.name!r} has none "
+                          "here")
+    attributes = y.dim() == 2
+    k = int(y.shape[1]) if attributes else int(dataset.num_classes or 0)
+    if k < 1 and not (m.semi_supervised and attributes):
+        raise ConfigError(f"{which}=true: cannot tell how many classes {dataset.name} has")
+    if m.conditional and not attributes and bool((y < 0).any()):
+        raise ConfigError("model.conditional=true needs the label of every training example; "
+                          "unset data.labels")
+    return with_labels(cfg, k, attributes)
+
+
+def init_from_data_(model: Any, dataset: Dataset) -> None:
+    """Data-dependent initialisation: the decoder's per-pixel bias, where it has one."""
+    from .nets.conv import PixelBias, init_decoder_bias_
+
+    if any(isinstance(m, PixelBias) for m in model.decoder.modules()):
+        x0 = first_items(dataset, DECODER_BIAS_IMAGES)
+        init_decoder_bias_(model, x0)
+
+
+@dataclass
+class Run:
+    """A built run: its config (labels resolved), data, model, samplers, optimisers and step.
+
+    ``lr_scale`` and ``rollbacks`` are changed by the divergence policy's rollbacks and saved
+    in every checkpoint.
+    """
+
+    cfg: Config
+    device: torch.device
+    ctx: distributed.Context
+    dataset: Dataset
+    model: Any
+    sampler: Any
+    labelled_sampler: ImageSampler | None
+    settings: speed.StepSettings
+    opt_d: torch.optim.Optimizer | None
+    opt_g: torch.optim.Optimizer | None
+    stepper: speed.Stepper
+    batch: int
+    """This process's share of train.batch_size."""
+    lr_scale: float = 1.0
+    rollbacks: int = 0
+
+    @property
+    def total(self) -> int:
+        """train.steps: the length the schedule follows (``until`` may stop a run earlier)."""
+        return self.cfg.train.steps
+
+    def draw(self) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+        """The next training batch ``x ~ q(x)`` (B, *data), the prior draws ``z ~ p(z)``
+        (B, *latent) and what else the model's losses take: a conditional model's ``y`` (the
+        batch's labels), a semi-supervised model's ``labelled`` batch ``(x_l, y_l)``."""
+        inputs: dict[str, Any] = {}
+        x = self.sampler.next()
+        if isinstance(x, tuple):                        # conditional: (x, y) ~ q(x, y)
+            x, inputs["y"] = x
+        if self.labelled_sampler is not None:           # (x_l, y_l): (Bl, *data), (Bl,)
+            inputs["labelled"] = self.labelled_sampler.next()
+        return x, self.model.sample_prior(self.batch), inputs
+
+    def learning_rates(self, step: int) -> dict[str, float]:
+        """The learning rates of ``step`` (0-based): ``lr`` of the generator's optimiser and
+        ``lr_d`` of the discriminator's, where there is one. The one place of the formula."""
+        t = self.cfg.train
+        factor = lr_factor(step, t)
+        rates = {"lr": t.lr * factor * self.lr_scale}
+        if self.opt_d is not None:
+            rates["lr_d"] = (t.lr if t.lr_d is None else t.lr_d) * factor * self.lr_scale
+        return rates
+
+    def set_learning_rates(self, step: int) -> None:
+        """Set both optimisers' learning rates to those of ``step``."""
+        rates = self.learning_rates(step)
+        for opt, key in ((self.opt_d, "lr_d"), (self.opt_g, "lr")):
+            if opt is not None:
+                for group in opt.param_groups:
+                    group["lr"] = rates[key]
+
+    def state_dict(self, step: int) -> dict[str, Any]:
+        """What a checkpoint of ``step`` holds: the model, optimisers, samplers, RNGs, the
+        gradient scaler and the divergence policy's learning-rate scale and rollback count."""
+        return {"model": self.model.state_dict(), "step": step, "config": self.cfg.to_dict(),
+                "opt_d": self.opt_d.state_dict() if self.opt_d else None,
+                "opt_g": self.opt_g.state_dict() if self.opt_g else None,
+                "sampler": self.sampler.state_dict(), "rng": rng_state(), "version": __version__,
+                "labelled_sampler": (self.labelled_sampler.state_dict()
+                                     if self.labelled_sampler else None),
+                "lr_scale": self.lr_scale, "rollbacks": self.rollbacks,
+                "scaler": self.stepper.state_dict()}
+
+    def load_state_dict(self, ckpt: dict[str, Any], name: str) -> int:
+        """Restore :meth:`state_dict`'s dict; returns its step. A one-line
+        :class:`CheckpointError` when it does not fit this run."""
+        try:
+            self.model.load_state_dict(ckpt["model"])
+            for opt, key in ((self.opt_d, "opt_d"), (self.opt_g, "opt_g")):
+                if opt is not None:
+                    opt.load_state_dict(ckpt[key])
+            self.sampler.load_state_dict(ckpt["sampler"])
+            if self.labelled_sampler is not None:
+                self.labelled_sampler.load_state_dict(ckpt["labelled_sampler"])
+            set_rng_state(ckpt["rng"])
+            self.stepper.load_state_dict(ckpt.get("scaler"))
+            self.lr_scale = float(ckpt.get("lr_scale", 1.0))
+            self.rollbacks = int(ckpt.get("rollbacks", 0))
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as e:
+            raise CheckpointError(f"{name} does not fit this model ({type(e).__name__}: "
+                                  f"{one_line(e)})") from None
+        return int(ckpt["step"])
+
+    def record(self) -> dict[str, Any]:
+        """How this process runs (``config.json``'s ``run`` section)."""
+        return {"world_size": self.ctx.world_size, "batch_per_process": self.batch,
+                "device": str(self.device), **self.settings.to_dict(),
+                "torch": torch.__version__, "ali": __version__}
+
+    def close(self) -> None:
+        """Release the samplers' resources (a streaming sampler's DataLoader workers)."""
+        for sampler in (self.sampler, self.labelled_sampler):
+            close = getattr(sampler, "close", None)
+            if close is not None:
+                close()
+
+
+def build_run(cfg: Config, device: torch.device, ctx: distributed.Context | None = None,
+              dataset: Dataset | None = None, model: Any = None,
+              init_from_data: bool = True) -> Run:
+    """Build the run of ``cfg`` on ``device``: seed the training RNG with ``train.seed``, load
+    the dataset (unless given), resolve its labels into the config, build the model (unless
+    given) and initialise it from the data (unless ``init_from_data`` is false: a resumed run
+    loads its parameters), and make the samplers, speed settings, optimisers and step.
+
+    ``ctx``: this process's place in a multi-process run (each process samples its share of
+    every batch and averages the gradients); single-process when None.
+    """
+    ctx = ctx or distributed.Context()
+    t = cfg.train
+    seed_everything(t.seed)
+    batch = distributed.local_batch(t.batch_size, ctx)
+    if dataset is None:
+        dataset = load_dataset(cfg.data)
+    cfg = resolve_labels(cfg, dataset)
+    if model is None:
+        model = build_model(cfg)
+    model.to(device).train()
+    check_data_shape(cfg, dataset)
+    if init_from_data:
+        init_from_data_(model, dataset)
+    sampler = make_sampler(dataset, t.batch_size, model.runs, seed=t.seed, device=device,
+                           shard=(ctx.rank, ctx.world_size), with_labels=cfg.model.conditional is not None)
+    labelled_sampler = None
+    if cfg.model.semi_supervised:
+        x_lab, y_lab = labelled_subset(dataset)
+        size = t.labelled_batch_size or min(t.batch_size, len(y_lab))
+        # Its own seed, so the unlabelled batches are those of the same run without labels.
+        # Every process draws the same labelled batch.
+        labelled_sampler = ImageSampler(x_lab.to(device), size, 1, seed=t.seed + 1,
+                                        device=device, labels=y_lab)
+    images = len(family(cfg.model.nets).data_shape(cfg.model)) == 3
+    settings = speed.resolve(t, device, images)
+    speed.prepare(model, settings, device)
+
+    params_d, params_g = model.parameters_d(), model.parameters_g()
+    opt_d = make_optimizer(params_d, t, t.lr if t.lr_d is None else t.lr_d)
+    opt_g = make_optimizer(params_g, t)
+    stepper = speed.Stepper(model, opt_d, opt_g, params_d, params_g, device, settings,
+                            sync=distributed.GradientAverager(list(model.parameters()))
+                            if ctx.enabled else None)
+    return Run(cfg, device, ctx, dataset, model, sampler, labelled_sampler, settings, opt_d,
+               opt_g, stepper, batch)
