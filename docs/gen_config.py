@@ -1,5 +1,8 @@
 """MkDocs hook: the configuration reference, generated from ``ali.config`` at build time.
 
+It also strips the Sphinx roles (``:class:``, ``:func:``, ...) of the docstrings from the
+rendered pages (:func:`on_page_content`).
+
 ``docs/configuration.md`` holds two markers, replaced when the page is built:
 
 - ``<!-- config-keys -->``: one table per section (``model``, each optional model section,
@@ -173,6 +176,15 @@ def on_page_markdown(markdown: str, page, config, files) -> str:  # noqa: ANN001
     if PRESETS_MARKER in markdown:
         markdown = markdown.replace(PRESETS_MARKER, presets_markdown())
     return markdown
+
+
+_ROLE = re.compile(r"(?<![\w-]):?(?:class|func|meth|mod|data|attr|exc|obj):\s*(<code>)~?")
+
+
+def on_page_content(html: str, page, config, files) -> str:  # noqa: ANN001 (mkdocs hook)
+    """The docstrings use Sphinx roles (:class:`x`); mkdocstrings renders them as text plus
+    code, so drop the role and a leading ``~``, keeping the code."""
+    return _ROLE.sub(r"\1", html)
 
 
 if __name__ == "__main__":  # python docs/gen_config.py: print the generated reference
