@@ -189,10 +189,12 @@ class GenerativeModel(nn.Module):
             batch_size: examples per forward pass.
 
         The model is in evaluation mode for the call (batch norm on population statistics).
-        Example::
 
+        Example:
+            ```python
             f = model.features(images_uint8)            # (N, latent_dim)
             LogisticRegression().fit(f.cpu().numpy(), labels)
+            ```
         """
         if kind not in FEATURE_KINDS:
             raise DataError(f"unknown features {kind!r} (known: {', '.join(FEATURE_KINDS)})")

@@ -37,8 +37,8 @@ def load(path: str | Path, device: str = "cpu") -> Any:
         device: where to put the model (``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...).
 
     Returns:
-        The :class:`~ali.model.GenerativeModel` (an ``ALI``, ``GAN``, ``GANInverse``,
-        ``GANPostHoc`` or ``VAE``), with its ``config`` set.
+        GenerativeModel: the model (an ``ALI``, ``GAN``, ``GANInverse``, ``GANPostHoc`` or
+            ``VAE``), with its ``config`` set.
 
     Raises:
         CheckpointError: (one line) nothing at ``path``; a folder that is neither kind; a
@@ -119,11 +119,14 @@ def features(model: Any, x: Any, y: Any = None, kind: str = "mu", device: str = 
 
     ``model`` may be a :class:`~ali.model.GenerativeModel` or a path for :func:`load` (loaded
     on ``device``); the rest is :meth:`~ali.model.GenerativeModel.features`: (N, D) float32,
-    detached, on the model's device. Example::
+    detached, on the model's device.
 
+    Example:
+        ```python
         import ali
         f = ali.features("runs/mnist", images_uint8).numpy()   # (N, 32)
         LogisticRegression(max_iter=1000).fit(f, labels)
+        ```
     """
     if isinstance(model, (str, Path)):
         model = load(model, device)
