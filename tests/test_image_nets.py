@@ -82,8 +82,12 @@ def test_cifar10_encoder_spatial_sizes():
 
 def test_cifar10_discriminator_follows_the_code():
     d = model("cifar10").discriminator
-    drop = [b.spec.dropout for b in d.d_x]
-    assert drop == [0.2, 0.5, 0.5, 0.0, 0.5]
+    # The original drops the INPUT of x_discriminator.layers[2::3] of [conv, maxout] x 5: the
+    # 64 conv (2), the maxout after the 128 conv (5: the 128 conv's output) and the 512 conv (8).
+    assert [b.spec.dropout for b in d.d_x] == [0.2, 0.5, 0.0, 0.0, 0.5]
+    assert [b.spec.dropout_out for b in d.d_x] == [0.0, 0.0, 0.5, 0.0, 0.0]
+    names = [n for n, _ in d.d_x[2].named_children()]
+    assert names == ["conv", "dropout_out", "act"]      # dropped after the conv, before maxout
     assert [b.spec.dropout for b in d.d_z] == [0.2, 0.5]
     assert [b.spec.dropout for b in d.d_xz] == [0.5, 0.5, 0.5]
     assert all(b.spec.act == "maxout" for b in [*d.d_x, *d.d_z, *d.d_xz[:-1]])
@@ -93,19 +97,41 @@ def test_cifar10_discriminator_follows_the_code():
     assert model("svhn").discriminator.d_xz[0].conv.in_channels == 1024
 
 
+# Which discriminator convs have a bias in the original code: use_bias=False on D(x) (switched
+# back on for its first conv) and on D(z) in every family but Tiny ImageNet's; the joint
+# convs keep theirs. D(x)'s later convs are followed by batch norm except in CIFAR-10.
+ORIGINAL_BIASES = {
+    "cifar10": ([True, False, False, False, False], [False, False], [True, True, True]),
+    "svhn": ([True, False, False, False, False], [False, False], [True, True, True]),
+    "celeba": ([True, False, False, False, False], [False, False], [True, True, True]),
+    "imagenet64": ([True] + [False] * 5, [True, True], [True, True, True]),
+}
+
+
+@pytest.mark.parametrize("name", list(ORIGINAL_BIASES))
+def test_discriminator_biases_follow_the_code(name):
+    d = model(name).discriminator
+    got = tuple([b.conv.bias is not None for b in net] for net in (d.d_x, d.d_z, d.d_xz))
+    assert got == ORIGINAL_BIASES[name]
+
+
 @pytest.mark.parametrize("name", list(FAMILIES))
 def test_layer_conventions(name):
     m = model(name)
     for b in blocks(m):
         names = [n for n, _ in b.named_children()]
         # dropout acts on the conv's input; bn after the conv; nonlinearity last
-        order = [n for n in ("dropout", "conv", "bn", "bias", "act") if n in names]
+        order = [n for n in ("dropout", "conv", "dropout_out", "bn", "bias", "act")
+                 if n in names]
         assert names == order
         assert ("dropout" in names) == (b.spec.dropout > 0)
         assert b.conv.padding == (0, 0)
-        assert (b.conv.bias is None) == (b.spec.bn or b.spec.pixel_bias)
+        assert (b.conv.bias is not None) == b.spec.has_bias
+        if b.spec.bn or b.spec.pixel_bias:
+            assert b.conv.bias is None
         if "bn" in names:
             assert (b.bn.eps, b.bn.momentum) == (1e-4, 0.05)
+        assert ("dropout_out" in names) == (b.spec.dropout_out > 0)
     # dropout only in the discriminator
     assert not any(isinstance(x, nn.Dropout) for x in [*m.encoder.modules(),
                                                         *m.decoder.modules()])
@@ -183,14 +209,15 @@ def test_arch_json(capsys):
         assert nets[key]["params"] == sum(p.numel() for p in net.parameters())
         for layer in nets[key]["layers"]:
             assert set(layer) == {"op", "kernel", "stride", "out_channels", "bn", "dropout",
-                                  "act"}
+                                  "dropout_out", "act"}
     assert nets["encoder"]["layers"][0] == {"op": "conv", "kernel": 5, "stride": 1,
                                             "out_channels": 32, "bn": True, "dropout": 0.0,
-                                            "act": "lrelu"}
+                                            "dropout_out": 0.0, "act": "lrelu"}
     assert nets["decoder"]["layers"][0]["op"] == "convT"
     assert nets["decoder"]["layers"][-1]["act"] == "sigmoid"
     assert [l["act"] for l in nets["disc_x"]["layers"]] == ["maxout"] * 5
-    assert [l["dropout"] for l in nets["disc_x"]["layers"]] == [0.2, 0.5, 0.5, 0.0, 0.5]
+    assert [l["dropout"] for l in nets["disc_x"]["layers"]] == [0.2, 0.5, 0.0, 0.0, 0.5]
+    assert [l["dropout_out"] for l in nets["disc_x"]["layers"]] == [0.0, 0.0, 0.5, 0.0, 0.0]
 
 
 def test_arch_text(capsys):

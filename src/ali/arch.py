@@ -5,8 +5,9 @@ evaluation mode), never from the tables themselves: a table and the network it b
 drift apart unnoticed.
 
 A network is described layer by layer. A layer starts at each conv, transposed conv or linear
-module; a dropout just before it is its input dropout, and the batch norm and nonlinearity after
-it belong to it.
+module; a dropout just before it is its input dropout, and an output dropout
+(:class:`~ali.nets.layers.OutputDropout`), the batch norm and the nonlinearity after it belong
+to it.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from torch import Tensor, nn
 
 from .config import Config
 from .nets import family
-from .nets.layers import Maxout, RunBatchNorm, RunLinear
+from .nets.layers import Maxout, OutputDropout, RunBatchNorm, RunLinear
 
 NETWORKS = ("encoder", "decoder", "disc_x", "disc_z", "disc_joint")
 TITLES = {"encoder": "G_z(x), encoder", "decoder": "G_x(z), decoder", "disc_x": "D(x)",
@@ -44,7 +45,10 @@ def _layers(net: nn.Module) -> list[dict[str, Any]]:
         if list(m.children()):
             continue
         op = _op(m)
-        if isinstance(m, nn.Dropout):
+        if isinstance(m, OutputDropout) and rows:
+            rows[-1]["dropout_out"] = m.p
+            rows[-1]["_modules"].append(m)
+        elif isinstance(m, nn.Dropout):
             dropout = m.p
         elif op is not None:
             if op == "linear":
@@ -53,7 +57,8 @@ def _layers(net: nn.Module) -> list[dict[str, Any]]:
             else:
                 kernel, stride, maps = m.kernel_size[0], m.stride[0], m.out_channels
             rows.append({"op": op, "kernel": kernel, "stride": stride, "out_channels": maps,
-                         "bn": False, "dropout": dropout, "act": "linear", "_modules": [m]})
+                         "bn": False, "dropout": dropout, "dropout_out": 0.0, "act": "linear",
+                         "_modules": [m]})
             dropout = 0.0
         elif rows:
             row = rows[-1]
@@ -139,6 +144,11 @@ def to_json(desc: dict[str, Any]) -> dict[str, Any]:
     return desc
 
 
+def _dropout(row: dict[str, Any]) -> str:
+    text = f"{row['dropout']:g}"
+    return f"{text}, out {row['dropout_out']:g}" if row["dropout_out"] else text
+
+
 def _dims(shape: list[int]) -> str:
     return "x".join(str(s) for s in shape)
 
@@ -159,7 +169,7 @@ def to_text(desc: dict[str, Any]) -> str:
             s = "-" if r["stride"] is None else str(r["stride"])
             rows.append(({"conv": "convolution", "convT": "transposed conv",
                           "linear": "linear"}[r["op"]], k, s, str(r["out_channels"]),
-                         "yes" if r["bn"] else "no", f"{r['dropout']:g}", r["act"],
+                         "yes" if r["bn"] else "no", _dropout(r), r["act"],
                          _dims(r["_out"]), f"{r['_params']:,}"))
         if len(rows) == 1:
             lines.append("  (identity: no layers)")

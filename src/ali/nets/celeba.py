@@ -8,6 +8,7 @@ Differences from Table 5 (we follow the original code):
 - D(x, z) input is 512 + 1024 = 1536 channels (the table says 1024).
 - D(x): the first conv has no batch norm (with a bias), and every D(x) conv has dropout 0.2 on
   its input (the table shows batch norm everywhere and no dropout).
+- D(z)'s convs have no biases (the original's ``use_bias=False``; the table does not say).
 - The decoder's input is z, 256 x 1 x 1 (the table says 512: the encoder's 512 output maps are
   mu and log sigma of a 256-d z).
 - The table gives no beta2; we use the others' (PyTorch 0.999).
@@ -49,8 +50,8 @@ DISC_X = [
 ]
 
 DISC_Z = [
-    conv(1, 1, 1024, bn=False, dropout=0.2),
-    conv(1, 1, 1024, bn=False, dropout=0.2),
+    conv(1, 1, 1024, bn=False, bias=False, dropout=0.2),
+    conv(1, 1, 1024, bn=False, bias=False, dropout=0.2),
 ]
 
 DISC_JOINT = [                                                 # input 512 + 1024 = 1536
@@ -65,6 +66,7 @@ FAMILY = ConvFamily(
     svm_layers=(3, 4),  # k7s2-256 (256x4x4), k4s1-512: as SVHN's 4x4 and 1x1 layers
     notes=("D(x,z) input 1536 channels (512 + 1024), not the table's 1024",
            "D(x): first conv without BN, dropout 0.2 before every conv (table: BN, no dropout)",
+           "D(z)'s convs have no biases (the original's use_bias=False)",
            "decoder input is z, 256x1x1 (the table's 512 is the encoder's mu and log sigma)",
            "the last D conv outputs a logit; the table's sigmoid is in the loss",
            "decoder output bias is per pixel (3x64x64), initialised from the data"))

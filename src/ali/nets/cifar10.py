@@ -1,7 +1,8 @@
 """CIFAR-10, 32x32x3 (the paper's Table 3), as the original code built it.
 
 Latent 64, leaky ReLU slope 0.1, maxout with 2 contiguous pieces in the discriminator (which has
-no batch norm, so its convs have biases).
+no batch norm). As in the original code, only D(x)'s first conv and the joint convs have biases
+(``use_bias=False`` on D(x) and D(z), switched back on for D(x)'s first layer).
 
 Differences from Table 3 (we follow the original code):
 
@@ -41,15 +42,15 @@ DECODER = [
 
 DISC_X = [
     conv(5, 1, 32, bn=False, dropout=0.2, act="maxout"),
-    conv(4, 2, 64, bn=False, dropout=0.5, act="maxout"),
-    conv(4, 1, 128, bn=False, dropout=0.5, act="maxout"),
-    conv(4, 2, 256, bn=False, dropout=0.0, act="maxout"),
-    conv(4, 1, 512, bn=False, dropout=0.5, act="maxout"),     # -> 256 x 1 x 1
+    conv(4, 2, 64, bn=False, bias=False, dropout=0.5, act="maxout"),
+    conv(4, 1, 128, bn=False, bias=False, dropout_out=0.5, act="maxout"),
+    conv(4, 2, 256, bn=False, bias=False, act="maxout"),
+    conv(4, 1, 512, bn=False, bias=False, dropout=0.5, act="maxout"),   # -> 256 x 1 x 1
 ]
 
 DISC_Z = [
-    conv(1, 1, 512, bn=False, dropout=0.2, act="maxout"),
-    conv(1, 1, 512, bn=False, dropout=0.5, act="maxout"),     # -> 256 x 1 x 1
+    conv(1, 1, 512, bn=False, bias=False, dropout=0.2, act="maxout"),
+    conv(1, 1, 512, bn=False, bias=False, dropout=0.5, act="maxout"),   # -> 256 x 1 x 1
 ]
 
 DISC_JOINT = [                                                 # input 256 + 256 = 512
@@ -63,7 +64,8 @@ FAMILY = ConvFamily(
     disc_z=DISC_Z, disc_joint=DISC_JOINT, pieces=2,
     svm_layers=(3, 4, 5),  # k4s2-256 (256x4x4), k4s1-512, k1-512: the original code's
     notes=("D(x,z) input 512 channels, not the table's 1024: maxout halves D(x) and D(z)",
-           "no dropout before D(x)'s k4s2 256 conv (the table shows 0.5)",
+           "D(x): 0.5 dropout on the 128 conv's output, not before the 128 and 256 convs",
+           "no biases in D(x) after its first conv, nor in D(z) (the original's use_bias=False)",
            "the last D conv outputs a logit; the table's sigmoid is in the loss",
            "decoder output bias is per pixel (3x32x32), initialised from the data"))
 

@@ -7,8 +7,10 @@ with the original code's conventions:
 
 - every convolution and transposed convolution is "valid" (padding 0);
 - a layer is ``dropout -> conv -> batch norm -> nonlinearity``: dropout acts on the conv's
-  *input* (the original code's discriminators), batch norm uses eps 1e-4 and momentum 0.05, and a
-  conv has a bias only where no batch norm follows it;
+  *input* (the original code's discriminators; CIFAR-10's D(x) also drops one conv's *output*,
+  before its maxout), batch norm uses eps 1e-4 and momentum 0.05, and a conv has a bias where no
+  batch norm follows it unless its row says otherwise (the original code switched biases off
+  for whole networks: CIFAR-10's D(x) after its first conv, most families' D(z));
 - ``maxout`` keeps the max of ``pieces`` contiguous channels, so a conv with ``c`` feature maps
   hands ``c / pieces`` channels to the next layer;
 - the decoder's last layer is a bias-free 1x1 conv plus a per-pixel bias of shape (C, H, W)
@@ -29,7 +31,7 @@ from torch import Tensor, nn
 from ..config import ModelConfig
 from ..errors import ConfigError
 from .layers import (BN_EPS, BN_MOMENTUM, Conv2d, ConvTranspose2d, Dropout, Maxout,
-                     init_normal_)
+                     OutputDropout, init_normal_)
 from .parts import (ConditionedNet, Conditioning, JointDiscriminator, MarginalDiscriminator,
                     StochasticEncoder)
 
@@ -54,18 +56,29 @@ class Layer:
     """lrelu | relu | maxout | linear | sigmoid."""
     pixel_bias: bool = False
     """A per-pixel bias (C, H, W) after the conv instead of a per-channel one."""
+    bias: bool | None = None
+    """Whether the conv has a per-channel bias; None: only where no batch norm follows."""
+    dropout_out: float = 0.0
+    """Dropout probability on the conv's output, before the batch norm and nonlinearity."""
 
     def __post_init__(self) -> None:
         if self.op not in OPS or self.act not in ACTS:
             raise ValueError(f"bad layer {self}")
-        if not (0 <= self.dropout < 1):
-            raise ValueError(f"dropout must be in [0, 1); got {self.dropout}")
+        for p in (self.dropout, self.dropout_out):
+            if not (0 <= p < 1):
+                raise ValueError(f"dropout must be in [0, 1); got {p}")
+
+    @property
+    def has_bias(self) -> bool:
+        """Whether the conv itself has a (per-channel) bias."""
+        return not (self.bn or self.pixel_bias) if self.bias is None else self.bias
 
 
 def conv(kernel: int, stride: int, maps: int, bn: bool = True, dropout: float = 0.0,
-         act: str = "lrelu", pixel_bias: bool = False) -> Layer:
+         act: str = "lrelu", pixel_bias: bool = False, bias: bool | None = None,
+         dropout_out: float = 0.0) -> Layer:
     """A convolution row."""
-    return Layer("conv", kernel, stride, maps, bn, dropout, act, pixel_bias)
+    return Layer("conv", kernel, stride, maps, bn, dropout, act, pixel_bias, bias, dropout_out)
 
 
 def convT(kernel: int, stride: int, maps: int, bn: bool = True, dropout: float = 0.0,
@@ -89,7 +102,8 @@ class PixelBias(nn.Module):
 
 
 class ConvBlock(nn.Sequential):
-    """One table row as modules, in forward order: dropout, conv, bn, pixel bias, act."""
+    """One table row as modules, in forward order: dropout, conv, output dropout, bn, pixel
+    bias, act."""
 
     def __init__(self, spec: Layer, in_channels: int, slope: float, pieces: int,
                  pixel_shape: tuple[int, int, int] | None = None) -> None:
@@ -98,7 +112,9 @@ class ConvBlock(nn.Sequential):
             mods["dropout"] = Dropout(spec.dropout)
         Conv = Conv2d if spec.op == "conv" else ConvTranspose2d
         mods["conv"] = Conv(in_channels, spec.maps, spec.kernel, spec.stride, padding=0,
-                            bias=not (spec.bn or spec.pixel_bias))
+                            bias=spec.has_bias)
+        if spec.dropout_out > 0:
+            mods["dropout_out"] = OutputDropout(spec.dropout_out)
         if spec.bn:
             mods["bn"] = nn.BatchNorm2d(spec.maps, eps=BN_EPS, momentum=BN_MOMENTUM)
         if spec.pixel_bias:
@@ -186,7 +202,8 @@ class ConvFamily:
                               f"got {cfg.runs}")
 
     def _table(self, table: list[Layer], cfg: ModelConfig) -> list[Layer]:
-        return table if cfg.dropout else [replace(t, dropout=0.0) for t in table]
+        return table if cfg.dropout else [replace(t, dropout=0.0, dropout_out=0.0)
+                                          for t in table]
 
     def _stack(self, in_channels: int, table: list[Layer], cfg: ModelConfig,
                pixel: bool = False) -> nn.Sequential:

@@ -113,6 +113,12 @@ class Dropout(nn.Dropout):
         return x * keep.to(x.dtype) * (1.0 / (1.0 - self.p))
 
 
+class OutputDropout(Dropout):
+    """:class:`Dropout` on a conv's output, before its nonlinearity: where the original code
+    applied dropout to the input of a maxout brick rather than of a conv (CIFAR-10's D(x)).
+    Its own class so that :mod:`ali.arch` attributes it to the layer it follows."""
+
+
 def init_normal_(module: nn.Module, std: float) -> None:
     """The original code's initialisation: weights N(0, std), biases 0, batch norm (1, 0)."""
     for m in module.modules():

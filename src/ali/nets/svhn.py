@@ -4,7 +4,8 @@ Latent 256, leaky ReLU slope 0.01 everywhere, no maxout. The encoder and decoder
 with a 512-map (2 x 256) encoder output and a 256-channel decoder input. D(x) is the encoder's
 five convs, the first without batch norm; dropout 0.2 before every discriminator conv.
 
-Differences from Table 4 (we follow the original code): none in the layers. The last D conv
+Differences from Table 4 (we follow the original code): none in the layers; D(z)'s convs have no
+biases (``use_bias=False``; the table does not say). The last D conv
 outputs a logit (the table's "Sigmoid" lives in the loss) and the decoder's last 1x1 conv has a
 per-pixel bias (3 x 32 x 32) initialised from the data.
 """
@@ -29,8 +30,8 @@ DISC_X = [
 ]
 
 DISC_Z = [
-    conv(1, 1, 512, bn=False, dropout=0.2),
-    conv(1, 1, 512, bn=False, dropout=0.2),
+    conv(1, 1, 512, bn=False, bias=False, dropout=0.2),
+    conv(1, 1, 512, bn=False, bias=False, dropout=0.2),
 ]
 
 DISC_JOINT = [                                                 # input 512 + 512 = 1024
@@ -43,7 +44,7 @@ FAMILY = ConvFamily(
     image_shape=(3, 32, 32), slope=0.01, encoder=_encoder, decoder=DECODER, disc_x=DISC_X,
     disc_z=DISC_Z, disc_joint=DISC_JOINT,
     svm_layers=(3, 4, 5),  # k4s2-256 (256x4x4), k4s1-512, k1-512: the original code's
-    notes=("layers as Table 4",
+    notes=("layers as Table 4; D(z)'s convs have no biases (the original's use_bias=False)",
            "the last D conv outputs a logit; the table's sigmoid is in the loss",
            "decoder output bias is per pixel (3x32x32), initialised from the data"))
 
