@@ -238,6 +238,33 @@ def test_recon_weight_adds_the_cycle_term_to_the_generator_only():
         tuple(None for _ in m1.parameters_d())
 
 
+def test_cycle_term_batch_normalises_samples_apart_from_reconstructions():
+    # With the cycle term, G(z) must see the decoder's batch norm exactly as without it (its
+    # own batch's statistics), and the running statistics must describe G(z) alone.
+    from ali.config import get_config
+    from ali.objectives import Forward
+    torch.manual_seed(0)
+    m = build_model(get_config("tiny", ["model.cycle=on"])).train()
+    x, z = torch.rand(6, 3, 8, 8), m.sample_prior(6)
+    bns = [b for b in m.decoder.modules() if isinstance(b, torch.nn.BatchNorm2d)]
+    assert bns
+    before = [(b.running_mean.clone(), b.running_var.clone()) for b in bns]
+    f = Forward(m, x, z, None, None, {"x_rec"})
+    x_tilde, x_rec = f.x_tilde, f.x_rec
+    after = [(b.running_mean.clone(), b.running_var.clone()) for b in bns]
+    for b, (mean, var) in zip(bns, before):                 # replay G(z) alone
+        b.running_mean.copy_(mean)
+        b.running_var.copy_(var)
+    alone = m.decoder(z)
+    torch.testing.assert_close(x_tilde, alone, rtol=0, atol=0)
+    for b, (mean, var) in zip(bns, after):
+        torch.testing.assert_close(b.running_mean, mean, rtol=0, atol=0)
+        torch.testing.assert_close(b.running_var, var, rtol=0, atol=0)
+    # G(z_hat) is normalised with its own batch's statistics, and the layers are left tracking.
+    torch.testing.assert_close(x_rec, m.decoder(f.z_hat.detach()).detach(), rtol=0, atol=0)
+    assert all(b.track_running_stats for b in bns)
+
+
 def test_recon_weight_is_validated():
     from ali.errors import ConfigError
     with pytest.raises(ConfigError, match="model.recon_weight must be >= 0"):

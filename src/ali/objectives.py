@@ -4,8 +4,9 @@ An :class:`Objective` is a list of :class:`Term` objects. Each step, :class:`For
 model's networks on the batch, computing each quantity once and only when a term first asks for
 it; each term then adds to the discriminator loss ``d`` and/or the generator loss ``g``
 (:class:`Losses`). A term declares what it needs from the pass (:attr:`Term.needs`) so that
-the pass can share work between terms: the cycle term's ``G(z_hat)`` goes through the decoder in
-one batch with ``G(z)``, and R1 gets the discriminator's real input as a gradient leaf.
+the pass can prepare for it: the cycle term's ``G(z_hat)`` goes through the decoder in its own
+pass, batch-normalised apart from ``G(z)`` and leaving the running statistics to the samples,
+and R1 gets the discriminator's real input as a gradient leaf.
 
 The terms:
 
@@ -34,6 +35,7 @@ from torch import Tensor, nn
 
 from . import losses as L
 from .errors import ConfigError
+from .nets.parts import batch_stats_only
 
 if TYPE_CHECKING:
     from .config import ModelConfig
@@ -65,8 +67,8 @@ class Forward:
     """One forward pass on a batch: ``x`` (B, *data), ``z`` (B, *latent) ~ p(z), a conditional
     model's ``y`` and a semi-supervised model's ``labelled`` batch (x_l, y_l).
 
-    ``needs`` is the union of the active terms' :attr:`Term.needs`: ``x_rec`` (decode z_hat in
-    one batch with z), ``real_leaf`` (the discriminator's real input as a gradient leaf, apart
+    ``needs`` is the union of the active terms' :attr:`Term.needs`: ``x_rec`` (decode z_hat
+    too, in its own pass), ``real_leaf`` (the discriminator's real input as a gradient leaf, apart
     from the encoder's input, so R1 sees D's gradient only) and ``frozen_decoder`` (G(z) without
     a graph). The games fill :attr:`s_q`, :attr:`s_p` (logits of the real and fake pairs, (B, R))
     and :attr:`real_inputs` (what R1 differentiates).
@@ -103,9 +105,13 @@ class Forward:
             with torch.no_grad():
                 self._cache["x_tilde"] = dec(self.z, *c)
         elif "x_rec" in self.needs:
-            # One decoder pass for G(z) and G(z_hat): (2B, *data)
-            both = dec(torch.cat([self.z, self.z_hat]), *(torch.cat([e, e]) for e in c))
-            self._cache["x_tilde"], self._cache["x_rec"] = both.chunk(2)
+            # G(z) and G(z_hat) in two passes, so that each half is batch-normalised with its
+            # own statistics (one batch of 2B would normalise the samples with encoder codes
+            # mixed in); only the samples' pass moves the running statistics, which sampling
+            # uses.
+            self._cache["x_tilde"] = dec(self.z, *c)
+            with batch_stats_only(dec):
+                self._cache["x_rec"] = dec(self.z_hat, *c)
         else:
             self._cache["x_tilde"] = dec(self.z, *c)
 

@@ -176,3 +176,20 @@ def evaluating(module: nn.Module) -> Iterator[nn.Module]:
         yield module
     finally:
         module.train(was)
+
+
+@contextlib.contextmanager
+def batch_stats_only(module: nn.Module) -> Iterator[nn.Module]:
+    """``module``'s batch-norm layers leave their running statistics alone for the ``with``
+    block: in training mode they still normalise with each batch's own statistics, in
+    evaluation mode with the running ones. For a pass whose inputs are not what the running
+    statistics should describe (the decoder on encoder codes, for the cycle term)."""
+    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+             and m.track_running_stats]
+    for m in norms:
+        m.track_running_stats = False
+    try:
+        yield module
+    finally:
+        for m in norms:
+            m.track_running_stats = True
