@@ -72,6 +72,27 @@ def test_svm_plan_is_class_balanced_and_disjoint_from_validation():
 
 
 @needs_sklearn
+def test_svm_svhn_protocol_draws_as_the_authors_script():
+    from ali.errors import AliError
+    # Table 1's protocol: validation is the fixed train[63257:73257]; each subset is a uniform
+    # random draw from train[0:63257], not class-balanced.
+    rng = np.random.default_rng(0)
+    y = (rng.random(svm.SVHN_TRAIN) < 0.1).astype(np.int64)      # 10% class 1, 90% class 0
+    p = svm.plan(y, labels=1000, repeats=20, seed=3, protocol="svhn")
+    np.testing.assert_array_equal(p.val, np.arange(63_257, 73_257))
+    for s in [p.select, *p.subsets]:
+        assert len(s) == len(np.unique(s)) == 1000 and s.max() < 63_257
+    ones = np.mean([y[s].mean() for s in p.subsets])
+    assert 0.08 < ones < 0.12                                     # balanced would give 0.5
+    assert len({tuple(s[:5]) for s in p.subsets}) == 20           # a fresh draw each time
+    bal = svm.plan(y[:3000], labels=100, repeats=2, seed=3)
+    assert y[bal.subsets[0]].mean() == 0.5                        # the other protocol
+    with pytest.raises(AliError, match="needs SVHN's whole labelled train split"):
+        svm.plan(y[:5000], labels=100, repeats=2, protocol="svhn")
+    with pytest.raises(AliError, match="--val-size does not apply"):
+        svm.plan(y, labels=100, repeats=2, val_size=500, protocol="svhn")
+
+
 def test_svm_separable_features_near_zero_error_random_labels_near_chance():
     x, y = blobs(60)
     xt, yt = blobs(40, seed=0)
@@ -197,6 +218,27 @@ SVM_FAST = ["--labels", "10", "--repeats", "2", "--c-grid=-2:2:3"]
 
 
 @needs_sklearn
+def test_eval_svm_on_an_svhn_run_uses_the_svhn_train_split(tmp_path, monkeypatch, capsys):
+    # The svhn preset trains on `extra`; Table 1's protocol still draws its labelled examples
+    # and validation split from `train` (here 60 images standing in for 73,257).
+    from test_datasets import make_svhn
+    root = make_svhn(tmp_path / "svhn", n=60)
+    run = tmp_path / "run"
+    assert main(["train", "svhn", "--out", str(run), "--set", f"data.root={root}",
+                 "--set", "train.steps=1", "--set", "train.batch_size=4",
+                 "--set", "data.verify=false"]) == 0
+    monkeypatch.setattr(svm, "SVHN_POOL", 40)
+    monkeypatch.setattr(svm, "SVHN_TRAIN", 60)
+    seen = []
+    plan = svm.plan
+    monkeypatch.setattr(svm, "plan", lambda y, *a: seen.append(len(y)) or plan(y, *a))
+    capsys.readouterr()
+    assert main(["eval", str(run), "--metric", "svm", *SVM_FAST, "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["protocol"] == "svhn" and res["val_size"] == 20 and seen == [60]
+
+
+@needs_sklearn
 def test_eval_writes_json_and_prints_one_object(tiny_run, capsys):
     capsys.readouterr()
     assert main(["eval", str(tiny_run), "--metric", "svm", *SVM_FAST, "--json"]) == 0
@@ -207,6 +249,7 @@ def test_eval_writes_json_and_prints_one_object(tiny_run, capsys):
     assert printed == saved
     assert {"error_mean", "error_std", "labels", "repeats", "feature_dim"} <= set(saved)
     assert saved["labels"] == 10 and saved["repeats"] == 2 and saved["feature_dim"] == 92
+    assert saved["protocol"] == "balanced"                   # auto: not an SVHN run
     assert main(["eval", str(tiny_run), "--metric", "svm", *SVM_FAST, "--features", "pixels",
                  "--json"]) == 0
     pixels = json.loads((tiny_run / "eval" / "svm-pixels.json").read_text())
@@ -251,6 +294,7 @@ def test_fid_and_kid_with_a_torchscript_net(tiny_run, tmp_path, capsys):
     (["--metric", "svm", "--c-grid", "1:2"], "--c-grid must look like LO:HI:N"),
     (["--metric", "fid", "--feature-net", "missing.pt"], "no such file"),
     (["--metric", "svm", "--labels", "1"], "fewer than the 2 classes"),
+    (["--metric", "svm", "--protocol", "svhn"], "--protocol svhn needs an SVHN run"),
 ])
 def test_eval_user_errors_are_one_line(tiny_run, args, message, capsys):
     assert main(["eval", str(tiny_run), *args]) == 2

@@ -60,6 +60,12 @@ def _features(ctx: EvalContext, kind: str, data: Any, labels: Any, idx=None):
                help="C from exp(linspace(LO, HI, N)); write --c-grid=-20:20:50 (with =) "
                     "when LO is negative"),
         option("--max-iter", type=int, default=1000, help="LinearSVC max_iter"),
+        option("--protocol", choices=("auto", "balanced", "svhn"), default="auto",
+               help="where the labelled subsets and the validation split come from: svhn "
+                    "(the authors' Table 1 script: random draws from SVHN train[0:63257], "
+                    "validation train[63257:73257], whatever split the encoder trained on), "
+                    "balanced (class-balanced draws from the run's training split, a random "
+                    "validation split); auto: svhn for SVHN runs, balanced otherwise"),
         variant=_variant("encoder"))
 def svm(ctx: EvalContext, o: argparse.Namespace) -> dict[str, Any]:
     import numpy as np
@@ -73,15 +79,39 @@ def svm(ctx: EvalContext, o: argparse.Namespace) -> dict[str, Any]:
         raise AliError(f"--c-grid must look like LO:HI:N (e.g. -20:20:50); got {o.c_grid!r}") \
             from None
     S.require_sklearn()
+    protocol = o.protocol
+    if protocol == "auto":
+        protocol = "svhn" if ctx.cfg.data.name == "svhn" else "balanced"
+    if protocol == "svhn" and ctx.cfg.data.name != "svhn":
+        raise AliError(f"--protocol svhn needs an SVHN run (this one is "
+                       f"{ctx.cfg.data.name!r}): use --protocol balanced")
     y_tr, y_te = _class_labels(ctx, "--metric svm")
-    d = ctx.dataset
+    d = train = ctx.dataset
+    if protocol == "svhn":
+        train = _svhn_train(ctx)
+        y_tr = train.train_labels.numpy()
     f_te = _features(ctx, o.features, d.test, d.test_labels).numpy()
-    res = S.run(lambda idx: _features(ctx, o.features, d.train, d.train_labels, idx).numpy(),
+    res = S.run(lambda idx: _features(ctx, o.features, train.train, train.train_labels,
+                                      idx).numpy(),
                 y_tr, f_te, y_te,
-                o.labels, o.repeats, o.val_size, grid, ctx.seed, o.max_iter, ctx.log)
+                o.labels, o.repeats, o.val_size, grid, ctx.seed, o.max_iter, ctx.log, protocol)
     return {"error_mean": res.pop("error_mean"), "error_std": res.pop("error_std"),
             "labels": res.pop("labels"), "repeats": res.pop("repeats"),
             "feature_dim": res.pop("feature_dim"), "features": o.features, **res}
+
+
+def _svhn_train(ctx: EvalContext):
+    """SVHN's whole train split, labelled, whatever split the run trained on (the svhn SVM
+    protocol's pool and validation split)."""
+    import dataclasses
+
+    from ..data import load_dataset
+
+    data = ctx.cfg.data
+    if data.train_split == "train" and not data.train_range and data.normal_class < 0:
+        return ctx.dataset
+    return load_dataset(dataclasses.replace(data, train_split="train", train_range="",
+                                            labels=0, normal_class=-1))
 
 
 @metric("knn", "1-nearest-neighbour accuracy on encoder features (BiGAN's protocol)",
