@@ -239,3 +239,29 @@ def test_arch_unknown_name(capsys):
 def test_families_registered():
     for name in FAMILIES:
         assert family(name).data_shape(get_config(name).model) == FAMILIES[name][1]
+
+
+@pytest.mark.parametrize("name", ["cifar10", "svhn", "mnist"])
+def test_channel_scale_makes_tiny_networks_of_the_same_shape(name):
+    torch.manual_seed(0)
+    full = model(name)
+    small = build_model(get_config(name, ["model.channel_scale=0.125"])).eval()
+    n_full = sum(p.numel() for p in full.parameters())
+    assert sum(p.numel() for p in small.parameters()) < n_full / 20
+    x = torch.rand(3, *FAMILIES[name][1])
+    with torch.no_grad():
+        z = small.encode(x)
+        assert z.shape == full.encode(x).shape == (3, FAMILIES[name][0], 1, 1)
+        assert small.decode(z).shape == x.shape
+        assert small.log_ratio(x, z).shape == (3,)
+    big, tiny = blocks(full.discriminator.d_x), blocks(small.discriminator.d_x)
+    assert [b.spec.maps // 8 for b in big] == [b.spec.maps for b in tiny]
+    assert blocks(small.discriminator.d_xz)[-1].spec.maps == 1        # the logit stays one
+
+
+def test_channel_scale_is_validated():
+    from ali.errors import ConfigError
+    with pytest.raises(ConfigError, match="channel_scale must be in"):
+        get_config("svhn", ["model.channel_scale=0"])
+    with pytest.raises(ConfigError, match="applies to image networks"):
+        get_config("toy", ["model.channel_scale=0.5"])

@@ -113,6 +113,20 @@ def _cmd_toy(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_experiment(args: argparse.Namespace) -> int:
+    from .experiments import runner
+
+    t0 = time.perf_counter()
+    res = runner.run(args.name, args.scale, args.data_root, args.out, args.seeds, args.device)
+    out = Path(res["figures"][0]).parent if res["figures"] else Path(
+        args.out or Path("runs") / f"experiment-{args.name}-{args.scale}")
+    print()
+    print((out / "table.md").read_text())
+    print(f"finished in {time.perf_counter() - t0:.0f} s")
+    print(f"results: {out / 'results.json'}")
+    return 0
+
+
 def _run_and_held_out(args: argparse.Namespace, n: int, what: str):
     """(model, n held-out images, their labels or None) of an image run, the RNG seeded with
     --seed; the labels are those a conditional model needs."""
@@ -324,6 +338,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --resume: accept a new train.steps that stretches a schedule "
                         "following it (linear lr decay, batch-norm freeze, gan_posthoc)")
     t.set_defaults(func=_cmd_train)
+
+    from .experiments.paper import EXPERIMENTS, PLANNED, SCALES
+
+    x = sub.add_parser("experiment", help="run one of the paper's experiments end to end",
+                       description="Train, evaluate with the paper's protocol and write "
+                                   "results.json, table.md and the figures. Experiments: "
+                                   f"{', '.join(EXPERIMENTS)} (planned: {', '.join(PLANNED)}).")
+    x.add_argument("name", help="experiment name")
+    x.add_argument("--scale", choices=SCALES, default="smoke",
+                   help="smoke: the same pipeline at tiny sizes (on synthetic data without "
+                        "--data-root); full: the paper's schedule")
+    x.add_argument("--data-root", help="the dataset's official files (needed at full scale)")
+    x.add_argument("--out", help="output folder (default runs/experiment-NAME-SCALE); rerun "
+                                 "with the same folder to continue an interrupted experiment")
+    x.add_argument("--seeds", type=int, default=1, help="training seeds per stage")
+    x.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
+    x.set_defaults(func=_cmd_experiment)
 
     y = sub.add_parser("toy", help="the paper's 2-D experiment (section 4.5), all five models")
     y.add_argument("--dataset", choices=("grid", "ring"), default="grid")

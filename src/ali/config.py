@@ -176,6 +176,9 @@ class ModelConfig:
     dropout: bool = True
     """Image families: the discriminator's dropout as the paper's tables give it; false turns
     every dropout layer off (the toy networks have none)."""
+    channel_scale: float = 1.0
+    """Image families: every hidden layer's feature maps times this (1: the paper's tables).
+    Small values make tiny networks of the same shape, for smoke runs and tests."""
     cycle: CycleConfig | None = None
     """ALI: ALICE's cycle term (``model.cycle.weight``); None: off."""
     r1: R1Config | None = None
@@ -199,6 +202,11 @@ class ModelConfig:
                f"model.posthoc_fraction must be in (0, 1); got {self.posthoc_fraction}")
         _check(isinstance(self.dropout, bool), f"model.dropout must be true or false; got "
                                                 f"{self.dropout!r}")
+        _check(0 < self.channel_scale <= 1,
+               f"model.channel_scale must be in (0, 1]; got {self.channel_scale}")
+        _check(self.channel_scale == 1 or self.images,
+               f"model.channel_scale applies to image networks (model.nets={self.nets} is the "
+               "2-D family)")
         on = [k for k in SECTIONS if getattr(self, k) is not None]
         for key in on:
             _check(isinstance(getattr(self, key), SECTIONS[key]),

@@ -205,6 +205,19 @@ class ConvFamily:
         return table if cfg.dropout else [replace(t, dropout=0.0, dropout_out=0.0)
                                           for t in table]
 
+    def _scaled(self, table: list[Layer], cfg: ModelConfig, keep_last: bool) -> list[Layer]:
+        """``table`` with ``model.channel_scale`` applied to its feature maps; ``keep_last``
+        keeps the last row's, which the data, the latent size or the logits fix."""
+        s = cfg.channel_scale
+        if s == 1:
+            return table
+
+        def maps(t: Layer) -> int:
+            step = self.pieces if t.act == "maxout" else 1
+            return max(step, round(t.maps * s / step) * step)
+        last = len(table) - 1 if keep_last else len(table)
+        return [replace(t, maps=maps(t)) if i < last else t for i, t in enumerate(table)]
+
     def _stack(self, in_channels: int, table: list[Layer], cfg: ModelConfig,
                pixel: bool = False) -> nn.Sequential:
         return stack(in_channels, self._table(table, cfg), self.slope, cfg.init_std, self.pieces,
@@ -221,7 +234,7 @@ class ConvFamily:
             raise ConfigError(f"model.encoder=noise is only available for the toy networks; "
                               f"use gaussian or deterministic for {cfg.nets}")
         out = 2 * cfg.latent_dim if cfg.encoder == "gaussian" else cfg.latent_dim
-        table = self.encoder(out)
+        table = self._scaled(self.encoder(out), cfg, keep_last=True)
         if cfg.conditional:
             body = self._stack(self.image_shape[0], table[:-1], cfg)
             head = self._stack(out_channels(body) + cfg.embed_dim, table[-1:], cfg)
@@ -234,10 +247,11 @@ class ConvFamily:
         """p(x | z): z (B, L, 1, 1) -> x (B, C, H, W) in (0, 1); conditional: the embedded y
         (B, E, 1, 1) is concatenated to z."""
         self._check(cfg)
+        table = self._scaled(self.decoder, cfg, keep_last=True)
         if cfg.conditional:
-            net = self._stack(cfg.latent_dim + cfg.embed_dim, self.decoder, cfg, pixel=True)
+            net = self._stack(cfg.latent_dim + cfg.embed_dim, table, cfg, pixel=True)
             return ConditionedNet(nn.Identity(), net)
-        return self._stack(cfg.latent_dim, self.decoder, cfg, pixel=True)
+        return self._stack(cfg.latent_dim, table, cfg, pixel=True)
 
     def build_discriminator(self, cfg: ModelConfig, joint: bool = True) -> nn.Module:
         """D(x, z) = D_xz(concat(D_x(x), D_z(z))) (``joint``), or the GAN's D(x): D_x followed
@@ -246,12 +260,12 @@ class ConvFamily:
         Semi-supervised: the last conv outputs K class logits. Conditional: D owns a linear
         embedding of y, concatenated to D_xz's input (512 + 1024 + 256 maps for CelebA)."""
         self._check(cfg)
-        d_x = self._stack(self.image_shape[0], self.disc_x, cfg)
+        d_x = self._stack(self.image_shape[0], self._scaled(self.disc_x, cfg, False), cfg)
         if not joint:
             head = self._stack(out_channels(d_x), self.disc_joint[-1:], cfg)
             return MarginalDiscriminator(d_x, head)
-        d_z = self._stack(cfg.latent_dim, self.disc_z, cfg)
-        table = list(self.disc_joint)
+        d_z = self._stack(cfg.latent_dim, self._scaled(self.disc_z, cfg, False), cfg)
+        table = self._scaled(self.disc_joint, cfg, keep_last=True)
         if cfg.semi_supervised:
             _need_label_dim(cfg)
             table[-1] = replace(table[-1], maps=cfg.label_dim)

@@ -1,0 +1,225 @@
+"""Run one of the paper's experiments end to end: ``ali experiment NAME``.
+
+:func:`run` trains each stage of an :class:`~ali.experiments.paper.Experiment` once per seed in
+``DIR/runs/STAGE-seedS`` (a finished run is reused and an interrupted one resumed, so rerunning
+an interrupted experiment continues it), evaluates its rows with ``ali eval``'s metrics
+(written beside each run in ``eval/``), draws its figures, and writes ``DIR/results.json`` and
+``DIR/table.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+from typing import Any, Callable
+
+from ..checkpoint import atomic_write, load_checkpoint, run_checkpoint_path
+from ..config import Config, apply_overrides, get_config
+from ..errors import AliError, CheckpointError
+from .paper import (EXPERIMENTS, PLANNED, SCALES, SMOKE_SIZES, SMOKE_TRAIN, Experiment,
+                    Measure, Stage)
+
+FIGURE_IMAGES = 100
+"""Images in each figure grid (10 x 10)."""
+ESTIMATE_STEPS = 6
+"""Steps timed per stage for the estimate printed before a full-scale experiment."""
+
+
+def get(name: str) -> Experiment:
+    """The experiment ``name``, or a one-line error naming the available ones."""
+    if name in PLANNED:
+        raise AliError(f"{name} ({PLANNED[name]}) is not available as an experiment yet; "
+                       f"available: {', '.join(EXPERIMENTS)}")
+    if name not in EXPERIMENTS:
+        raise AliError(f"unknown experiment {name!r} (available: {', '.join(EXPERIMENTS)})")
+    return EXPERIMENTS[name]
+
+
+def stage_config(exp: Experiment, stage: Stage, scale: str, root: Path, seed: int,
+                 device: str, synthetic: bool) -> Config:
+    """The config of one run of ``stage``: its preset with the experiment's data settings, the
+    stage's overrides, the scale's and the seed."""
+    over = [f"data.root={root}", *exp.data.get(scale, ()), *stage.overrides]
+    if scale == "smoke":
+        over += [*SMOKE_TRAIN, *stage.smoke]
+    if synthetic:
+        over.append("data.verify=false")     # synthetic files have no published checksums
+    over += [f"train.seed={seed}", f"train.device={device}"]
+    return get_config(stage.preset, over)
+
+
+def _finished(run_dir: Path, steps: int) -> bool | None:
+    """True: trained to ``steps``; False: a checkpoint to resume; None: nothing there."""
+    try:
+        return load_checkpoint(run_checkpoint_path(run_dir))["step"] >= steps
+    except CheckpointError:
+        return None
+
+
+def _train(cfg: Config, run_dir: Path, log: Callable[[str], None]) -> None:
+    from ..train import train
+
+    state = _finished(run_dir, cfg.train.steps)
+    if state:
+        log(f"  {run_dir.name}: finished earlier, reused")
+        return
+    log(f"  {run_dir.name}: {'resuming' if state is False else 'training'} "
+        f"{cfg.name}, {cfg.train.steps:,} steps")
+    train(cfg, run_dir=run_dir, resume=state is False, quiet=True)
+
+
+def estimate(configs: list[Config], log: Callable[[str], None]) -> float:
+    """Seconds the runs of ``configs`` will take on this device: each config's step timed
+    with :func:`ali.bench.bench` (a few steps after a warm-up) times its ``train.steps``."""
+    from ..bench import bench
+
+    total = 0.0
+    for cfg in configs:
+        r = bench(cfg, steps=ESTIMATE_STEPS, warmup=1, repeats=2)
+        total += r["step_ms"] / 1e3 * cfg.train.steps
+        log(f"  {cfg.name}: {r['step_ms']:.0f} ms/step on {r['device']} "
+            f"({r['flops_per_image'] / 1e6:.0f} MFLOP per image)")
+    return total
+
+
+def _measure(m: Measure, runs: list[Path], scale: str, device: str,
+             overrides: list[str]) -> list[dict[str, Any]]:
+    from ..eval.registry import EvalContext, run_metric
+
+    opts = {**m.options, **(m.smoke if scale == "smoke" else {})}
+    out = []
+    for r in runs:
+        ctx = EvalContext(r, overrides=overrides, device=device, quiet=True)
+        result, _ = run_metric(ctx, m.metric, argparse.Namespace(**opts))
+        out.append(result)
+    return out
+
+
+def row(m: Measure, results: list[dict[str, Any]]) -> dict[str, Any]:
+    """The table row of measure ``m`` from its results, one per seed (see :class:`Measure`)."""
+    values = [float(r[m.key]) for r in results]
+    if len(values) > 1:
+        std: float | None = statistics.pstdev(values) * m.std_times
+    elif m.std_key is not None:
+        std = float(results[0][m.std_key]) * m.std_times
+    else:
+        std = None
+    return {"setting": m.setting, "metric": f"{m.metric}.{m.key}", "ours": statistics.mean(values),
+            "ours_std": std, "paper": m.paper, "paper_std": m.paper_std, "seeds": len(values),
+            "std_times": m.std_times}
+
+
+def _figure(kind: str, run_dir: Path, out: Path, overrides: list[str]) -> Path:
+    import torch
+
+    from ..checkpoint import load_run
+    from ..data import load_dataset
+    from ..viz import (condition_grid, grid_scale, held_out, interpolation_grid,
+                       reconstruction_grid, save_grid)
+
+    model, cfg, _ = load_run(run_dir)
+    torch.manual_seed(0)
+    n, nrow = FIGURE_IMAGES, 10
+    if kind == "samples":
+        imgs = model.sample(n)
+    elif kind == "classes":       # one column per class, one row per z
+        imgs, nrow, _ = condition_grid(model, "all", None, 10)
+    else:
+        data = load_dataset(apply_overrides(cfg, overrides).data)
+        x = held_out(data, n)
+        if kind == "reconstructions":   # originals and reconstructions in alternate columns
+            imgs = reconstruction_grid(model, x[: n // 2])
+        else:                           # rows: x1, 8 decoded interpolations, x2
+            imgs, nrow = interpolation_grid(model, x[:10], x[10:20], steps=8), 10
+    path = out / f"{run_dir.name}-{kind}.png"
+    save_grid(imgs, path, nrow, grid_scale(imgs))
+    return path
+
+
+def table(exp: Experiment, result: dict[str, Any]) -> str:
+    """``table.md``: ours beside the paper's number, then the paper's other models."""
+    def num(v: float | None, s: float | None) -> str:
+        if v is None:
+            return "—"
+        return f"{v:.4g}" + (f" ± {s:.2g}" if s is not None else "")
+
+    lines = [f"# {exp.title}", "",
+             f"`ali experiment {exp.name} --scale {result['scale']}`, {result['seeds']} "
+             f"seed(s), {result['seconds']:.0f} s", "",
+             "| setting | metric | ours | paper |", "|---|---|---|---|"]
+    for r in result["rows"]:
+        lines.append(f"| {r['setting']} | `{r['metric']}` | {num(r['ours'], r['ours_std'])} | "
+                     f"{num(r['paper'], r['paper_std'])} |")
+    if exp.baselines:
+        lines += ["", "The paper's other models:", ""] + [f"- {b}" for b in exp.baselines]
+    if exp.notes or result["scale"] == "smoke":
+        lines += ["", "Notes:", ""] + [f"- {n}" for n in exp.notes]
+        if result["scale"] == "smoke":
+            lines.append("- smoke scale: a few steps on small synthetic data; the numbers check "
+                         "the pipeline, not the model")
+    if result["figures"]:
+        lines += ["", "Figures:", ""] + [f"- `{f}`" for f in result["figures"]]
+    return "\n".join(lines) + "\n"
+
+
+def run(name: str, scale: str = "smoke", data_root: str | Path | None = None,
+        out: str | Path | None = None, seeds: int = 1, device: str = "auto",
+        log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run experiment ``name`` at ``scale`` into ``out`` and return its ``results.json``
+    (``experiment``, ``scale``, ``seeds``, ``rows``, ``figures``, ``seconds``).
+
+    Without ``data_root``, smoke scale first writes the experiment's synthetic dataset into
+    ``out/data``; full scale needs the dataset's official files."""
+    import time
+
+    from ..data import synthetic
+    from ..distributed import resolve_device
+
+    exp = get(name)
+    if scale not in SCALES:
+        raise AliError(f"--scale must be one of {', '.join(SCALES)}; got {scale!r}")
+    if seeds < 1:
+        raise AliError(f"--seeds must be >= 1; got {seeds}")
+    out = Path(out or Path("runs") / f"experiment-{name}-{scale}")
+    device = str(resolve_device(device))
+    t0 = time.perf_counter()
+    is_synthetic = data_root is None
+    if is_synthetic:
+        if scale == "full":
+            raise AliError(f"--scale full needs --data-root: the official {exp.dataset} files "
+                           f"(ali data download {exp.dataset} --root DIR)")
+        root = out / "data" / exp.dataset
+        if not root.is_dir():
+            log(f"writing synthetic {exp.dataset} data into {root}")
+            synthetic.write(exp.dataset, root, *SMOKE_SIZES[exp.dataset])
+    else:
+        root = Path(data_root)
+        if not root.exists():
+            raise AliError(f"--data-root {root} does not exist")
+    plan = {(st.name, s): stage_config(exp, st, scale, root.resolve(), s, device, is_synthetic)
+            for st in exp.stages for s in range(seeds)}
+    if scale == "full":
+        log(f"estimating the time on {device}:")
+        per_seed = estimate([plan[(st.name, 0)] for st in exp.stages], log)
+        log(f"about {per_seed * seeds / 3600:.1f} h of training in all")
+    log(f"{exp.title}: {len(plan)} run(s) in {out / 'runs'}")
+    for (stage, seed), cfg in plan.items():
+        _train(cfg, out / "runs" / f"{stage}-seed{seed}", log)
+    data_over = [f"data.root={root.resolve()}"]
+    rows = []
+    for m in exp.measures:
+        log(f"  evaluating {m.metric} on {m.stage}")
+        runs = [out / "runs" / f"{m.stage}-seed{s}" for s in range(seeds)]
+        rows.append(row(m, _measure(m, runs, scale, device, data_over)))
+    figures = [str(_figure(kind, out / "runs" / f"{stage}-seed0", out, data_over))
+               for stage, kind in exp.figures]
+    result = {"experiment": name, "scale": scale, "seeds": seeds, "rows": rows,
+              "figures": figures, "seconds": time.perf_counter() - t0}
+    out.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(result, indent=2) + "\n"
+    atomic_write(out / "results.json", lambda f: f.write(text.encode()))
+    md = table(exp, result)
+    atomic_write(out / "table.md", lambda f: f.write(md.encode()))
+    return result

@@ -1,0 +1,73 @@
+"""ali experiment: every experiment at smoke scale on its synthetic data, and the runner's
+protocol details (rows, error bars, reuse of finished stages, refusals) on hand-built inputs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from ali.cli import main
+from ali.experiments import paper, runner
+
+pytest.importorskip("sklearn")
+pytest.importorskip("scipy")
+
+
+def test_rows_follow_the_error_bar_conventions():
+    m = paper.Measure("s", "classify", "error", "st", 20.0, 1.0, std_times=3)
+    r = runner.row(m, [{"error": 10.0}, {"error": 14.0}])
+    assert r["ours"] == 12.0 and r["ours_std"] == pytest.approx(6.0)    # 3 x pstdev 2
+    assert (r["paper"], r["paper_std"], r["seeds"]) == (20.0, 1.0, 2)
+    svm = paper.Measure("s", "svm", "error_mean", "st", std_key="error_std")
+    assert runner.row(svm, [{"error_mean": 5.0, "error_std": 0.7}])["ours_std"] == 0.7
+    assert runner.row(paper.Measure("s", "m", "k", "st"), [{"k": 1}])["ours_std"] is None
+
+
+def test_experiments_match_the_paper_tables():
+    t2 = paper.EXPERIMENTS["table2"]
+    assert [(r.paper, r.paper_std) for r in t2.measures] == [
+        (19.98, 0.89), (19.09, 0.44), (17.99, 1.62), (17.05, 1.49)]
+    assert all(r.std_times == 3 for r in t2.measures)       # "error bars: 3 std" (Table 2)
+    t1 = {r.metric: r for r in paper.EXPERIMENTS["table1"].measures}
+    assert (t1["svm"].paper, t1["classify"].paper) == (19.14, 7.42)
+    assert not t1["svm"].options                            # full scale: the svhn protocol
+    mnist = paper.EXPERIMENTS["mnist"].data
+    assert "data.train_range=0:8000" in mnist["full"] and "data.test_range=9000:" in mnist["full"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["figure7"], "not available as an experiment yet"),
+    (["table9"], "unknown experiment 'table9'"),
+    (["table1", "--scale", "full"], "--scale full needs --data-root"),
+    (["table1", "--seeds", "0"], "--seeds must be >= 1"),
+    (["table1", "--data-root", "/nonexistent/x"], "does not exist"),
+])
+def test_experiment_user_errors_are_one_line(args, message, capsys, tmp_path):
+    assert main(["experiment", *args, "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+@pytest.mark.parametrize("name", list(paper.EXPERIMENTS))
+def test_every_experiment_runs_at_smoke_scale(name, tmp_path, capsys):
+    out = tmp_path / name
+    assert main(["experiment", name, "--out", str(out), "--device", "cpu"]) == 0
+    res = json.loads((out / "results.json").read_text())
+    exp = paper.EXPERIMENTS[name]
+    assert res["experiment"] == name and res["scale"] == "smoke"
+    assert [r["setting"] for r in res["rows"]] == [m.setting for m in exp.measures]
+    assert all(isinstance(r["ours"], float) for r in res["rows"])
+    assert [r["paper"] for r in res["rows"]] == [m.paper for m in exp.measures]
+    table = (out / "table.md").read_text()
+    assert table.startswith(f"# {exp.title}") and table.count("\n| ") == len(exp.measures) + 1
+    assert len(res["figures"]) == len(exp.figures)
+    for f in res["figures"]:
+        from PIL import Image
+        assert Image.open(f).size[0] > 50
+    if name == "table1":
+        # Rerun: the finished stages are reused, not trained again.
+        capsys.readouterr()
+        assert main(["experiment", name, "--out", str(out), "--device", "cpu"]) == 0
+        log = capsys.readouterr()
+        assert (log.out + log.err).count("finished earlier, reused") == len(exp.stages)
