@@ -250,3 +250,26 @@ def test_default_workers_come_from_the_machine(tmp_path):
                               "data.train_split=all", "data.test_split="))
     assert d.workers == cache.default_workers() >= 1
     assert cache.default_workers() <= len(os.sched_getaffinity(0))
+
+
+def test_bench_reports_the_data_rate_beside_the_step(tmp_path, capsys):
+    from ali.bench import bench
+
+    root = make_celeba_varied(tmp_path / "c", n=24)
+    over = ["data.name=celeba", f"data.root={root}", "data.verify=false", "data.test_split=",
+            f"data.cache_dir={tmp_path / 'cache'}", "train.device=cpu", "data.image_size=8",
+            "train.batch_size=8"]
+    r = bench("tiny", steps=2, warmup=1, repeats=1, overrides=over)
+    assert r["data_path"] == "cache" and r["data_images_per_s"] > 0
+    assert r["bound_by"] == ("data" if r["data_images_per_s"] < r["images_per_s"] else "step")
+    r = bench("tiny", steps=2, warmup=1, repeats=1,
+              overrides=[*over, "data.cache=off", "data.workers=0"])
+    assert r["data_path"] == "on the fly (0 workers)"
+    assert "data_images_per_s" not in bench("tiny", steps=1, warmup=0, repeats=1,
+                                            overrides=["train.device=cpu"])
+    capsys.readouterr()
+    assert main(["bench", "tiny", "--steps", "1", "--repeats", "1",
+                 *[a for o in over for a in ("--set", o)]]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 2 and out[1].startswith("data: ") and "(cache)" in out[1]
+    assert "training is bound by the" in out[1]
