@@ -55,6 +55,11 @@ def test_cached_batches_are_the_on_the_fly_batches_and_resume_exactly(tmp_path, 
             (xa, ya), (xb, yb) = a.next(), b.next()
             assert xa.dtype == torch.float32 and torch.equal(xa, xb) and torch.equal(ya, yb)
         b.close()
+    # The CPU path converts with numpy in one pass: the same bits as .float().div_(255).
+    every = torch.arange(256, dtype=torch.uint8)
+    x = torch.empty(256)
+    np.divide(every.numpy(), np.float32(255), out=x.numpy(), dtype=np.float32)
+    assert torch.equal(x, every.float().div_(255))
     # Exact resume: the state of either path resumes either path.
     a = make_sampler(d, 6, runs=2, seed=5)
     for _ in range(3):
