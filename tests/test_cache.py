@@ -278,3 +278,45 @@ def test_bench_reports_the_data_rate_beside_the_step(tmp_path, capsys):
     out = capsys.readouterr().out.splitlines()
     assert len(out) == 2 and out[1].startswith("data: ") and "(cache)" in out[1]
     assert "training is bound by the" in out[1]
+
+
+def _die(start, stop):
+    os._exit(9)                                            # a worker killed mid-build (OOM)
+
+
+def test_a_worker_killed_mid_build_is_one_line_and_leaves_nothing(tmp_path, monkeypatch):
+    root = make_celeba_varied(tmp_path / "c", n=12)
+    src = load_dataset(cfg(root, tmp_path, "data.cache=off", "data.train_split=all",
+                           "data.test_split=")).train
+    monkeypatch.setattr(cache, "CHUNK", 4)
+    monkeypatch.setattr(cache, "_decode_chunk", _die)      # forked workers inherit it
+    with pytest.raises(DataError) as e:
+        cache.build_cache(src.base, src.shape, tmp_path / "cache", workers=2)
+    one_line_error(e, "worker died", "data.cache=off")
+    assert files(tmp_path) == []
+
+
+def test_ctrl_c_during_a_parallel_build_stops_the_workers_and_leaves_nothing(tmp_path,
+                                                                             monkeypatch):
+    import tqdm.auto
+
+    class Interrupted(tqdm.auto.tqdm):
+        done = 0
+
+        def update(self, n=1):
+            super().update(n)
+            Interrupted.done += n
+            if Interrupted.done >= 8:                       # Ctrl-C after two blocks
+                raise KeyboardInterrupt
+
+    root = make_celeba_varied(tmp_path / "c", n=40)
+    src = load_dataset(cfg(root, tmp_path, "data.cache=off", "data.train_split=all",
+                           "data.test_split=")).train
+    monkeypatch.setattr(cache, "CHUNK", 4)
+    monkeypatch.setattr(tqdm.auto, "tqdm", Interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        cache.build_cache(src.base, src.shape, tmp_path / "cache", workers=2)
+    assert files(tmp_path) == []
+    import multiprocessing
+
+    assert multiprocessing.active_children() == []          # no worker left running
