@@ -4,6 +4,11 @@ import os
 # machine OpenMP's barrier waits make a step a hundred times slower. Subprocesses (the CLI
 # tests) inherit the variable; this process is set below.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# Decode-once caches of the tests' synthetic images go to a temporary folder, never ~/.cache.
+if "ALI_CACHE_DIR" not in os.environ:
+    import tempfile
+
+    os.environ["ALI_CACHE_DIR"] = tempfile.mkdtemp(prefix="ali-test-cache-")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

@@ -90,3 +90,36 @@ def test_shards_split_the_same_global_batch():
     parts = [TensorSampler(data, 6, seed=3, shard=(r, 2)) for r in range(2)]
     for _ in range(5):                                  # across an epoch boundary
         assert torch.equal(whole.next(), torch.cat([p.next() for p in parts]))
+
+
+def test_two_processes_share_one_cache_built_once(tmp_path):
+    """torchrun: the first process builds the decode-once cache while the other waits; each
+    reads its share of every batch from the one memory map; the run is the one a single
+    process trains (one global batch order)."""
+    from test_cache import make_celeba_varied
+
+    from ali.config import get_config
+
+    root = make_celeba_varied(tmp_path / "c", n=40)
+    out, cache_dir = tmp_path / "out", tmp_path / "cache"
+    out.mkdir()
+    over = ["data.name=celeba", f"data.root={root}", "data.verify=false", "data.test_split=",
+            f"data.cache_dir={cache_dir}", "data.cache=on", "data.image_size=8",
+            "train.steps=3", "train.log_every=3", "train.checkpoint_every=3",
+            "train.device=cpu", "train.progress=off"]
+    p = _torchrun(str(HERE / "ddp_worker.py"), str(tmp_path / "run"), str(out), *over)
+    assert p.returncode == 0, _failure(p)
+    assert p.stderr.count("data cache: 40 images") == 1, p.stderr[-3000:]
+    assert len(list(cache_dir.iterdir())) == 2                  # one array, one manifest
+    r0, r1 = (torch.load(out / f"rank{r}.pt", weights_only=False) for r in (0, 1))
+    for k, v in r0["state"].items():
+        assert torch.equal(v, r1["state"][k]), k
+    # Both processes' shares make the global batches: a single process, on the fly, sees them.
+    from ali.data import load_dataset, make_sampler
+
+    cfg = get_config("tiny", [*over, "data.cache=off"])
+    ds, cached = load_dataset(cfg.data), load_dataset(get_config("tiny", over).data)
+    whole = make_sampler(ds, 16, seed=0, workers=0)
+    parts = [make_sampler(cached, 16, seed=0, shard=(r, 2)) for r in range(2)]
+    for _ in range(4):
+        assert torch.equal(whole.next(), torch.cat([s.next() for s in parts]))

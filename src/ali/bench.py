@@ -2,7 +2,9 @@
 
 :func:`bench` times full training steps (both updates, exactly as :func:`ali.train.train` runs
 them: the same sampler, noise, precision, memory format and compilation) after a warm-up, on
-random data of the config's data shape, so no dataset is needed. The FLOPs of one real step
+random data of the config's data shape, so no dataset is needed; with ``data.root`` set the
+data pipeline is timed too (:func:`data_rate`), alone, and the slower of the two bounds
+training. The FLOPs of one real step
 (forward and both backward passes) are counted by :class:`torch.utils.flop_counter.FlopCounterMode`.
 :func:`peak_gflops` measures the machine's peak for comparison: a large matrix multiply in
 the same precision.
@@ -134,7 +136,10 @@ def bench(name: str | Config, steps: int = 20, batch_size: int | None = None,
 
     Returns a dict with ``config``, ``device``, ``precision``, ``batch_size``,
     ``images_per_s`` (items of data per second: images, or 2-D points times runs),
-    ``step_ms``, ``flops_per_image``, ``achieved_gflops`` and the settings used.
+    ``step_ms``, ``flops_per_image``, ``achieved_gflops`` and the settings used; when
+    ``data.root`` is set, also the data pipeline's rate (:func:`data_rate`:
+    ``data_images_per_s``, ``data_path``) and ``bound_by``: ``data`` or ``step``, whichever is
+    slower and so bounds training.
     """
     if steps < 1 or warmup < 0 or repeats < 1:
         raise ConfigError("bench needs steps >= 1, warmup >= 0 and repeats >= 1")
@@ -152,12 +157,55 @@ def bench(name: str | Config, steps: int = 20, batch_size: int | None = None,
     flops = step_flops(s.model, s.stepper, x, z, **inputs)
     items = b * s.model.runs
     per_item = flops / items
-    return {"config": s.cfg.name, "device": _device_name(s.device),
-            "precision": s.settings.precision, "batch_size": b,
-            "images_per_s": items / step_s, "step_ms": step_s * 1e3,
-            "flops_per_image": per_item, "achieved_gflops": per_item * items / step_s / 1e9,
-            "channels_last": s.settings.channels_last, "compile": s.settings.compile,
-            "threads": torch.get_num_threads(), "steps": chunk * repeats, "runs": s.model.runs}
+    out = {"config": s.cfg.name, "device": _device_name(s.device),
+           "precision": s.settings.precision, "batch_size": b,
+           "images_per_s": items / step_s, "step_ms": step_s * 1e3,
+           "flops_per_image": per_item, "achieved_gflops": per_item * items / step_s / 1e9,
+           "channels_last": s.settings.channels_last, "compile": s.settings.compile,
+           "threads": torch.get_num_threads(), "steps": chunk * repeats, "runs": s.model.runs}
+    if s.cfg.data.root:
+        s.run.close()
+        out.update(data_rate(s.cfg, s.device, repeats=repeats))
+        out["bound_by"] = "data" if out["data_images_per_s"] < out["images_per_s"] else "step"
+    return out
+
+
+DATA_BATCHES = 20
+"""Batches per timed chunk of :func:`data_rate`."""
+
+
+def data_rate(cfg: Config, device: torch.device, batches: int = DATA_BATCHES, warmup: int = 3,
+              repeats: int = 5) -> dict[str, Any]:
+    """How fast the data pipeline of ``cfg`` delivers training batches to ``device``: the
+    dataset of ``cfg.data`` (its decode-once cache built first if it is missing) and the
+    sampler training uses, timed alone over ``repeats`` chunks of ``batches`` batches after
+    ``warmup`` (the median chunk).
+
+    Returns ``data_images_per_s`` and ``data_path`` (how batches are made: ``cache``, ``on the
+    fly (N workers)`` or ``in memory``).
+    """
+    from .data import CachedSampler, StreamSampler, load_dataset, make_sampler
+
+    t = cfg.train
+    dataset = load_dataset(cfg.data)
+    runs = cfg.model.runs
+    sampler = make_sampler(dataset, t.batch_size, runs, seed=t.seed, device=device)
+    if isinstance(sampler, CachedSampler):
+        path = "cache"
+    elif isinstance(sampler, StreamSampler):
+        path = f"on the fly ({sampler.workers} workers)"
+    else:
+        path = "in memory"
+    try:
+        for _ in range(warmup):
+            sampler.next()
+        per_batch = statistics.median(time_chunk(sampler.next, device, batches)
+                                      for _ in range(repeats))
+    finally:
+        close = getattr(sampler, "close", None)
+        if close is not None:
+            close()
+    return {"data_images_per_s": t.batch_size * runs / per_batch, "data_path": path}
 
 
 def step_flops(model: Any, stepper: speed.Stepper, x: torch.Tensor, z: torch.Tensor,

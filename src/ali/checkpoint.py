@@ -223,7 +223,9 @@ def load_run(run_dir: Path | str, device: str = "cpu") -> tuple[Any, Config, int
 # part of the checkpoint, so changing them does not alter the steps already taken.
 # How fast the step runs may change too (the device, and with it the number of processes, may).
 # train.steps may change only where the schedule does not follow it (see schedule_follows_steps).
-RESUMABLE_KEYS = {"train.steps", "train.log_every", "train.checkpoint_every", "train.progress",
+# So may how images are delivered: decoded on the fly by any number of workers or read from the
+# decode-once cache, the batches are the same bytes.
+RESUMABLE_KEYS = {"data.workers", "data.cache", "data.cache_dir","train.steps", "train.log_every", "train.checkpoint_every", "train.progress",
                   "train.device", "train.keep_checkpoints", "train.on_divergence",
                   "train.rollback_lr_factor", "train.max_rollbacks", "train.precision",
                   "train.compile", "train.channels_last"}

@@ -314,6 +314,10 @@ def _cmd_bench(args: argparse.Namespace) -> int:
           f"{r['achieved_gflops']:.1f} GFLOP/s"
           + (f" ({100 * r['fraction_of_peak']:.0f}% of the measured peak "
              f"{r['peak_gflops']:.0f})" if args.peak else ""))
+    if "data_images_per_s" in r:
+        print(f"data: {r['data_images_per_s']:.1f} images/s ({r['data_path']}) against "
+              f"{r['images_per_s']:.1f} images/s of the step: training is bound by the "
+              f"{r['bound_by']}")
     return 0
 
 
@@ -469,7 +473,9 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Time full training steps (both updates) of a named config "
                                    "after a warm-up, on random data of the config's data shape "
                                    "(no dataset needed), on the configured device; FLOPs are "
-                                   "counted over one real step by torch.utils.flop_counter.")
+                                   "counted over one real step by torch.utils.flop_counter. "
+                                   "With --set data.root=... the data pipeline's images/s "
+                                   "are measured too, and which of the two bounds training.")
     b.add_argument("name", help="config name")
     b.add_argument("--steps", type=int, default=20, help="timed steps (default 20)")
     b.add_argument("--batch-size", type=int, help="override train.batch_size")

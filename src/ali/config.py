@@ -264,6 +264,7 @@ class ModelConfig:
 
 DATA_NAMES = ("grid", "ring", "mnist", "cifar10", "svhn", "celeba", "imagenet64", "folder", "npz")
 STREAM_MODES = ("auto", "on", "off")
+CACHE_MODES = ("auto", "on", "off")
 _RANGE = re.compile(r"^\s*(-?\d+)?\s*:\s*(-?\d+)?\s*$")
 _SPLIT = re.compile(r"^[a-z0-9_]+(\+[a-z0-9_]+)*$")
 
@@ -315,8 +316,17 @@ class DataConfig:
     stream: str = "auto"
     """Images: on decodes image files on the fly in DataLoader workers; off decodes all at load
     into one tensor; auto streams celeba, imagenet64 and folders of more than 20,000 images."""
-    workers: int = 4
-    """DataLoader worker processes for streamed data (0 decodes in the training process)."""
+    workers: int = -1
+    """DataLoader worker processes for streamed data decoded on the fly (data.cache=off): -1 =
+    one per CPU core this process may use (at most 8); 0 decodes in the training process."""
+    cache: str = "auto"
+    """Decode once: auto caches streamed image files (celeba, imagenet64 folders, large
+    folders), decoded and cropped once in parallel into a memory-mapped uint8 array in
+    data.cache_dir, rebuilt when a source file changes; on caches every dataset of image files
+    (and fails when the cache cannot be written); off decodes on the fly every epoch."""
+    cache_dir: str = ""
+    """Folder of the decode-once caches; empty = $ALI_CACHE_DIR, else $XDG_CACHE_HOME/ali, else
+    ~/.cache/ali."""
     verify: bool = True
     """Check the official files' md5 checksums where the release publishes them."""
     normal_class: int = -1
@@ -331,10 +341,12 @@ class DataConfig:
         _check(self.image_size >= 0, f"data.image_size must be >= 0; got {self.image_size}")
         _check(self.channels in (0, 1, 3), f"data.channels must be 0, 1 or 3; got {self.channels}")
         _check(self.labels >= 0, f"data.labels must be >= 0; got {self.labels}")
-        _check(self.workers >= 0, f"data.workers must be >= 0; got {self.workers}")
+        _check(self.workers >= -1, f"data.workers must be >= 0, or -1 for one per core; got "
+                                   f"{self.workers}")
         _check(self.normal_class >= -1,
                f"data.normal_class must be a class index, or -1 for all; got {self.normal_class}")
         _one_of(self.stream, STREAM_MODES, "data.stream")
+        _one_of(self.cache, CACHE_MODES, "data.cache")
         for key in ("train_split", "test_split"):
             v = getattr(self, key)
             _check(bool(_SPLIT.match(v)) or (key == "test_split" and v == ""),

@@ -5,11 +5,15 @@ A dataset that fits in memory lives on the training device as one tensor; batche
 per-sample Python work and no host-device copy. Images are kept as uint8 (N, C, H, W) and a batch
 becomes float in [0, 1] on the device (:class:`ImageSampler`). A large image dataset
 (:class:`~ali.data.images.ImageSource`) is decoded on the fly by DataLoader workers
-(:class:`StreamSampler`). :func:`make_sampler` picks the right one.
+(:class:`StreamSampler`), or, once decoded into its cache (:mod:`ali.data.cache`), gathered
+from the memory-mapped array (:class:`CachedSampler`): the same batches, in the same order.
+:func:`make_sampler` picks the right one.
 """
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import dataclasses
 from dataclasses import dataclass
 from typing import Any, Iterator
@@ -21,6 +25,7 @@ from torch import Tensor
 from ..config import Config, DataConfig, parse_range
 from ..errors import ConfigError, DataError
 from . import toy
+from .cache import CachedImages, cached_source, cores, default_workers
 from .images import ImageSource, collate, convert
 from .readers import READERS, Part, Spec
 
@@ -62,7 +67,7 @@ class Dataset:
     label_names: list[str] | None = None
     """Class or attribute names, where known."""
     workers: int = 0
-    """DataLoader workers for streamed data."""
+    """DataLoader workers for streamed data decoded on the fly."""
 
     @property
     def streamed(self) -> bool:
@@ -111,20 +116,42 @@ def load_dataset(cfg: DataConfig) -> Dataset:
                           f"(known: {', '.join((*toy.NAMES, *READERS))})")
     spec = READERS[cfg.name](cfg)
     stream = cfg.stream == "on" or (cfg.stream == "auto" and spec.stream)
-    x, y = _split(cfg, spec, cfg.train_split, cfg.train_range, "train", stream)
-    xt, yt = (_split(cfg, spec, cfg.test_split, cfg.test_range, "test", stream)
+    x, y = _split(cfg, spec, cfg.train_split, cfg.train_range, "train")
+    xt, yt = (_split(cfg, spec, cfg.test_split, cfg.test_range, "test")
               if cfg.test_split else (None, None))
+    if cfg.cache == "on" or (cfg.cache == "auto" and stream):
+        x, xt = _from_cache(cfg, x, xt)
+    if not stream:
+        x, xt = (p.load_all() if isinstance(p, ImageSource) else p for p in (x, xt))
     x, y = keep_class(x, y, cfg.normal_class, spec.num_classes, cfg.name)
     if cfg.labels:
         y = keep_labels(y, cfg.labels, spec.num_classes, cfg.seed)
     shape = tuple(x.shape) if isinstance(x, ImageSource) else tuple(x.shape[1:])
     return Dataset(cfg.name, x, xt, y, yt, data_shape=shape, num_classes=spec.num_classes,
-                   label_names=spec.label_names, workers=cfg.workers)
+                   label_names=spec.label_names,
+                   workers=default_workers() if cfg.workers < 0 else cfg.workers)
 
 
-def _split(cfg: DataConfig, spec: Spec, splits: str, range_text: str, key: str,
-           stream: bool) -> Part:
-    """The images and labels of ``splits`` ("a+b"), cut to ``range_text``, converted."""
+def _from_cache(cfg: DataConfig, *parts: Any) -> list[Any]:
+    """``parts`` with each :class:`~ali.data.images.ImageSource` of image files reading from
+    its decode-once cache (:func:`~ali.data.cache.cached_source`); splits sharing the files
+    (CelebA's) share one cache, checked once."""
+    done: dict[int, ImageSource] = {}
+    out = []
+    for p in parts:
+        if isinstance(p, ImageSource):
+            if id(p.base) not in done:
+                done[id(p.base)] = cached_source(ImageSource(p.base, np.arange(0), p.shape),
+                                                 cfg.cache_dir, cfg.verify,
+                                                 required=cfg.cache == "on")
+            p = ImageSource(done[id(p.base)].base, p.index, p.shape)
+        out.append(p)
+    return out
+
+
+def _split(cfg: DataConfig, spec: Spec, splits: str, range_text: str, key: str) -> Part:
+    """The images and labels of ``splits`` ("a+b"), cut to ``range_text``, converted
+    (image files stay an :class:`~ali.data.images.ImageSource`, decoded later)."""
     parts = []
     for name in splits.split("+"):
         name = spec.aliases.get(name, name)
@@ -151,8 +178,6 @@ def _split(cfg: DataConfig, spec: Spec, splits: str, range_text: str, key: str,
         y = None if y is None else y[start:stop]
     if isinstance(x, Tensor):
         x = convert(x, cfg.image_size, cfg.channels)
-    elif not stream:
-        x = x.load_all()
     return x, y
 
 
@@ -296,7 +321,9 @@ class StreamSampler:
         self._it: Iterator | None = None
         self._label_idx: Iterator[list[int]] | None = None
 
-    def _batches(self, start: int) -> Iterator[list[int]]:
+    def _orders(self, start: int) -> Iterator[Tensor]:
+        """The positions in the source of each batch from batch ``start`` on: (B * R,) int64,
+        this process's share, run-major within each item."""
         per_epoch = len(self.source) // self.batch_size
         epoch, pos = divmod(start, per_epoch)
         while True:
@@ -304,14 +331,21 @@ class StreamSampler:
             perm = torch.rand(self.runs, len(self.source), generator=g).argsort(dim=1)
             for p in range(pos, per_epoch):
                 b = self.batch_size
-                yield perm[:, p * b:(p + 1) * b].T[self.share].reshape(-1).tolist()  # (B * R,)
+                yield perm[:, p * b:(p + 1) * b].T[self.share].reshape(-1)   # (B * R,)
             epoch, pos = epoch + 1, 0
+
+    def _batches(self, start: int) -> Iterator[list[int]]:
+        return (o.tolist() for o in self._orders(start))
 
     def _start(self) -> None:
         loader = torch.utils.data.DataLoader(
             self.source, batch_sampler=self._batches(self.taken), num_workers=self.workers,
             collate_fn=collate, pin_memory=self.device.type == "cuda",
-            prefetch_factor=4 if self.workers else None, persistent_workers=False)
+            prefetch_factor=4 if self.workers else None, persistent_workers=False,
+            # its own generator: a DataLoader otherwise draws its workers' base seed from the
+            # global RNG, so the training noise would depend on the data path and on when the
+            # loader (re)starts (a resumed run would draw z off by one)
+            generator=torch.Generator())
         self._it = iter(loader)
         # The same batch order again, walked in step with the loader, for the labels.
         self._label_idx = self._batches(self.taken)
@@ -323,13 +357,19 @@ class StreamSampler:
         if isinstance(x, str):
             raise DataError(x)
         self.taken += 1
-        x = x.to(self.device, non_blocking=True).float().div_(255)
+        return self._finish(x, lambda: torch.tensor(next(self._label_idx)))
+
+    def _finish(self, x: Tensor, positions: Any) -> Tensor | tuple[Tensor, Tensor]:
+        """A uint8 batch (B * R, C, H, W) as float on the device (or one converted already),
+        (B, R, ...) for R runs, with the labels at ``positions()`` (the batch's positions in
+        the source) if any."""
+        if x.dtype == torch.uint8:
+            x = x.to(self.device, non_blocking=True).float().div_(255)
         if self.runs > 1:
             x = x.view(-1, self.runs, *x.shape[1:])
         if self.labels is None:
             return x
-        idx = torch.tensor(next(self._label_idx), device=self.device)
-        y = self.labels[idx]
+        y = self.labels[positions().to(self.device)]
         return x, (y.view(-1, self.runs, *y.shape[1:]) if self.runs > 1 else y)
 
     def close(self) -> None:
@@ -341,6 +381,77 @@ class StreamSampler:
     def load_state_dict(self, state: dict) -> None:
         self.taken, self.seed = int(state["taken"]), int(state["seed"])
         self._it = self._label_idx = None
+
+
+class CachedSampler(StreamSampler):
+    """:class:`StreamSampler`'s batches, gathered from a decode-once cache
+    (:class:`~ali.data.cache.CachedImages`) in the training process instead of decoded by
+    workers: the same positions in the same order, so the same bytes, and the same state (the
+    number of batches taken; a run may resume on either path).
+
+    A batch is one gather of uint8 rows from the memory-mapped array, made ahead by ``threads``
+    threads (numpy releases the GIL while it copies), then copied to ``device`` as uint8
+    (from pinned memory on a GPU) and converted to float there; on a CPU the threads convert
+    it too.
+    """
+
+    def __init__(self, source: ImageSource, batch_size: int, runs: int = 1, seed: int = 0,
+                 device: torch.device | str = "cpu", labels: Tensor | None = None,
+                 shard: tuple[int, int] = (0, 1), threads: int | None = None) -> None:
+        if not isinstance(source.base, CachedImages):
+            raise TypeError("CachedSampler needs an ImageSource over CachedImages")
+        super().__init__(source, batch_size, runs, seed, device, 0, labels, shard)
+        self.threads = threads if threads is not None else min(2, cores())
+        self._order: Iterator[Tensor] | None = None
+        self._ahead: collections.deque = collections.deque()
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+
+    def _make(self, pos: Tensor) -> Tensor:
+        """The batch at positions ``pos``: float on a CPU, else uint8 (pinned for a GPU)."""
+        rows = self.source.index[pos.numpy()]
+        shape = (len(rows), *self.source.shape)
+        if self.device.type != "cpu":
+            # A fresh block each time: the caching host allocator keeps a pinned block from
+            # reuse until its asynchronous copy is done, so there is no host sync.
+            buf = torch.empty(shape, dtype=torch.uint8, pin_memory=self.device.type == "cuda")
+            self.source.base.gather(rows, out=buf.numpy())
+            return buf
+        raw = self.source.base.gather(rows, out=np.empty(shape, dtype=np.uint8))
+        # One pass instead of .float().div_(255)'s two (the CPU-bound part of a cached batch),
+        # and the same bits: both are float32 x / 255, correctly rounded.
+        x = torch.empty(shape, dtype=torch.float32)
+        np.divide(raw, np.float32(255), out=x.numpy(), dtype=np.float32)
+        return x
+
+    def next(self) -> Tensor | tuple[Tensor, Tensor]:
+        if self._order is None:
+            self._order = self._orders(self.taken)
+            self._ahead.clear()
+        if self.threads < 1:
+            pos = next(self._order)
+            x = self._make(pos)
+        else:
+            if self._pool is None:
+                self._pool = concurrent.futures.ThreadPoolExecutor(
+                    self.threads, thread_name_prefix="ali-cache")
+            while len(self._ahead) < 2 * self.threads:      # in order: a FIFO of futures
+                p = next(self._order)
+                self._ahead.append((p, self._pool.submit(self._make, p)))
+            pos, fut = self._ahead.popleft()
+            x = fut.result()
+        self.taken += 1
+        return self._finish(x, lambda: pos)
+
+    def close(self) -> None:
+        self._order = None
+        self._ahead.clear()
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.close()             # batches made ahead belong to the old position
 
 
 def take(data: Any, idx: np.ndarray | Tensor | slice | None = None) -> Tensor:
@@ -370,7 +481,8 @@ def make_sampler(dataset: Dataset, batch_size: int, runs: int = 1, seed: int = 0
 
     2-D data: :class:`TensorSampler` on the device. Images in memory: :class:`ImageSampler`,
     the uint8 tensor on the device when it is at most ``device_bytes``, else in host memory.
-    Streamed images: :class:`StreamSampler` with ``workers`` (default ``dataset.workers``).
+    Streamed images: :class:`CachedSampler` when they come from a decode-once cache, else
+    :class:`StreamSampler` with ``workers`` (default ``dataset.workers``).
     ``shard=(rank, world_size)``: this process's share of each batch (multi-process training).
     """
     device = torch.device(device)
@@ -378,6 +490,8 @@ def make_sampler(dataset: Dataset, batch_size: int, runs: int = 1, seed: int = 0
     y = dataset.train_labels if with_labels else None
     if with_labels and y is None:
         raise ConfigError(f"dataset {dataset.name!r} has no training labels")
+    if isinstance(x, ImageSource) and isinstance(x.base, CachedImages):
+        return CachedSampler(x, batch_size, runs, seed, device, labels=y, shard=shard)
     if isinstance(x, ImageSource):
         return StreamSampler(x, batch_size, runs, seed, device,
                              dataset.workers if workers is None else workers, labels=y,

@@ -200,6 +200,8 @@ class ImageSource(torch.utils.data.Dataset):
 
     def load_all(self) -> Tensor:
         """Every item decoded now, as one uint8 (N, C, H, W) tensor."""
+        if hasattr(self.base, "gather"):            # a decode-once cache: one gather
+            return torch.from_numpy(self.base.gather(self.index))
         out = torch.empty((len(self), *self.shape), dtype=torch.uint8)
         for i in range(len(self)):
             x, err = self[i]
