@@ -71,3 +71,16 @@ def test_every_experiment_runs_at_smoke_scale(name, tmp_path, capsys):
         assert main(["experiment", name, "--out", str(out), "--device", "cpu"]) == 0
         log = capsys.readouterr()
         assert (log.out + log.err).count("finished earlier, reused") == len(exp.stages)
+
+
+def test_full_scale_estimate_times_each_run_and_scales_by_its_steps(monkeypatch):
+    import ali.bench
+    from ali.config import get_config
+    timed = []
+    monkeypatch.setattr(ali.bench, "bench", lambda cfg, **kw: timed.append(cfg.name) or {
+        "step_ms": 10.0, "device": "cpu", "flops_per_image": 2e6})
+    lines = []
+    total = runner.estimate([get_config("tiny", ["train.steps=1000"]),
+                             get_config("mnist", ["train.steps=2000"])], lines.append)
+    assert total == pytest.approx(0.01 * 1000 + 0.01 * 2000)
+    assert timed == ["tiny", "mnist"] and "10 ms/step on cpu (2 MFLOP per image)" in lines[0]
