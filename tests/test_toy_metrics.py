@@ -106,3 +106,27 @@ def test_paper_protocol_draws_each_runs_hyper_parameters(monkeypatch):
     assert results["models"]["gan"]["samplers"]["chain"]["hq"] == [None, None]
     assert all(v is not None for v in results["models"]["gan"]["samplers"]["resampled"]["hq"])
     assert results["models"]["gan"]["recon_mode"] == [None, None]
+
+
+@pytest.mark.parametrize("kind", ["gan_inverse", "gan_posthoc"])
+def test_figure8_learns_inference_for_the_trained_gan_its_decoder_frozen(kind):
+    # Figure 8's protocol: the baselines' encoders are trained against a GAN trained in full;
+    # that GAN's decoder (weights and batch-norm statistics) must come out untouched.
+    from conftest import tiny_toy
+    from ali.experiments.toy import _copy_gan_
+    from ali.build import build_model
+    from ali.train import train
+    gan = train(tiny_toy("model.kind=gan", "model.encoder=noise"), quiet=True).model
+    cfg = tiny_toy(f"model.kind={kind}", "model.encoder=noise", "train.steps=6")
+    torch.manual_seed(1)
+    model = _copy_gan_(build_model(cfg), gan)
+    enc = {k: v.clone() for k, v in model.encoder.state_dict().items()}
+    trained = train(cfg, model=model, quiet=True).model
+    for k, v in gan.decoder.state_dict().items():
+        assert torch.equal(trained.decoder.state_dict()[k], v), k
+    assert any(not torch.equal(trained.encoder.state_dict()[k], v) for k, v in enc.items())
+
+
+def test_figure8_shows_the_best_covering_run():
+    from ali.experiments.toy import best_run
+    assert best_run({"modes": [20, 25, 25, 24], "hq": [0.9, 0.5, 0.7, 0.99]}) == 2

@@ -117,9 +117,8 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
     from .experiments import runner
 
     t0 = time.perf_counter()
-    res = runner.run(args.name, args.scale, args.data_root, args.out, args.seeds, args.device)
-    out = Path(res["figures"][0]).parent if res["figures"] else Path(
-        args.out or Path("runs") / f"experiment-{args.name}-{args.scale}")
+    out = Path(args.out or runner.default_out(args.name, args.scale))
+    runner.run(args.name, args.scale, args.data_root, out, args.seeds, args.device)
     print()
     print((out / "table.md").read_text())
     print(f"finished in {time.perf_counter() - t0:.0f} s")

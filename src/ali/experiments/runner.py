@@ -27,6 +27,53 @@ ESTIMATE_STEPS = 6
 """Steps timed per stage for the estimate printed before a full-scale experiment."""
 
 
+FIGURE8_DATASETS = ("grid", "ring")
+FIGURE8_METRICS = ("modes", "modes_hq", "hq", "recon_mode")
+FIGURE8_RUNS = {"smoke": 2, "full": 10}
+FIGURE8_SMOKE_STEPS = 10
+PAPER_MODES = {("grid", "ali"): (13.4, 5.8), ("grid", "gan"): (10.4, 9.2)}
+
+
+def _figure8(exp: Experiment, scale: str, out: Path, seeds: int, device: str,
+             log: Callable[[str], None]) -> tuple[list[dict[str, Any]], list[str]]:
+    """Figure 8 on the grid and the ring (:func:`ali.experiments.toy.figure8`): ``seeds`` runs
+    per model (default 10; 2 at smoke scale, of 30 steps)."""
+    from ..data import load_dataset
+    from . import toy
+
+    runs = seeds if seeds > 1 else FIGURE8_RUNS[scale]
+    steps = FIGURE8_SMOKE_STEPS if scale == "smoke" else None
+    rows, figures = [], []
+    for dataset in FIGURE8_DATASETS:
+        log(f"  {dataset}: {runs} runs per model")
+        res, figs = toy.figure8(dataset, runs, steps, device, lambda s: log("    " + s))
+        data = load_dataset(get_config("toy_paper", [f"data.name={dataset}"]).data)
+        toy.write(res, figs, data, out / dataset)
+        figures.append(str(out / dataset / "figure.png"))
+        for kind, scores in res["models"].items():
+            for metric in FIGURE8_METRICS:
+                v = [x for x in scores[metric] if x is not None]
+                if not v:
+                    continue
+                paper, paper_std = (PAPER_MODES.get((dataset, kind), (None, None))
+                                    if metric == "modes" else (None, None))
+                rows.append({"setting": f"{dataset}: {kind}", "metric": metric,
+                             "ours": statistics.mean(v), "ours_std": statistics.pstdev(v),
+                             "paper": paper, "paper_std": paper_std, "seeds": len(v),
+                             "std_times": 1, "best_run": res["best_run"][kind]})
+    return rows, figures
+
+
+PROTOCOLS: dict[str, Callable[..., tuple[list[dict[str, Any]], list[str]]]] = {
+    "figure8": _figure8}
+"""The experiments with a protocol of their own (:attr:`Experiment.protocol`)."""
+
+
+def default_out(name: str, scale: str) -> Path:
+    """Where ``ali experiment NAME --scale SCALE`` writes without ``--out``."""
+    return Path("runs") / f"experiment-{name}-{scale}"
+
+
 def get(name: str) -> Experiment:
     """The experiment ``name``, or a one-line error naming the available ones."""
     if name in PLANNED:
@@ -182,9 +229,18 @@ def run(name: str, scale: str = "smoke", data_root: str | Path | None = None,
         raise AliError(f"--scale must be one of {', '.join(SCALES)}; got {scale!r}")
     if seeds < 1:
         raise AliError(f"--seeds must be >= 1; got {seeds}")
-    out = Path(out or Path("runs") / f"experiment-{name}-{scale}")
+    out = Path(out or default_out(name, scale))
     device = str(resolve_device(device))
     t0 = time.perf_counter()
+    if exp.protocol:
+        if data_root is not None:
+            raise AliError(f"{name} generates its own 2-D data: --data-root does not apply")
+        log(exp.title)
+        rows, figures = PROTOCOLS[exp.protocol](exp, scale, out, seeds, device, log)
+        runs = rows[0]["seeds"] if rows else seeds
+        return _write(exp, out, {"experiment": name, "scale": scale, "seeds": runs,
+                                 "rows": rows, "figures": figures,
+                                 "seconds": time.perf_counter() - t0})
     is_synthetic = data_root is None
     if is_synthetic:
         if scale == "full":
@@ -215,8 +271,12 @@ def run(name: str, scale: str = "smoke", data_root: str | Path | None = None,
         rows.append(row(m, _measure(m, runs, scale, device, data_over)))
     figures = [str(_figure(kind, out / "runs" / f"{stage}-seed0", out, data_over))
                for stage, kind in exp.figures]
-    result = {"experiment": name, "scale": scale, "seeds": seeds, "rows": rows,
-              "figures": figures, "seconds": time.perf_counter() - t0}
+    return _write(exp, out, {"experiment": name, "scale": scale, "seeds": seeds, "rows": rows,
+                             "figures": figures, "seconds": time.perf_counter() - t0})
+
+
+def _write(exp: Experiment, out: Path, result: dict[str, Any]) -> dict[str, Any]:
+    """``results.json`` and ``table.md`` of ``result`` in ``out``; returns ``result``."""
     out.mkdir(parents=True, exist_ok=True)
     text = json.dumps(result, indent=2) + "\n"
     atomic_write(out / "results.json", lambda f: f.write(text.encode()))
