@@ -53,20 +53,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
                  and args.until < cfg.train.steps else "")
         print(f"training {cfg.name} ({cfg.model.kind}) for {cfg.train.steps} steps{until} "
               f"-> {out}", flush=True)
-    callbacks, dataset = [], None
-    every = cfg.train.checkpoint_every       # run images and TensorBoard's images
-    if cfg.model.nets != "toy":
-        from .callbacks import RunImages
-        from .data import load_dataset
-
-        dataset = load_dataset(cfg.data)
-        callbacks.append(RunImages(dataset, every, seed=cfg.train.seed))
-    from .report import TensorBoard
-
-    if TensorBoard.available():
-        callbacks.append(TensorBoard(every, dataset, seed=cfg.train.seed))
-    result = train(cfg, run_dir=out, resume=args.resume, callbacks=callbacks, dataset=dataset,
-                   until=args.until, extend=args.extend)
+    result = train(cfg, run_dir=out, resume=args.resume, until=args.until, extend=args.extend)
     if not main:
         return 0
     if cfg.model.nets == "toy":

@@ -30,6 +30,9 @@ LR_SCHEDULES = ("constant", "linear")
 # 15-minute CPU budget (README, "MNIST on this machine").
 MNIST_STEPS = 6_000
 MNIST_RECON = 0.01
+# The folder preset logs every 100 steps: a short first run on one's own images still draws
+# its curves in the report.
+FOLDER_LOG_EVERY = 100
 # The 2-D experiment's tuned ALI: the same ALICE cycle term, which puts every held-out point's
 # reconstruction in its own component and sharpens the samples, and a weak, lazy R1 penalty,
 # which with the discriminator's faster learning rate keeps every mode (README, "2-D
@@ -134,6 +137,13 @@ EXCLUSIVE = {"semi_supervised": ("conditional", "cycle", "r1")}
 LABELLED_SECTIONS = ("conditional", "semi_supervised")
 POINT_FAMILIES = ("toy",)
 """Network families on 2-D points rather than images."""
+AUTO_NETS = "auto"
+"""``model.nets`` of the ``folder`` preset: the family is picked from the data when training
+starts (:func:`ali.run.resolve_shape`) and recorded in the run's config."""
+AUTO_FAMILIES = {"mnist": 32, "cifar10": 64, "celeba": 256}
+"""The families ``model.nets=auto`` chooses from, with the latent size each gets when
+``model.latent_dim`` is 0: our small grey 28x28 model and the paper's RGB 32x32 and 64x64 ones
+(the latent sizes of their presets)."""
 
 
 @dataclass(frozen=True)
@@ -144,8 +154,11 @@ class ModelConfig:
     kind: str = "ali"
     """ali | gan | gan_inverse | gan_posthoc | vae."""
     nets: str = "toy"
-    """Network family: a module of :mod:`ali.nets`."""
+    """Network family: a module of :mod:`ali.nets`; auto (the ``folder`` preset): the family
+    of mnist, cifar10 or celeba nearest to the data's channels and image size, chosen when
+    training starts."""
     latent_dim: int = 2
+    """Size of z; 0 (with nets=auto only): the chosen family's preset's."""
     encoder: str = "noise"
     """gaussian: q(z|x) = N(mu, sigma^2) reparametrised (the paper's image models);
     deterministic: z_hat = E(x) (BiGAN); noise: z_hat = E(concat(x, eps)) (the paper's toy)."""
@@ -189,8 +202,11 @@ class ModelConfig:
         _one_of(self.kind, MODEL_KINDS, "model.kind")
         _one_of(self.encoder, ENCODER_KINDS, "model.encoder")
         _one_of(self.gen_loss, GEN_LOSSES, "model.gen_loss")
-        for key in ("latent_dim", "width", "disc_width", "disc_layers", "maxout_pieces", "runs"):
+        for key in ("width", "disc_width", "disc_layers", "maxout_pieces", "runs"):
             _check(getattr(self, key) >= 1, f"model.{key} must be >= 1; got {getattr(self, key)}")
+        _check(self.latent_dim >= 1 or (self.latent_dim == 0 and self.nets == AUTO_NETS),
+               f"model.latent_dim must be >= 1 (0 only with model.nets=auto); got "
+               f"{self.latent_dim}")
         _check(self.noise_dim >= 0, f"model.noise_dim must be >= 0; got {self.noise_dim}")
         _check(self.init_std > 0, f"model.init_std must be > 0; got {self.init_std}")
         _check(0 <= self.freeze_decoder_bn_at <= 1,
@@ -256,6 +272,13 @@ class ModelConfig:
 
 DATA_NAMES = ("grid", "ring", "mnist", "cifar10", "svhn", "celeba", "imagenet64", "folder", "npz")
 STREAM_MODES = ("auto", "on", "off")
+SPLIT_ORDERS = ("auto", "shuffled", "stored")
+SHUFFLED_BY_DEFAULT = ("folder", "npz")
+"""Datasets whose splits ``data.split_order=auto`` shuffles before cutting them: a user's files
+have no meaningful order (a folder is read class by class, so an unshuffled range would hold
+out whole classes). The standard datasets keep their official order, which their protocols'
+ranges (mnist ``test[9000:]``, cifar10 ``train[0:45000]``) name positions in."""
+DEFAULT_HOLDOUT = 0.05
 _RANGE = re.compile(r"^\s*(-?\d+)?\s*:\s*(-?\d+)?\s*$")
 _SPLIT = re.compile(r"^[a-z0-9_]+(\+[a-z0-9_]+)*$")
 
@@ -301,6 +324,19 @@ class DataConfig:
     """Images: start:stop, the part of train_split used (Python slice; empty = all), e.g. 0:9000."""
     test_range: str = ""
     """Images: start:stop, the part of test_split used, e.g. 9000: or -1000:."""
+    split_order: str = "auto"
+    """Images: the order train_range, test_range and holdout cut a split in: shuffled (a
+    permutation fixed by data.split_seed) | stored (the files' order) | auto: shuffled for
+    folder and npz data, stored for the standard datasets (whose protocols name positions in
+    their official order, e.g. mnist test[9000:])."""
+    split_seed: int = 0
+    """Seed of the shuffled order of data.split_order (independent of data.seed and
+    train.seed): the same seed gives the same training and held-out items."""
+    holdout: float = DEFAULT_HOLDOUT
+    """Images: when the data has no test_split (a folder without test/ or valid/ subfolders,
+    an npz file without x_test), hold out this fraction of the training split instead, the
+    same fraction of every class, chosen with data.split_seed; 0 refuses such data (set
+    data.test_split= to train without a held-out set). Ignored where test_split exists."""
     labels: int = 0
     """Images with class labels: keep the labels of this many training examples, the same number
     per class (the others get label -1); 0 keeps all."""
@@ -327,6 +363,9 @@ class DataConfig:
         _check(self.normal_class >= -1,
                f"data.normal_class must be a class index, or -1 for all; got {self.normal_class}")
         _one_of(self.stream, STREAM_MODES, "data.stream")
+        _one_of(self.split_order, SPLIT_ORDERS, "data.split_order")
+        _check(0 <= self.holdout < 1 and math.isfinite(self.holdout),
+               f"data.holdout must be a fraction in [0, 1); got {self.holdout}")
         for key in ("train_split", "test_split"):
             v = getattr(self, key)
             _check(bool(_SPLIT.match(v)) or (key == "test_split" and v == ""),
@@ -834,6 +873,24 @@ def _mnist() -> Config:
     cfg = _image("mnist", 32, 100, MNIST_STEPS, log_every=500, checkpoint_every=2_000)
     return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model,
                                                                cycle=CycleConfig(MNIST_RECON)))
+
+
+@register("folder")
+def _folder() -> Config:
+    """Any folder of images (``--set data.root=DIR``): the network family (mnist, cifar10 or
+    celeba) nearest to the images' channels and size, chosen when training starts (the images
+    resized to it), and the mnist preset's training (ALI with a light cycle term, 6,000 steps of
+    batch 100). Without test/ or valid/ subfolders, a class-stratified 5% is held out
+    (data.holdout)."""
+    return Config(
+        name="folder",
+        model=ModelConfig(kind="ali", nets=AUTO_NETS, latent_dim=0, encoder="gaussian",
+                          init_std=0.01, cycle=CycleConfig(MNIST_RECON)),
+        data=DataConfig(name="folder"),
+        train=TrainConfig(steps=MNIST_STEPS, batch_size=100, lr=1e-4, beta1=0.5, beta2=0.999,
+                          lr_schedule="constant", log_every=FOLDER_LOG_EVERY,
+                          checkpoint_every=2_000),
+    )
 
 
 @register("tiny")

@@ -57,7 +57,8 @@ class TrainResult:
 def train(cfg: Config, *, run_dir: Path | str | None = None, resume: bool = False,
           model: Any = None, dataset: Dataset | None = None, quiet: bool = False,
           hooks: Iterable[Hook] = (), until: int | None = None,
-          callbacks: Iterable[Callback] = (), extend: bool = False) -> TrainResult:
+          callbacks: Iterable[Callback] = (), extend: bool = False,
+          images: bool = True) -> TrainResult:
     """Train ``cfg`` and return the trained model.
 
     Every ``train.checkpoint_every`` steps and at the end, ``run_dir/checkpoints/`` gets
@@ -86,11 +87,15 @@ def train(cfg: Config, *, run_dir: Path | str | None = None, resume: bool = Fals
         until: stop (with a checkpoint) after this many steps instead of ``train.steps``; the
             schedule still follows ``train.steps``, so a later ``resume`` continues exactly:
             the way to train a run in pieces.
-        callbacks: more :class:`~ali.engine.Callback` objects (run images, TensorBoard), run
+        callbacks: more :class:`~ali.engine.Callback` objects (your own), run
             after the logger and before the signal check and the checkpoint.
         extend: on resume, accept a ``train.steps`` that stretches a schedule following it
             (linear learning-rate decay, batch-norm freeze, gan_posthoc's phases) from the
             resumed step on; the run then no longer matches a straight run of either length.
+        images: with a run folder, write what ``ali train`` writes besides the checkpoints
+            and metrics: ``samples.png`` and ``reconstructions.png`` (image models) every
+            ``train.checkpoint_every`` steps and at the end, and TensorBoard logs where the
+            ``tensorboard`` package is installed.
 
     Raises:
         DivergenceError: a non-finite loss (checked at logging intervals) or parameter
@@ -103,7 +108,7 @@ def train(cfg: Config, *, run_dir: Path | str | None = None, resume: bool = Fals
     ctx, device, own_group = distributed.init(cfg.train.device)
     try:
         return _train(cfg, ctx, device, run_dir, resume, model, dataset, quiet, hooks, until,
-                      list(callbacks), extend)
+                      list(callbacks), extend, images)
     finally:
         if own_group:
             distributed.shutdown()
@@ -122,12 +127,14 @@ def _resume(run: Run, read_dir: Path | None, extend: bool) -> int:
 def _train(cfg: Config, ctx: distributed.Context, device: Any, run_dir: Path | str | None,
            resume: bool, model: Any, dataset: Dataset | None, quiet: bool,
            hooks: Iterable[Hook], until: int | None, extra: list[Callback],
-           extend: bool) -> TrainResult:
+           extend: bool, images: bool) -> TrainResult:
     t = cfg.train
     read_dir = Path(run_dir) if run_dir is not None else None
     run_dir = read_dir if ctx.main else None       # only rank 0 writes
     quiet = quiet or not ctx.main
     run = build_run(cfg, device, ctx, dataset, model, init_from_data=not resume)
+    if run_dir is not None and images:
+        extra[:0] = run_images(run)    # first: the user's callbacks see the images written
     logger = None
     try:
         start = _resume(run, read_dir, extend) if resume else 0
@@ -162,6 +169,20 @@ def _train(cfg: Config, ctx: distributed.Context, device: Any, run_dir: Path | s
     if loop.signum is not None:
         raise _interrupted(loop.signum, result, checkpointer, cfg.name)
     return result
+
+
+def run_images(run: Run) -> list[Callback]:
+    """The callbacks writing a run folder's images and TensorBoard logs, every
+    ``train.checkpoint_every`` steps (the run's own data: the images of what it trains on)."""
+    from .callbacks import RunImages
+    from .report import TensorBoard
+
+    every, seed = run.cfg.train.checkpoint_every, run.cfg.train.seed
+    images = run.cfg.model.images
+    out: list[Callback] = [RunImages(run.dataset, every, seed=seed)] if images else []
+    if TensorBoard.available():
+        out.append(TensorBoard(every, run.dataset if images else None, seed=seed))
+    return out
 
 
 def _interrupted(signum: int, result: TrainResult, checkpointer: Checkpointer,

@@ -36,6 +36,9 @@ FEATURE_DIM = 128
 SHIFT = 2
 # What about the data a cached classifier must agree on to be reused.
 DATA_KEYS = ("name", "root", "train_split", "train_range", "image_size", "channels", "seed")
+# ... and the settings added since, only where they differ from their defaults: a classifier
+# cached before they existed still matches the data it was trained on.
+NEWER_DATA_KEYS = ("split_order", "split_seed", "holdout")
 
 
 class PixelClassifier(nn.Module):
@@ -166,7 +169,12 @@ def load(path: Path | str) -> tuple[PixelClassifier, dict[str, Any]]:
 
 def data_key(data_cfg: Any) -> dict[str, Any]:
     """The part of a :class:`~ali.config.DataConfig` a cached classifier depends on."""
-    return {k: getattr(data_cfg, k) for k in DATA_KEYS}
+    from ..config import section_defaults
+
+    defaults = section_defaults("data")
+    return {**{k: getattr(data_cfg, k) for k in DATA_KEYS},
+            **{k: getattr(data_cfg, k) for k in NEWER_DATA_KEYS
+               if getattr(data_cfg, k) != defaults[k]}}
 
 
 def load_or_train(path: Path | str, dataset: Any, data_cfg: Any, seed: int = 0,
