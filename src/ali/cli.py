@@ -37,6 +37,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.until is not None and args.until < 1:
         raise AliError(f"--until must be >= 1; got {args.until}")
     out = Path(args.out) if args.out else _default_out(cfg.name)
+    from .run_folder import RunLock
+
     if args.resume:
         # The run's own settings, so `ali train NAME --out DIR --resume` needs no --set again;
         # --set still applies on top (e.g. more train.steps), and train() refuses changes
@@ -45,13 +47,17 @@ def _cmd_train(args: argparse.Namespace) -> int:
         if saved.name != cfg.name:
             raise AliError(f"{out} holds a run of config {saved.name!r}, not {cfg.name!r}")
         cfg = apply_overrides(saved, args.overrides)
+    RunLock(out).check()    # a training still writing the folder: say so, whatever else
     if not args.resume and (out / "checkpoints" / "latest.pt").exists():
         raise AliError(f"{out} already holds a run; pass --resume to continue it, "
                        "or choose another --out")
     if main:
         until = (f" (stopping at step {args.until})" if args.until is not None
                  and args.until < cfg.train.steps else "")
-        print(f"training {cfg.name} ({cfg.model.kind}) for {cfg.train.steps} steps{until} "
+        # On resume the steps still to run are known once the checkpoint is read: train()
+        # says them ("resumed at step S; training N more steps").
+        what = "resuming" if args.resume else "training"
+        print(f"{what} {cfg.name} ({cfg.model.kind}), {cfg.train.steps} steps in all{until} "
               f"-> {out}", flush=True)
     result = train(cfg, run_dir=out, resume=args.resume, until=args.until, extend=args.extend)
     if not main:
@@ -63,7 +69,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
         scores, _ = evaluate(result.model, load_dataset(cfg.data), result.seconds)
         summary = {k: v for k, v in scores.items() if k != "seconds"}
         print("2-D metrics per run: " + json.dumps(summary))
-    print(f"done: {result.step} steps in {result.seconds:.1f} s; checkpoint "
+    ran = result.step - result.start
+    counted = (f"{ran} steps" if not result.start
+               else f"{ran} steps (step {result.start} to {result.step})")
+    print(f"done: {counted} in {result.seconds:.1f} s; checkpoint "
           f"{out / 'checkpoints' / 'latest.pt'}, metrics {out / 'metrics.jsonl'}")
     return 0
 

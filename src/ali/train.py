@@ -10,6 +10,7 @@ from the modules that own them.
 
 from __future__ import annotations
 
+import contextlib
 import shlex
 import time
 from dataclasses import dataclass, field
@@ -30,7 +31,7 @@ from .engine import Callback, Loop, LossSums, fit
 from .errors import CheckpointError, TrainingInterrupted
 from .run import (DECODER_BIAS_IMAGES, Run, build_run, check_data_shape, init_from_data_,
                   resolve_labels, seed_everything)
-from .run_folder import prepare_run_folder
+from .run_folder import RunLock, prepare_run_folder
 from .step import lr_factor, make_optimizer, train_step
 
 __all__ = [
@@ -52,6 +53,9 @@ class TrainResult:
     run_dir: Path | None
     seconds: float
     history: list[dict[str, Any]] = field(default_factory=list)
+    start: int = 0
+    """The step training started from (the checkpoint's on resume): ``step - start`` steps
+    were run."""
 
 
 def train(cfg: Config, *, run_dir: Path | str | None = None, resume: bool = False,
@@ -125,9 +129,19 @@ def _resume(run: Run, read_dir: Path | None, extend: bool) -> int:
 
 
 def _train(cfg: Config, ctx: distributed.Context, device: Any, run_dir: Path | str | None,
-           resume: bool, model: Any, dataset: Dataset | None, quiet: bool,
-           hooks: Iterable[Hook], until: int | None, extra: list[Callback],
-           extend: bool, images: bool) -> TrainResult:
+           *args: Any) -> TrainResult:
+    # The run folder is claimed before anything is read from it or written to it: a second
+    # training into it refuses here, having changed nothing (rank 0 alone writes, and locks).
+    claim = (RunLock(Path(run_dir)) if run_dir is not None and ctx.main
+             else contextlib.nullcontext())
+    with claim:
+        return _train_owned(cfg, ctx, device, run_dir, *args)
+
+
+def _train_owned(cfg: Config, ctx: distributed.Context, device: Any, run_dir: Path | str | None,
+                 resume: bool, model: Any, dataset: Dataset | None, quiet: bool,
+                 hooks: Iterable[Hook], until: int | None, extra: list[Callback],
+                 extend: bool, images: bool) -> TrainResult:
     t = cfg.train
     read_dir = Path(run_dir) if run_dir is not None else None
     run_dir = read_dir if ctx.main else None       # only rank 0 writes
@@ -138,6 +152,12 @@ def _train(cfg: Config, ctx: distributed.Context, device: Any, run_dir: Path | s
     logger = None
     try:
         start = _resume(run, read_dir, extend) if resume else 0
+        end = t.steps if until is None else min(until, t.steps)
+        if resume and not quiet:
+            more = (f"training {end - start} more steps (to step {end})" if end > start
+                    else "nothing left to train (a larger train.steps, with --extend where "
+                         "the schedule follows it, trains further)")
+            print(f"resumed at step {start}; {more}", flush=True)
         if ctx.enabled:
             # One model in every process (rank 0's), and each process its own noise.
             distributed.broadcast_module(run.model)
@@ -152,7 +172,6 @@ def _train(cfg: Config, ctx: distributed.Context, device: Any, run_dir: Path | s
         mine = [c for c in (*extra, Hooks(hooks)) if ctx.main or not c.main_only]
         order = ([Sync(logger, checkpointer, signals)] if ctx.enabled else []) + [
             logger, Progress(logger), *mine, signals, checkpointer]
-        end = t.steps if until is None else min(until, t.steps)
         loop = Loop(run, end, run_dir, order, Divergence(t, checkpointer, logger, signals),
                     LossSums(run.model.runs))
         t0 = time.perf_counter()
@@ -165,7 +184,8 @@ def _train(cfg: Config, ctx: distributed.Context, device: Any, run_dir: Path | s
         for c in extra:
             c.close()
     run.model.eval()
-    result = TrainResult(run.model, step, run_dir, time.perf_counter() - t0, loop.history)
+    result = TrainResult(run.model, step, run_dir, time.perf_counter() - t0, loop.history,
+                         start)
     if loop.signum is not None:
         raise _interrupted(loop.signum, result, checkpointer, cfg.name)
     return result
