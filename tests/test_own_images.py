@@ -148,3 +148,18 @@ def test_the_readme_own_images_example_runs(tmp_path, capsys, monkeypatch):
             args += ["--set", "train.steps=2"]
         assert main(args) == 0, f"{cmd}: {capsys.readouterr().err}"
     assert (tmp_path / "runs" / "mine" / "report.html").is_file()
+
+
+def test_runs_written_before_split_order_keep_their_stored_order():
+    """A config.json without data.split_order (written before it existed) means the stored
+    order its folder or npz file was cut in, and resumes without a difference."""
+    from ali.checkpoint import config_differences
+    from ali.config import Config
+
+    cfg = get_config("tiny", ["data.root=x.npz"])
+    old = cfg.to_dict()
+    for key in ("split_order", "split_seed", "holdout"):
+        del old["data"][key]
+    read = Config.from_dict(old)
+    assert read.data.split_order == "stored" and split_order(read.data, 4).tolist() == [0, 1, 2, 3]
+    assert config_differences(old, read.to_dict()) == []

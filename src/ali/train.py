@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from . import distributed
-from .callbacks import (Checkpointer, Divergence, Hook, Hooks, Logger, Progress, Signals, Sync,
-                        non_finite)
+from .callbacks import (Checkpointer, Divergence, Hook, Hooks, Logger, Progress, ProgressLines,
+                        Signals, Sync, non_finite)
 from .checkpoint import (LATEST, RESUMABLE_KEYS, atomic_save, atomic_write, check_resumable,
                          config_differences, load_checkpoint, load_run, prune,
                          remove_stale_temporaries, run_checkpoint_path, run_config,
@@ -171,7 +171,8 @@ def _train_owned(cfg: Config, ctx: distributed.Context, device: Any, run_dir: Pa
         signals = Signals(ctx)
         mine = [c for c in (*extra, Hooks(hooks)) if ctx.main or not c.main_only]
         order = ([Sync(logger, checkpointer, signals)] if ctx.enabled else []) + [
-            logger, Progress(logger), *mine, signals, checkpointer]
+            logger, Progress(logger), ProgressLines(t, logger, start), *mine, signals,
+            checkpointer]
         loop = Loop(run, end, run_dir, order, Divergence(t, checkpointer, logger, signals),
                     LossSums(run.model.runs))
         t0 = time.perf_counter()

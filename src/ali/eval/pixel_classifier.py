@@ -36,9 +36,8 @@ FEATURE_DIM = 128
 SHIFT = 2
 # What about the data a cached classifier must agree on to be reused.
 DATA_KEYS = ("name", "root", "train_split", "train_range", "image_size", "channels", "seed")
-# ... and the settings added since, only where they differ from their defaults: a classifier
-# cached before they existed still matches the data it was trained on.
-NEWER_DATA_KEYS = ("split_order", "split_seed", "holdout")
+# ... and, where they change the data, the settings added since: a classifier cached before
+# they existed still matches the data it was trained on.
 
 
 class PixelClassifier(nn.Module):
@@ -169,12 +168,15 @@ def load(path: Path | str) -> tuple[PixelClassifier, dict[str, Any]]:
 
 def data_key(data_cfg: Any) -> dict[str, Any]:
     """The part of a :class:`~ali.config.DataConfig` a cached classifier depends on."""
-    from ..config import section_defaults
+    from ..config import DEFAULT_HOLDOUT
+    from ..data import shuffles
 
-    defaults = section_defaults("data")
-    return {**{k: getattr(data_cfg, k) for k in DATA_KEYS},
-            **{k: getattr(data_cfg, k) for k in NEWER_DATA_KEYS
-               if getattr(data_cfg, k) != defaults[k]}}
+    key = {k: getattr(data_cfg, k) for k in DATA_KEYS}
+    if shuffles(data_cfg):
+        key["split_seed"] = data_cfg.split_seed
+    if data_cfg.holdout != DEFAULT_HOLDOUT:
+        key["holdout"] = data_cfg.holdout
+    return key
 
 
 def load_or_train(path: Path | str, dataset: Any, data_cfg: Any, seed: int = 0,
