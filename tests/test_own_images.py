@@ -163,3 +163,51 @@ def test_runs_written_before_split_order_keep_their_stored_order():
     read = Config.from_dict(old)
     assert read.data.split_order == "stored" and split_order(read.data, 4).tolist() == [0, 1, 2, 3]
     assert config_differences(old, read.to_dict()) == []
+
+
+def test_train_from_python_leaves_a_folder_every_command_accepts(tmp_path, capsys):
+    """train(cfg, dataset=...) records the data it was given (not the preset's) and writes the
+    run images itself; report, reconstruct, sample and eval then work on the folder, and
+    sample/reconstruct leave training's images alone."""
+    from ali.train import train
+
+    root = digits_folder(tmp_path / "digits")
+    data = load_dataset(get_config("folder", [f"data.root={root}", "data.image_size=28",
+                                              "data.channels=1"]).data)
+    run = tmp_path / "run"
+    train(get_config("mnist", ["train.steps=2", "train.progress=off"]), dataset=data,
+          run_dir=run, quiet=True)
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["data"]["name"] == "folder" and saved["data"]["root"] == str(root)
+    training_images = {p: (run / p).read_bytes() for p in ("samples.png",
+                                                           "reconstructions.png")}
+    for args in (["report", str(run)], ["reconstruct", str(run)], ["sample", str(run)],
+                 ["eval", str(run), "--metric", "knn"]):
+        assert main(args) == 0, capsys.readouterr().err
+    assert (run / "report.html").is_file()
+    assert (run / "sample-seed0.png").is_file() and (run / "reconstruct-seed0.png").is_file()
+    assert {p: (run / p).read_bytes() for p in training_images} == training_images
+    assert main(["sample", str(run), "--seed", "3", "--out", str(tmp_path / "s.png")]) == 0
+    assert (tmp_path / "s.png").is_file()
+
+
+def test_commands_default_to_the_best_device(monkeypatch):
+    from ali.cli import build_parser
+    from ali.distributed import resolve_device
+
+    parser = build_parser()
+    for cmd in (["eval", "r", "--metric", "knn"], ["sample", "r"], ["reconstruct", "r"],
+                ["interpolate", "r"], ["score", "r", "--input", "x", "--out", "y"]):
+        assert parser.parse_args(cmd).device == "auto", cmd
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    assert resolve_device("auto", mps=True).type == "mps"
+    assert resolve_device("auto").type == "cpu"        # training leaves mps out
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device("auto", mps=True).type == "cuda"
+
+
+def test_semi_supervised_on_mnist_names_the_fix():
+    with pytest.raises(ConfigError) as e:
+        get_config("mnist", ["model.semi_supervised=on"])
+    assert "--set model.cycle=off" in str(e.value) and "mnist_ssl_100" in str(e.value)

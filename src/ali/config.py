@@ -134,6 +134,9 @@ SECTIONS = {"cycle": CycleConfig, "r1": R1Config, "conditional": ConditionalConf
 SECTIONS_OF_KIND = {"ali": ("cycle", "r1", "conditional", "semi_supervised"),
                     "gan": ("r1",), "gan_inverse": ("r1",), "gan_posthoc": ("r1",), "vae": ()}
 EXCLUSIVE = {"semi_supervised": ("conditional", "cycle", "r1")}
+EXCLUSIVE_HINTS = {"semi_supervised": " (or train a preset that sets it up, e.g. mnist_ssl_100, "
+                                      "svhn_ssl_1000, cifar10_ssl_1000)"}
+"""The presets that already combine a section right, named in the refusal."""
 LABELLED_SECTIONS = ("conditional", "semi_supervised")
 POINT_FAMILIES = ("toy",)
 """Network families on 2-D points rather than images."""
@@ -226,7 +229,7 @@ class ModelConfig:
             for other in EXCLUSIVE.get(key, ()):
                 _check(getattr(self, other) is None,
                        f"model.{key} cannot be combined with model.{other}; add --set "
-                       f"model.{other}=off")
+                       f"model.{other}=off" + EXCLUSIVE_HINTS.get(key, ""))
             _check(key not in LABELLED_SECTIONS or self.images,
                    f"model.{key} needs image networks (model.nets={self.nets} is the 2-D "
                    "family)")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import shlex
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -147,6 +148,11 @@ def _train_owned(cfg: Config, ctx: distributed.Context, device: Any, run_dir: Pa
     run_dir = read_dir if ctx.main else None       # only rank 0 writes
     quiet = quiet or not ctx.main
     run = build_run(cfg, device, ctx, dataset, model, init_from_data=not resume)
+    if dataset is not None and dataset.config is None and run_dir is not None and not quiet:
+        print(f"ali: the dataset given has no data settings (it was not made by "
+              f"ali.data.load_dataset): {run_dir / 'config.json'} names data.name="
+              f"{run.cfg.data.name}, which `ali eval` and `ali reconstruct` would read",
+              file=sys.stderr, flush=True)
     if run_dir is not None and images:
         extra[:0] = run_images(run)    # first: the user's callbacks see the images written
     logger = None
