@@ -136,7 +136,7 @@ def test_the_readme_own_images_example_runs(tmp_path, capsys, monkeypatch):
 
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     section = readme.split("**Train on your own images.**", 1)[1]
-    code = re.search(r"```bash\n(.*?)```", section, re.S).group(1)
+    code = re.search(r"```bash\n(.*?)```", section, re.DOTALL).group(1)
     commands = [c.strip() for line in code.replace("\\\n", " ").splitlines()
                 for c in line.split("&&") if c.strip()]
     assert commands[0].startswith("ali train folder")
@@ -211,3 +211,22 @@ def test_semi_supervised_on_mnist_names_the_fix():
     with pytest.raises(ConfigError) as e:
         get_config("mnist", ["model.semi_supervised=on"])
     assert "--set model.cycle=off" in str(e.value) and "mnist_ssl_100" in str(e.value)
+
+
+def test_a_streamed_folder_is_held_out_the_same_way(tmp_path):
+    root = digits_folder(tmp_path / "digits", per=4)
+    over = [f"data.root={root}", "data.image_size=8"]
+    mem = load_dataset(get_config("folder", over).data)
+    streamed = load_dataset(get_config("folder", [*over, "data.stream=on"]).data)
+    assert streamed.streamed and len(streamed.test) == len(mem.test) == 10
+    assert torch.equal(streamed.test_labels, mem.test_labels)
+    assert torch.equal(streamed.test.load_all(), mem.test)
+
+
+def test_a_missing_training_split_names_the_one_there_is(tmp_path):
+    from ali.data import _no_split_message
+    from ali.data.readers import Spec
+
+    cfg = get_config("celeba").data
+    msg = _no_split_message(cfg, Spec({"all": lambda: None}), "train", "train")
+    assert msg.endswith("add --set data.train_split=all"), msg

@@ -202,7 +202,7 @@ def _missing(spec: Spec, splits: str) -> list[str]:
 
 def _no_split_message(cfg: DataConfig, spec: Spec, splits: str, key: str) -> str:
     name = _missing(spec, splits)[0]
-    have = [s for s in spec.splits if s != "all"]
+    have = [s for s in spec.splits if s != "all"] or list(spec.splits)
     fix = (f"hold out a fraction of the training split with --set data.holdout="
            f"{DEFAULT_HOLDOUT}, or train without one with --set data.test_split="
            if key == "test" else
