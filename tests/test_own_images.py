@@ -230,3 +230,15 @@ def test_a_missing_training_split_names_the_one_there_is(tmp_path):
     cfg = get_config("celeba").data
     msg = _no_split_message(cfg, Spec({"all": lambda: None}), "train", "train")
     assert msg.endswith("add --set data.train_split=all"), msg
+
+
+@pytest.mark.parametrize("preset, shape", [("celeba", (3, 64, 64)), ("imagenet64", (3, 64, 64)),
+                                           ("cifar10", (3, 32, 32)), ("tiny", (3, 8, 8))])
+def test_every_image_preset_reads_a_plain_folder(tmp_path, preset, shape):
+    from ali.run import check_data_shape, resolve_shape
+
+    root = digits_folder(tmp_path / "digits", per=3)
+    cfg = resolve_shape(get_config(preset, ["data.name=folder", f"data.root={root}"]))
+    data = load_dataset(cfg.data)
+    assert data.data_shape == shape and len(data.test) == 10
+    check_data_shape(cfg, data)
