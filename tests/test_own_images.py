@@ -242,3 +242,15 @@ def test_every_image_preset_reads_a_plain_folder(tmp_path, preset, shape):
     data = load_dataset(cfg.data)
     assert data.data_shape == shape and len(data.test) == 10
     check_data_shape(cfg, data)
+
+
+def test_a_valid_subfolder_is_the_held_out_split_and_other_names_are_not_replaced(tmp_path):
+    digits_folder(tmp_path / "f" / "train", per=3)
+    digits_folder(tmp_path / "f" / "valid", per=2)
+    d = load_dataset(get_config("folder", [f"data.root={tmp_path / 'f'}"]).data)
+    assert len(d.train) == 30 and len(d.test) == 20         # valid/ held out, nothing carved
+    plain = digits_folder(tmp_path / "plain", per=3)
+    with pytest.raises(ConfigError) as e:                   # a name the folder lacks: refused
+        load_dataset(get_config("folder", [f"data.root={plain}",
+                                           "data.test_split=valid"]).data)
+    assert "no split 'valid'" in str(e.value) and "data.test_split=test" in str(e.value)

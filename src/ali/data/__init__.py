@@ -127,8 +127,10 @@ def load_dataset(cfg: DataConfig) -> Dataset:
         x, y = _cut(cfg, x, y, order, cfg.train_range, "train", stream)
     elif _missing(spec, cfg.test_split):
         # No held-out split in the files: carve one out of the training split, the same
-        # fraction of every class, so that no class is missing from either side.
-        if not cfg.holdout:
+        # fraction of every class, so that no class is missing from either side. Only for
+        # the default name: another one (a typo, a split the files lack) is refused, never
+        # silently replaced.
+        if not cfg.holdout or cfg.test_split != HOLDOUT_SPLIT:
             raise ConfigError(_no_split_message(cfg, spec, cfg.test_split, "test"))
         keep, held = stratified_holdout(y, order, cfg.holdout, cfg.name)
         xt, yt = _cut(cfg, x, y, held, cfg.test_range, "test", stream)
@@ -196,6 +198,11 @@ def stratified_holdout(y: Tensor | None, order: np.ndarray, fraction: float,
     return order[~held], order[held]
 
 
+HOLDOUT_SPLIT = "test"
+"""The held-out split name (the default ``data.test_split``) that ``data.holdout`` stands in for
+where the files have no such split."""
+
+
 def _missing(spec: Spec, splits: str) -> list[str]:
     return [n for n in splits.split("+") if spec.aliases.get(n, n) not in spec.splits]
 
@@ -203,10 +210,14 @@ def _missing(spec: Spec, splits: str) -> list[str]:
 def _no_split_message(cfg: DataConfig, spec: Spec, splits: str, key: str) -> str:
     name = _missing(spec, splits)[0]
     have = [s for s in spec.splits if s != "all"] or list(spec.splits)
-    fix = (f"hold out a fraction of the training split with --set data.holdout="
-           f"{DEFAULT_HOLDOUT}, or train without one with --set data.test_split="
-           if key == "test" else
-           f"add --set data.train_split={have[0] if len(have) == 1 else '+'.join(have)}")
+    if key == "train":
+        fix = f"add --set data.train_split={have[0] if len(have) == 1 else '+'.join(have)}"
+    elif splits == HOLDOUT_SPLIT:
+        fix = (f"hold out a fraction of the training split with --set data.holdout="
+               f"{DEFAULT_HOLDOUT}, or train without one with --set data.test_split=")
+    else:
+        fix = (f"name a split there is, or leave data.test_split={HOLDOUT_SPLIT} to hold out "
+               "data.holdout of the training split")
     return (f"data.{key}_split: {cfg.name} has no split {name!r} here (available: "
             f"{', '.join(spec.splits)}{'; ' + spec.hint.format(name=name) if spec.hint else ''}); {fix}")
 

@@ -460,9 +460,11 @@ def folder(cfg: DataConfig, stream_over: int = 20_000) -> Spec:
             lambda b, n, y: (ImageSource(b, np.arange(n), shape), y), base, len(files), labels)
     if set(scanned) == {"train"}:
         splits["all"] = splits["train"]
+    # A valid/ subfolder without a test/ one is the held-out split.
+    aliases = {"test": "valid"} if "valid" in scanned and "test" not in scanned else {}
     total = sum(len(f) for f, _ in scanned.values())
     return Spec(splits, num_classes=len(classes) or None, stream=total > stream_over,
-                label_names=classes or None)
+                label_names=classes or None, aliases=aliases)
 
 
 # --------------------------------------------------------------------------- ImageNet 64x64
