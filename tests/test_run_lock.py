@@ -40,8 +40,13 @@ def test_lock_in_one_process(tmp_path):
         with pytest.raises(CheckpointError):
             RunLock(tmp_path / "run").check()
         assert lock.fd is not None
-    assert not (tmp_path / "run" / LOCK).exists()        # released: the file goes
+    assert not (tmp_path / "run" / LOCK).exists()        # released: the file goes ...
+    assert not (tmp_path / "run").exists()               # ... and the folder it made, empty
     RunLock(tmp_path / "run").check()
+    (tmp_path / "kept").mkdir()
+    with RunLock(tmp_path / "kept"):
+        pass
+    assert (tmp_path / "kept").is_dir()                  # a folder it did not make stays
 
 
 def test_stale_lock_of_a_dead_pid_is_taken_over(tmp_path):

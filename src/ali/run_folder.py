@@ -10,6 +10,7 @@ logged once, by the run that the checkpoints hold.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -45,6 +46,9 @@ class RunLock:
     def __init__(self, run_dir: Path) -> None:
         self.path = Path(run_dir) / LOCK
         self.fd: int | None = None
+        self.created = False
+        """Whether acquiring made the folder (left empty by a training that failed at once,
+        it is removed again)."""
 
     def __enter__(self) -> Self:
         self.acquire()
@@ -73,6 +77,7 @@ class RunLock:
         if folder.exists() and not folder.is_dir():
             raise CheckpointError(f"{folder} exists and is not a folder; choose another --out")
         try:
+            self.created = not folder.exists()
             folder.mkdir(parents=True, exist_ok=True)
             fd = self._lock_fcntl() if fcntl is not None else self._lock_exclusive()
             me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
@@ -151,6 +156,9 @@ class RunLock:
             pass        # the lock still goes with the descriptor
         os.close(self.fd)
         self.fd = None
+        if self.created:
+            with contextlib.suppress(OSError):     # not empty: the run's files stay
+                self.path.parent.rmdir()
 
 
 def _alive(pid: int) -> bool:
