@@ -384,7 +384,8 @@ def make_folder(root, classes=("cat", "dog"), per=3, size=(40, 30), mode="RGB"):
 
 def test_folder_classes_resize_channels(tmp_path):
     root = make_folder(tmp_path / "f")
-    d = load_dataset(data_cfg("folder", root, "data.image_size=16", "data.test_split="))
+    d = load_dataset(data_cfg("folder", root, "data.image_size=16", "data.test_split=",
+                              "data.split_order=stored"))
     assert d.train.shape == (6, 3, 16, 16) and d.train.dtype == torch.uint8
     assert d.train_labels.tolist() == [0, 0, 0, 1, 1, 1] and d.label_names == ["cat", "dog"]
     assert d.train[0, :, 8, 8].tolist() == [200, 100, 50]
@@ -394,9 +395,9 @@ def test_folder_classes_resize_channels(tmp_path):
     with pytest.raises(DataError) as e:      # not square and no size given
         load_dataset(data_cfg("folder", root, "data.test_split="))
     one_line_error(e, "not square", "data.image_size")
-    with pytest.raises(ConfigError) as e:
-        load_dataset(data_cfg("folder", root, "data.image_size=8"))
-    one_line_error(e, "no split 'test'")
+    with pytest.raises(ConfigError) as e:      # no test/ subfolder and no hold-out
+        load_dataset(data_cfg("folder", root, "data.image_size=8", "data.holdout=0"))
+    one_line_error(e, "no split 'test'", "--set data.holdout=0.05", "--set data.test_split=")
 
 
 def test_imagenet64_class_folders(tmp_path):
@@ -434,9 +435,9 @@ def test_npz_file(tmp_path):
         load_dataset(data_cfg("npz", p))
     one_line_error(e, "d.npz", "y_train")
     np.savez(p, x_train=np.zeros((6, 5, 5), np.uint8))
-    with pytest.raises(DataError) as e:
-        load_dataset(data_cfg("npz", p))
-    one_line_error(e, "d.npz", "x_test")
+    with pytest.raises(ConfigError) as e:
+        load_dataset(data_cfg("npz", p, "data.holdout=0"))
+    one_line_error(e, "d.npz", "x_test", "data.holdout")
     np.savez(p, x_train=np.zeros((6, 5, 5), np.float32), x_test=np.zeros((1, 5, 5), np.uint8))
     with pytest.raises(DataError) as e:
         load_dataset(data_cfg("npz", p))

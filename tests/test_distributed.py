@@ -68,7 +68,8 @@ def test_two_processes_end_identical_and_only_rank0_writes(tiny_npz, tmp_path):
     p = _torchrun("-m", "ali", "train", "tiny", "--out", str(run), "--resume",
                   "--set", "train.steps=8", "--set", "train.progress=off")
     assert p.returncode == 0, _failure(p)
-    assert p.stdout.count("training tiny") == 1        # rank 1 prints nothing
+    assert p.stdout.count("resuming tiny") == 1        # rank 1 prints nothing
+    assert p.stdout.count("resumed at step 6; training 2 more steps") == 1
     assert load_checkpoint(run / "checkpoints" / "latest.pt")["step"] == 8
     assert json.loads((run / "config.json").read_text())["run"]["world_size"] == 2
 

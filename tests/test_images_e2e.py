@@ -57,7 +57,10 @@ def test_decoder_bias_starts_at_data_log_odds(tiny_npz):
 
 
 def test_image_size_mismatch_is_one_line(tiny_npz, capsys):
+    # An npz file's images are resized to the networks' shape unless the size and channels
+    # are given, as here.
     assert main(["train", "mnist", "--set", "data.name=npz", "--set", f"data.root={tiny_npz}",
+                 "--set", "data.image_size=8", "--set", "data.channels=3",
                  "--set", "train.steps=1"]) == 2
     err = capsys.readouterr().err
     assert "expects [1, 28, 28]" in err and err.count("\n") == 1

@@ -10,7 +10,7 @@ import torch
 
 import ali
 from ali.config import get_config
-from ali.errors import CheckpointError
+from ali.errors import CheckpointError, DataError
 from ali.model import PRETRAINED_CONFIG, PRETRAINED_WEIGHTS
 from ali.build import build_model
 
@@ -243,3 +243,12 @@ def test_ali_features_from_a_saved_folder(tmp_path):
     model.save_pretrained(tmp_path / "m")
     x = torch.randint(0, 256, (5, 3, 8, 8), dtype=torch.uint8)
     torch.testing.assert_close(ali.features(tmp_path / "m", x), model.features(x))
+
+
+def test_encode_mean_refuses_images_of_another_size():
+    """A 28x28 model given 32x32 images used to return a 2x2 latent map without a word."""
+    model = _mnist_like()
+    assert model.encode_mean(torch.rand(2, 3, 8, 8)).shape[0] == 2
+    with pytest.raises(DataError) as e:
+        model.encode_mean(torch.rand(2, 3, 16, 16))
+    assert "(N, 3, 8, 8)" in str(e.value) and "\n" not in str(e.value)

@@ -276,7 +276,8 @@ def test_cli_signal_stops_cleanly_and_resumes_bit_identically(tmp_path, signum, 
     # The printed command, with only the length changed, continues from the saved step ...
     done = _resume(run, step + 3)
     assert done.returncode == 0, done.stderr
-    assert f"done: {step + 3} steps" in done.stdout
+    assert f"resumed at step {step}; training 3 more steps (to step {step + 3})" in done.stdout
+    assert f"done: 3 steps (step {step} to {step + 3})" in done.stdout
     # ... to the parameters of an uninterrupted run of that many steps.
     overrides = [s for s in SUB if s != "--set"][:-1] + [
         f"train.steps={step + 3}", "train.log_every=5", "train.checkpoint_every=1000000"]

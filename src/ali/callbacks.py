@@ -6,7 +6,7 @@ In the order :func:`ali.train.train` runs them after a step:
   a stop, averages the pending losses and takes rank 0's batch-norm statistics;
 - :class:`Logger`: a record of the losses every ``train.log_every`` steps to ``metrics.jsonl``
   and stdout; a non-finite record is not written but handed to the divergence policy;
-- :class:`Progress`: the progress bar;
+- :class:`Progress`: the progress bar, or without a terminal :class:`ProgressLines`;
 - :class:`RunImages`, ``ali.report.TensorBoard`` and :class:`Hooks` (plain functions);
 - :class:`Signals`: SIGINT and SIGTERM request a clean stop;
 - :class:`Checkpointer`: every ``train.checkpoint_every`` steps, at the end and on a stop, a
@@ -162,6 +162,62 @@ class Progress(Callback):
 
     def __call__(self, step: int, loop: Loop) -> None:
         self.logger.bar.update(step - self.logger.bar.n)
+
+
+class ProgressLines(Callback):
+    """Progress without a terminal (nohup, Slurm, a CI log), where the bar is not shown: a
+    line after the first step, then whenever ``train.progress_every_s`` seconds have passed
+    without one (a log record printed meanwhile counts): the step, the rate since the first
+    step, the time left and the mean losses since the last record.
+
+    Deciding is a clock read per step; the losses are read (a host sync) only when a line is
+    printed, at most once per interval."""
+
+    every = 1
+    SHOWN = ("loss_d", "loss_g", "acc_q", "acc_p")
+    """The statistics a line shows (the log records have them all)."""
+
+    def __init__(self, t: TrainConfig, logger: Logger, start: int) -> None:
+        self.every_s, self.logger, self.start = t.progress_every_s, logger, start
+        self.show = (not logger.quiet and logger.bar is None and t.progress != "off")
+        self.first: tuple[int, float] | None = None    # (step, time) after the first step
+        self.last = time.perf_counter()
+
+    def due(self, step: int, loop: Loop) -> bool:
+        if not self.show:
+            return False
+        if loop.record is not None:               # the logger has just printed a line
+            self.last = time.perf_counter()
+            return self.first is None
+        return self.first is None or time.perf_counter() - self.last >= self.every_s
+
+    def __call__(self, step: int, loop: Loop) -> None:
+        now = time.perf_counter()
+        self.last = now
+        if self.first is None:
+            self.first = (step, now)
+            if loop.record is not None:
+                return
+        done, since = step - self.first[0], now - self.first[1]
+        parts = [f"step {step}/{loop.end}"]
+        if done > 0 and since > 0:
+            rate = done / since
+            parts.append(f"{rate:.3g} steps/s, {_duration((loop.end - step) / rate)} left")
+        losses = loop.losses
+        if losses.n:
+            parts.append(" ".join(f"{k}={float(v) / losses.n:.4g}"
+                                  for k, v in sorted(losses.sums.items()) if k in self.SHOWN))
+        print("progress: " + ", ".join(parts), flush=True)
+
+
+def _duration(seconds: float) -> str:
+    """``seconds`` as 42s, 3m05s or 2h07m."""
+    s = round(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
 
 
 # ---------------------------------------------------------------------------- hooks

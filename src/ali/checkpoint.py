@@ -22,7 +22,7 @@ from typing import Any, BinaryIO, Callable
 import numpy as np
 import torch
 
-from .config import Config, model_from_dict, section_defaults
+from .config import Config, model_from_dict, saved_defaults
 from .errors import CheckpointError, ConfigError, one_line
 
 LATEST = "latest.pt"
@@ -225,7 +225,9 @@ def load_run(run_dir: Path | str, device: str = "cpu") -> tuple[Any, Config, int
 # train.steps may change only where the schedule does not follow it (see schedule_follows_steps).
 # So may how images are delivered: decoded on the fly by any number of workers or read from the
 # decode-once cache, the batches are the same bytes.
-RESUMABLE_KEYS = {"data.workers", "data.cache", "data.cache_dir","train.steps", "train.log_every", "train.checkpoint_every", "train.progress",
+RESUMABLE_KEYS = {"data.workers", "data.cache", "data.cache_dir", "train.steps",
+                  "train.log_every", "train.checkpoint_every", "train.progress",
+                  "train.progress_every_s",
                   "train.device", "train.keep_checkpoints", "train.on_divergence",
                   "train.rollback_lr_factor", "train.max_rollbacks", "train.precision",
                   "train.compile", "train.channels_last"}
@@ -248,7 +250,7 @@ def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[s
             if a != b:
                 out.append(f"{section}: {a!r} -> {b!r}")
             continue
-        a = {**section_defaults(section), **a}
+        a = {**saved_defaults(section), **a}
         for key in sorted(set(a) | set(b)):
             if f"{section}.{key}" not in RESUMABLE_KEYS and a.get(key) != b.get(key):
                 out.append(f"{section}.{key}: {a.get(key)!r} -> {b.get(key)!r}")

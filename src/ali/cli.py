@@ -37,6 +37,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.until is not None and args.until < 1:
         raise AliError(f"--until must be >= 1; got {args.until}")
     out = Path(args.out) if args.out else _default_out(cfg.name)
+    from .run_folder import RunLock
+
     if args.resume:
         # The run's own settings, so `ali train NAME --out DIR --resume` needs no --set again;
         # --set still applies on top (e.g. more train.steps), and train() refuses changes
@@ -45,28 +47,19 @@ def _cmd_train(args: argparse.Namespace) -> int:
         if saved.name != cfg.name:
             raise AliError(f"{out} holds a run of config {saved.name!r}, not {cfg.name!r}")
         cfg = apply_overrides(saved, args.overrides)
+    RunLock(out).check()    # a training still writing the folder: say so, whatever else
     if not args.resume and (out / "checkpoints" / "latest.pt").exists():
         raise AliError(f"{out} already holds a run; pass --resume to continue it, "
                        "or choose another --out")
     if main:
         until = (f" (stopping at step {args.until})" if args.until is not None
                  and args.until < cfg.train.steps else "")
-        print(f"training {cfg.name} ({cfg.model.kind}) for {cfg.train.steps} steps{until} "
+        # On resume the steps still to run are known once the checkpoint is read: train()
+        # says them ("resumed at step S; training N more steps").
+        what = "resuming" if args.resume else "training"
+        print(f"{what} {cfg.name} ({cfg.model.kind}), {cfg.train.steps} steps in all{until} "
               f"-> {out}", flush=True)
-    callbacks, dataset = [], None
-    every = cfg.train.checkpoint_every       # run images and TensorBoard's images
-    if cfg.model.nets != "toy":
-        from .callbacks import RunImages
-        from .data import load_dataset
-
-        dataset = load_dataset(cfg.data)
-        callbacks.append(RunImages(dataset, every, seed=cfg.train.seed))
-    from .report import TensorBoard
-
-    if TensorBoard.available():
-        callbacks.append(TensorBoard(every, dataset, seed=cfg.train.seed))
-    result = train(cfg, run_dir=out, resume=args.resume, callbacks=callbacks, dataset=dataset,
-                   until=args.until, extend=args.extend)
+    result = train(cfg, run_dir=out, resume=args.resume, until=args.until, extend=args.extend)
     if not main:
         return 0
     if cfg.model.nets == "toy":
@@ -76,7 +69,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
         scores, _ = evaluate(result.model, load_dataset(cfg.data), result.seconds)
         summary = {k: v for k, v in scores.items() if k != "seconds"}
         print("2-D metrics per run: " + json.dumps(summary))
-    print(f"done: {result.step} steps in {result.seconds:.1f} s; checkpoint "
+    ran = result.step - result.start
+    counted = (f"{ran} steps" if not result.start
+               else f"{ran} steps (step {result.start} to {result.step})")
+    print(f"done: {counted} in {result.seconds:.1f} s; checkpoint "
           f"{out / 'checkpoints' / 'latest.pt'}, metrics {out / 'metrics.jsonl'}")
     return 0
 
@@ -136,7 +132,8 @@ def _run_and_held_out(args: argparse.Namespace, n: int, what: str):
     from .checkpoint import load_run
     from .viz import held_out, held_out_labels
 
-    model, cfg, _ = load_run(args.run_dir)
+    device = _device(args)
+    model, cfg, _ = load_run(args.run_dir, device)
     if not cfg.model.images:
         raise AliError(f"{args.run_dir} is a 2-D run; use `ali toy` or `ali train toy` for its "
                        "figures")
@@ -144,23 +141,38 @@ def _run_and_held_out(args: argparse.Namespace, n: int, what: str):
         raise AliError(f"{args.run_dir} is a {cfg.model.kind} run: it has no encoder to "
                        f"{what} with")
     data = load_dataset(apply_overrides(cfg, args.overrides).data)
-    x = held_out(data, n)
-    y = held_out_labels(data, n) if model.conditional else None
+    x = held_out(data, n).to(device)
+    y = held_out_labels(data, n).to(device) if model.conditional else None
     torch.manual_seed(args.seed)
     return model, x, y
 
 
-def _load_for_sampling(path: str):
+def _device(args: argparse.Namespace):
+    """The device of a command that runs a trained model: ``--device``, where ``auto`` is the
+    best available (cuda, then mps, then cpu)."""
+    from .distributed import resolve_device
+
+    return resolve_device(args.device, mps=True)
+
+
+def _load_for_sampling(path: str, device):
     """(model, its ModelConfig, step or None, the run's config or None) of a run folder or of
-    a folder written by ``save_pretrained``."""
+    a folder written by ``save_pretrained``, on ``device``."""
     from .pretrained import is_pretrained, load
     from .checkpoint import load_run
 
     if is_pretrained(path):
-        model = load(path)
+        model = load(path, device)
         return model, model.config, None, None
-    model, cfg, step = load_run(path)
+    model, cfg, step = load_run(path, device)
     return model, cfg.model, step, cfg
+
+
+def _default_png(args: argparse.Namespace, command: str) -> Path:
+    """Where ``ali sample`` / ``ali reconstruct`` write without ``--out``: a name of their own
+    with the seed (``RUN_DIR/sample-seed0.png``), never training's ``samples.png`` and
+    ``reconstructions.png``, which the next checkpoint would overwrite in turn."""
+    return Path(args.run_dir) / f"{command}-seed{args.seed}.png"
 
 
 def _cmd_sample(args: argparse.Namespace) -> int:
@@ -168,7 +180,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
 
     from .viz import condition_grid, grid_scale, save_grid
 
-    model, model_cfg, step, cfg = _load_for_sampling(args.run_dir)
+    model, model_cfg, step, cfg = _load_for_sampling(args.run_dir, _device(args))
     torch.manual_seed(args.seed)
     if not model_cfg.images:
         raise AliError(f"{args.run_dir} is not an image run")
@@ -191,7 +203,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         imgs, nrow = model.sample(args.n), args.nrow
         what = (f"{args.n} samples" + (", classes 0..K-1 along each row"
                                         if model.conditional else ""))
-    out = Path(args.out or Path(args.run_dir) / "samples.png")
+    out = Path(args.out or _default_png(args, "sample"))
     save_grid(imgs, out, nrow, grid_scale(imgs))
     at = "" if step is None else f" at step {step}"
     print(f"{what} of {cfg.name if cfg else args.run_dir}{at} -> {out}")
@@ -203,7 +215,7 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
 
     model, x, y = _run_and_held_out(args, args.n, "reconstruct")
     imgs = reconstruction_grid(model, x, y)
-    out = Path(args.out or Path(args.run_dir) / "reconstructions.png")
+    out = Path(args.out or _default_png(args, "reconstruct"))
     save_grid(imgs, out, args.nrow, grid_scale(imgs))
     print(f"{len(x)} held-out images (odd columns) and reconstructions (even columns) -> {out}")
     return 0
@@ -230,7 +242,7 @@ def _cmd_score(args: argparse.Namespace) -> int:
     from .distributed import resolve_device
     from .pretrained import load
 
-    model = load(args.run_dir, resolve_device(args.device))
+    model = load(args.run_dir, resolve_device(args.device, mps=True))
     if model.conditional:
         raise AliError("ali score does not take labels: a conditional model cannot score "
                        "unlabelled items")
@@ -269,7 +281,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from .eval.registry import EvalContext, run_metric
 
     overrides = [*args.overrides, *([f"data.root={args.root}"] if args.root else [])]
-    ctx = EvalContext(Path(args.run_dir), overrides, args.device, args.seed, quiet=args.json)
+    ctx = EvalContext(Path(args.run_dir), overrides, str(_device(args)), args.seed,
+                      quiet=args.json)
     result, path = run_metric(ctx, args.metric, args, args.out)
     if args.json:
         print(json.dumps(result))
@@ -385,8 +398,12 @@ def build_parser() -> argparse.ArgumentParser:
         c = sub.add_parser(name, help=what, description=f"Write a PNG of {what}.")
         c.add_argument("run_dir", help="a run folder written by `ali train`" + (
             " or a model folder written by save_pretrained" if name == "sample" else ""))
-        c.add_argument("--out", help="PNG path (default RUN_DIR/<name>.png)")
+        c.add_argument("--out", help="PNG path (default RUN_DIR/interpolations.png)" if
+                       name == "interpolate" else f"PNG path (default RUN_DIR/{name}-seedS.png, "
+                       "S the --seed; training's own images are left alone)")
         c.add_argument("--seed", type=int, default=0)
+        c.add_argument("--device", default="auto",
+                       help="auto (cuda, else mps, else cpu) | cpu | cuda[:N] | mps")
         if name == "interpolate":
             c.add_argument("--pairs", type=int, default=8)
             c.add_argument("--steps", type=int, default=8, help="points between each pair")
@@ -417,7 +434,8 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--score", choices=("l1", "l2", "fm", "logit", "egbad"), default="egbad")
     sc.add_argument("--alpha", type=float, default=0.9, help="egbad's weight of l1")
     sc.add_argument("--batch-size", type=int, default=500)
-    sc.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
+    sc.add_argument("--device", default="auto",
+                    help="auto (cuda, else mps, else cpu) | cpu | cuda[:N] | mps")
     sc.set_defaults(func=_cmd_score)
 
     d = sub.add_parser("data", help="dataset tools")
@@ -454,7 +472,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", action="store_true", help="print the result as one JSON object")
     e.add_argument("--out", help="result file (default RUN_DIR/eval/NAME.json)")
     e.add_argument("--seed", type=int, default=0)
-    e.add_argument("--device", default="cpu", help="cpu | cuda[:N]")
+    e.add_argument("--device", default="auto",
+                   help="auto (cuda, else mps, else cpu) | cpu | cuda[:N] | mps")
     e.add_argument("--root", help="the dataset's folder or file, if not the run's data.root")
     e.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override the run's data settings, e.g. data.test_range=9000:")

@@ -30,6 +30,9 @@ LR_SCHEDULES = ("constant", "linear")
 # 15-minute CPU budget (README, "MNIST on this machine").
 MNIST_STEPS = 6_000
 MNIST_RECON = 0.01
+# The mnist and folder presets log every 100 steps: a short first run (a few hundred steps)
+# still draws its curves in the report, for one host sync per 100 steps.
+MNIST_LOG_EVERY = FOLDER_LOG_EVERY = 100
 # The 2-D experiment's tuned ALI: the same ALICE cycle term, which puts every held-out point's
 # reconstruction in its own component and sharpens the samples, and a weak, lazy R1 penalty,
 # which with the discriminator's faster learning rate keeps every mode (README, "2-D
@@ -131,9 +134,19 @@ SECTIONS = {"cycle": CycleConfig, "r1": R1Config, "conditional": ConditionalConf
 SECTIONS_OF_KIND = {"ali": ("cycle", "r1", "conditional", "semi_supervised"),
                     "gan": ("r1",), "gan_inverse": ("r1",), "gan_posthoc": ("r1",), "vae": ()}
 EXCLUSIVE = {"semi_supervised": ("conditional", "cycle", "r1")}
+EXCLUSIVE_HINTS = {"semi_supervised": " (or train a preset that sets it up, e.g. mnist_ssl_100, "
+                                      "svhn_ssl_1000, cifar10_ssl_1000)"}
+"""The presets that already combine a section right, named in the refusal."""
 LABELLED_SECTIONS = ("conditional", "semi_supervised")
 POINT_FAMILIES = ("toy",)
 """Network families on 2-D points rather than images."""
+AUTO_NETS = "auto"
+"""``model.nets`` of the ``folder`` preset: the family is picked from the data when training
+starts (:func:`ali.run.resolve_shape`) and recorded in the run's config."""
+AUTO_FAMILIES = {"mnist": 32, "cifar10": 64, "celeba": 256}
+"""The families ``model.nets=auto`` chooses from, with the latent size each gets when
+``model.latent_dim`` is 0: our small grey 28x28 model and the paper's RGB 32x32 and 64x64 ones
+(the latent sizes of their presets)."""
 
 
 @dataclass(frozen=True)
@@ -144,8 +157,11 @@ class ModelConfig:
     kind: str = "ali"
     """ali | gan | gan_inverse | gan_posthoc | vae."""
     nets: str = "toy"
-    """Network family: a module of :mod:`ali.nets`."""
+    """Network family: a module of :mod:`ali.nets`; auto (the ``folder`` preset): the family
+    of mnist, cifar10 or celeba nearest to the data's channels and image size, chosen when
+    training starts."""
     latent_dim: int = 2
+    """Size of z; 0 (with nets=auto only): the chosen family's preset's."""
     encoder: str = "noise"
     """gaussian: q(z|x) = N(mu, sigma^2) reparametrised (the paper's image models);
     deterministic: z_hat = E(x) (BiGAN); noise: z_hat = E(concat(x, eps)) (the paper's toy)."""
@@ -192,8 +208,11 @@ class ModelConfig:
         _one_of(self.kind, MODEL_KINDS, "model.kind")
         _one_of(self.encoder, ENCODER_KINDS, "model.encoder")
         _one_of(self.gen_loss, GEN_LOSSES, "model.gen_loss")
-        for key in ("latent_dim", "width", "disc_width", "disc_layers", "maxout_pieces", "runs"):
+        for key in ("width", "disc_width", "disc_layers", "maxout_pieces", "runs"):
             _check(getattr(self, key) >= 1, f"model.{key} must be >= 1; got {getattr(self, key)}")
+        _check(self.latent_dim >= 1 or (self.latent_dim == 0 and self.nets == AUTO_NETS),
+               f"model.latent_dim must be >= 1 (0 only with model.nets=auto); got "
+               f"{self.latent_dim}")
         _check(self.noise_dim >= 0, f"model.noise_dim must be >= 0; got {self.noise_dim}")
         _check(self.init_std > 0, f"model.init_std must be > 0; got {self.init_std}")
         _check(0 <= self.freeze_decoder_bn_at <= 1,
@@ -218,7 +237,7 @@ class ModelConfig:
             for other in EXCLUSIVE.get(key, ()):
                 _check(getattr(self, other) is None,
                        f"model.{key} cannot be combined with model.{other}; add --set "
-                       f"model.{other}=off")
+                       f"model.{other}=off" + EXCLUSIVE_HINTS.get(key, ""))
             _check(key not in LABELLED_SECTIONS or self.images,
                    f"model.{key} needs image networks (model.nets={self.nets} is the 2-D "
                    "family)")
@@ -265,6 +284,13 @@ class ModelConfig:
 DATA_NAMES = ("grid", "ring", "mnist", "cifar10", "svhn", "celeba", "imagenet64", "folder", "npz")
 STREAM_MODES = ("auto", "on", "off")
 CACHE_MODES = ("auto", "on", "off")
+SPLIT_ORDERS = ("auto", "shuffled", "stored")
+SHUFFLED_BY_DEFAULT = ("folder", "npz")
+"""Datasets whose splits ``data.split_order=auto`` shuffles before cutting them: a user's files
+have no meaningful order (a folder is read class by class, so an unshuffled range would hold
+out whole classes). The standard datasets keep their official order, which their protocols'
+ranges (mnist ``test[9000:]``, cifar10 ``train[0:45000]``) name positions in."""
+DEFAULT_HOLDOUT = 0.05
 _RANGE = re.compile(r"^\s*(-?\d+)?\s*:\s*(-?\d+)?\s*$")
 _SPLIT = re.compile(r"^[a-z0-9_]+(\+[a-z0-9_]+)*$")
 
@@ -310,6 +336,19 @@ class DataConfig:
     """Images: start:stop, the part of train_split used (Python slice; empty = all), e.g. 0:9000."""
     test_range: str = ""
     """Images: start:stop, the part of test_split used, e.g. 9000: or -1000:."""
+    split_order: str = "auto"
+    """Images: the order train_range, test_range and holdout cut a split in: shuffled (a
+    permutation fixed by data.split_seed) | stored (the files' order) | auto: shuffled for
+    folder and npz data, stored for the standard datasets (whose protocols name positions in
+    their official order, e.g. mnist test[9000:])."""
+    split_seed: int = 0
+    """Seed of the shuffled order of data.split_order (independent of data.seed and
+    train.seed): the same seed gives the same training and held-out items."""
+    holdout: float = DEFAULT_HOLDOUT
+    """Images: when the data has no test_split (a folder without test/ or valid/ subfolders,
+    an npz file without x_test), hold out this fraction of the training split instead, the
+    same fraction of every class, chosen with data.split_seed; 0 refuses such data (set
+    data.test_split= to train without a held-out set). Ignored where test_split exists."""
     labels: int = 0
     """Images with class labels: keep the labels of this many training examples, the same number
     per class (the others get label -1); 0 keeps all."""
@@ -347,6 +386,9 @@ class DataConfig:
                f"data.normal_class must be a class index, or -1 for all; got {self.normal_class}")
         _one_of(self.stream, STREAM_MODES, "data.stream")
         _one_of(self.cache, CACHE_MODES, "data.cache")
+        _one_of(self.split_order, SPLIT_ORDERS, "data.split_order")
+        _check(0 <= self.holdout < 1 and math.isfinite(self.holdout),
+               f"data.holdout must be a fraction in [0, 1); got {self.holdout}")
         for key in ("train_split", "test_split"):
             v = getattr(self, key)
             _check(bool(_SPLIT.match(v)) or (key == "test_split" and v == ""),
@@ -378,7 +420,11 @@ class TrainConfig:
     log_every: int = 500
     checkpoint_every: int = 5_000
     progress: str = "auto"
-    """auto (a bar on a terminal) | on | off."""
+    """auto: a bar on a terminal, else (nohup, Slurm, a CI log) a line every
+    train.progress_every_s seconds | on: the bar | off: neither (the log records only)."""
+    progress_every_s: float = 30.0
+    """Without a bar: the most seconds between two progress lines (step, rate, ETA, losses);
+    the first comes after the first step. A log record printed meanwhile counts as one."""
     keep_checkpoints: int = 3
     """How many ``checkpoints/step-NNNNNNNN.pt`` files to keep (the newest); ``latest.pt`` is
     always kept besides them."""
@@ -418,6 +464,8 @@ class TrainConfig:
         _check(self.checkpoint_every >= 1,
                f"train.checkpoint_every must be >= 1; got {self.checkpoint_every}")
         _one_of(self.progress, ("auto", "on", "off"), "train.progress")
+        _check(self.progress_every_s > 0 and math.isfinite(self.progress_every_s),
+               f"train.progress_every_s must be > 0; got {self.progress_every_s}")
         _check(self.keep_checkpoints >= 1,
                f"train.keep_checkpoints must be >= 1; got {self.keep_checkpoints}")
         _one_of(self.on_divergence, ON_DIVERGENCE, "train.on_divergence")
@@ -483,6 +531,7 @@ class Config:
                 raise ConfigError(_unknown_key_message(f"{f.name}.{unknown[0]}"))
             # A hand-edited or damaged config.json may hold any JSON value: check each type
             # here, so __post_init__ only ever compares values of the declared type.
+            sec = {**WRITTEN_BEFORE.get(f.name, {}), **sec}
             kwargs[f.name] = section_cls(**{k: _coerce(f"{f.name}.{k}", v, hints[k])
                                             for k, v in sec.items()})
         return cls(**kwargs)
@@ -524,6 +573,19 @@ def _coerce(key: str, value: Any, typ: Any) -> Any:
 
 def _section_types() -> dict[str, type]:
     return {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
+
+
+WRITTEN_BEFORE: dict[str, dict[str, Any]] = {"data": {"split_order": "stored"}}
+"""Settings whose default is not what runs written before the setting existed ran with: a saved
+config without them means these values (before ``data.split_order``, folders and npz files
+were cut in their stored order; reading such a run with today's default would change its
+training and held-out items)."""
+
+
+def saved_defaults(section: str) -> dict[str, Any]:
+    """What a saved config's missing settings of ``section`` mean: the defaults, except
+    :data:`WRITTEN_BEFORE`."""
+    return {**section_defaults(section), **WRITTEN_BEFORE.get(section, {})}
 
 
 def section_defaults(section: str) -> dict[str, Any]:
@@ -851,9 +913,27 @@ def _mnist() -> Config:
     6,000 steps of batch 100 (about 14 minutes), with ALICE's cycle term at weight 0.01, which
     keeps held-out reconstructions in their class (92%, against 72% for pure ALI) while the
     encoder's features still beat raw pixels (README). ``--set model.cycle=off`` is ALI."""
-    cfg = _image("mnist", 32, 100, MNIST_STEPS, log_every=500, checkpoint_every=2_000)
+    cfg = _image("mnist", 32, 100, MNIST_STEPS, log_every=MNIST_LOG_EVERY, checkpoint_every=2_000)
     return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model,
                                                                cycle=CycleConfig(MNIST_RECON)))
+
+
+@register("folder")
+def _folder() -> Config:
+    """Any folder of images (``--set data.root=DIR``): the network family (mnist, cifar10 or
+    celeba) nearest to the images' channels and size, chosen when training starts (the images
+    resized to it), and the mnist preset's training (ALI with a light cycle term, 6,000 steps of
+    batch 100). Without test/ or valid/ subfolders, a class-stratified 5% is held out
+    (data.holdout)."""
+    return Config(
+        name="folder",
+        model=ModelConfig(kind="ali", nets=AUTO_NETS, latent_dim=0, encoder="gaussian",
+                          init_std=0.01, cycle=CycleConfig(MNIST_RECON)),
+        data=DataConfig(name="folder"),
+        train=TrainConfig(steps=MNIST_STEPS, batch_size=100, lr=1e-4, beta1=0.5, beta2=0.999,
+                          lr_schedule="constant", log_every=FOLDER_LOG_EVERY,
+                          checkpoint_every=2_000),
+    )
 
 
 @register("tiny")

@@ -77,10 +77,17 @@ def active() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
-def resolve_device(name: str) -> torch.device:
-    """The device ``train.device`` names: ``auto`` is cuda when available, else cpu."""
+def resolve_device(name: str, mps: bool = False) -> torch.device:
+    """The device ``train.device`` (or a command's ``--device``) names: ``auto`` is cuda when
+    available, else (with ``mps``: the commands that only run a trained model) Apple's mps,
+    else cpu. Training leaves mps out of ``auto``: some of its operations are missing there."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        backend = getattr(torch.backends, "mps", None)
+        if mps and backend is not None and backend.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"train.device={name} but no CUDA device is available")
     return torch.device(name)

@@ -366,7 +366,16 @@ class GenerativeModel(nn.Module):
         return self._need_encoder()(x, *self._cond(y))
 
     def encode_mean(self, x: Tensor, y: Tensor | None = None) -> Tensor:
-        """A point estimate of z given x (mu for a Gaussian encoder)."""
+        """A point estimate of z given x (mu for a Gaussian encoder), (B, *latent_shape).
+
+        Images of another size than the networks' are refused in one line (convolutions
+        would otherwise return a latent map of another shape without a word); for flat,
+        detached features of uint8 or [0, 1] images use :meth:`features`."""
+        want = self.data_shape
+        if (want is not None and len(want) == 3 and x.dim() == 4
+                and tuple(x.shape[1:]) != tuple(want)):
+            raise DataError(f"this model takes x of shape (N, {', '.join(map(str, want))}); "
+                            f"got {tuple(x.shape)}")
         return self._need_encoder().mean(x, *self._cond(y))
 
     @torch.no_grad()

@@ -170,6 +170,27 @@ text-align:left;font-size:13px}figure{display:inline-block;margin:0 1em 1em 0}
 img{image-rendering:pixelated;max-width:520px}.chart{margin-right:1em}"""
 
 
+MIN_CURVE_POINTS = 2
+"""Logged records a curve needs: one is a point, not a line."""
+
+
+def _curves_or_why(records: list[dict[str, Any]], charts: list[str],
+                   config: dict[str, Any]) -> str:
+    """The charts, or in words why there are none (no records, or too few for a line)."""
+    every = (config.get("train") or {}).get("log_every", "?")
+    if len(records) >= MIN_CURVE_POINTS:
+        return "".join(c for c in charts if c) or "<p>no records</p>"
+    if not records:
+        return ("<p>No training records yet: <code>metrics.jsonl</code> gets one every "
+                f"train.log_every={every} steps.</p>")
+    r = records[-1]
+    shown = ", ".join(f"{k}={v:.4g}" for k, v in r.items()
+                      if k != "step" and isinstance(v, (int, float)))
+    return (f"<p>Only one training record (step {r['step']}): too few points to draw curves. "
+            f"This run logged every train.log_every={every} steps; a shorter interval "
+            f"(<code>--set train.log_every=N</code>) gives curves.</p><p>{html.escape(shown)}</p>")
+
+
 def write_report(run_dir: Path, out: Path | None = None, render: bool = True) -> Path:
     """Write ``run_dir``'s HTML report (default ``run_dir/report.html``); its path."""
     run_dir = Path(run_dir)
@@ -204,7 +225,7 @@ def write_report(run_dir: Path, out: Path | None = None, render: bool = True) ->
              f"{_metric_rows(metrics)}</table>" if metrics
              else "<p>No metrics yet: run <code>ali eval RUN_DIR --metric NAME</code>.</p>"),
             "<h2>Images</h2>", "".join(_png_tag(p) for p in _images(run_dir)) or "<p>none</p>",
-            "<h2>Training curves</h2>", "".join(c for c in charts if c) or "<p>no records</p>",
+            "<h2>Training curves</h2>", _curves_or_why(records, charts, config),
             "<h2>Config</h2>", f"<table>{_config_rows(config)}</table>"]
     page = (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{html.escape(title)}"
             f"</title><style>{STYLE}</style></head><body>\n" + "\n".join(body)

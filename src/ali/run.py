@@ -9,6 +9,7 @@ learning-rate formula (:meth:`Run.learning_rates`).
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from dataclasses import dataclass
 from typing import Any
@@ -18,12 +19,12 @@ import torch
 
 from . import __version__, distributed, speed
 from .checkpoint import rng_state, set_rng_state
-from .config import Config
+from .config import AUTO_FAMILIES, AUTO_NETS, SHUFFLED_BY_DEFAULT, Config
 from .data import (Dataset, ImageSampler, first_items, labelled_subset, load_dataset, make_sampler,
-                   with_labels)
+                   probe_shape, with_labels)
 from .errors import CheckpointError, ConfigError, one_line
 from .build import build_model
-from .nets import family
+from .nets import family, nearest_family
 from .step import lr_factor, make_optimizer
 
 # The original code set the decoder's per-pixel output bias from this many training images.
@@ -46,6 +47,42 @@ def check_data_shape(cfg: Config, dataset: Dataset) -> None:
             f"dataset {dataset.name!r} has items of shape {list(have)} but config "
             f"{cfg.name!r} ({cfg.model.nets} networks) expects {list(want[-len(have):])}; "
             "choose a config for this image size or set data.image_size / data.channels")
+
+
+def resolve_shape(cfg: Config, dataset: Dataset | None = None) -> Config:
+    """``cfg`` with what the data decides filled in, before the data is loaded:
+
+    - ``model.nets=auto`` (the ``folder`` preset): the family of :data:`~ali.config.AUTO_FAMILIES`
+      nearest to the images' channels and size (``data.channels`` / ``data.image_size`` where
+      given, else the files'), its latent size where ``model.latent_dim`` is 0, and
+      ``data.image_size`` / ``data.channels`` set to the family's, so the images are resized
+      to it;
+    - a folder or npz file whose images differ from a fixed family's shape: the
+      ``data.image_size`` / ``data.channels`` left at 0 set to the family's (images that
+      already match keep 0, so older runs resume unchanged).
+
+    A ``dataset`` given from Python is not resized: only the family is chosen from its shape.
+    """
+    m, d = cfg.model, cfg.data
+    auto = m.nets == AUTO_NETS
+    if not auto and (not m.images or d.name not in SHUFFLED_BY_DEFAULT or dataset is not None
+                     or (d.image_size and d.channels)):
+        return cfg
+    have = tuple(dataset.data_shape if dataset is not None and dataset.data_shape
+                 else probe_shape(d))
+    if len(have) != 3:
+        raise ConfigError(f"model.nets=auto needs images; data.name={d.name} has items of "
+                          f"shape {list(have)}")
+    if auto:
+        nets = nearest_family(have, tuple(AUTO_FAMILIES))
+        m = dataclasses.replace(m, nets=nets, latent_dim=m.latent_dim or AUTO_FAMILIES[nets])
+    want = tuple(family(m.nets).data_shape(m))
+    if dataset is None and (auto or have != want):
+        d = dataclasses.replace(d, image_size=d.image_size or want[1],
+                                channels=d.channels or want[0])
+        if auto:   # the family decides: the images are resized to it
+            d = dataclasses.replace(d, image_size=want[1], channels=want[0])
+    return dataclasses.replace(cfg, model=m, data=d)
 
 
 def resolve_labels(cfg: Config, dataset: Dataset) -> Config:
@@ -199,8 +236,13 @@ def build_run(cfg: Config, device: torch.device, ctx: distributed.Context | None
     t = cfg.train
     seed_everything(t.seed)
     batch = distributed.local_batch(t.batch_size, ctx)
+    cfg = resolve_shape(cfg, dataset)
     if dataset is None:
         dataset = load_dataset(cfg.data)
+    elif dataset.config is not None and dataset.config != cfg.data:
+        # Record the data actually trained on (a dataset loaded with other settings and given
+        # from Python), so that every command reading the run folder finds it.
+        cfg = dataclasses.replace(cfg, data=dataset.config)
     cfg = resolve_labels(cfg, dataset)
     if model is None:
         model = build_model(cfg)

@@ -10,15 +10,17 @@ from the modules that own them.
 
 from __future__ import annotations
 
+import contextlib
 import shlex
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
 from . import distributed
-from .callbacks import (Checkpointer, Divergence, Hook, Hooks, Logger, Progress, Signals, Sync,
-                        non_finite)
+from .callbacks import (Checkpointer, Divergence, Hook, Hooks, Logger, Progress, ProgressLines,
+                        Signals, Sync, non_finite)
 from .checkpoint import (LATEST, RESUMABLE_KEYS, atomic_save, atomic_write, check_resumable,
                          config_differences, load_checkpoint, load_run, prune,
                          remove_stale_temporaries, run_checkpoint_path, run_config,
@@ -30,7 +32,7 @@ from .engine import Callback, Loop, LossSums, fit
 from .errors import CheckpointError, TrainingInterrupted
 from .run import (DECODER_BIAS_IMAGES, Run, build_run, check_data_shape, init_from_data_,
                   resolve_labels, seed_everything)
-from .run_folder import prepare_run_folder
+from .run_folder import RunLock, prepare_run_folder
 from .step import lr_factor, make_optimizer, train_step
 
 __all__ = [
@@ -52,12 +54,16 @@ class TrainResult:
     run_dir: Path | None
     seconds: float
     history: list[dict[str, Any]] = field(default_factory=list)
+    start: int = 0
+    """The step training started from (the checkpoint's on resume): ``step - start`` steps
+    were run."""
 
 
 def train(cfg: Config, *, run_dir: Path | str | None = None, resume: bool = False,
           model: Any = None, dataset: Dataset | None = None, quiet: bool = False,
           hooks: Iterable[Hook] = (), until: int | None = None,
-          callbacks: Iterable[Callback] = (), extend: bool = False) -> TrainResult:
+          callbacks: Iterable[Callback] = (), extend: bool = False,
+          images: bool = True) -> TrainResult:
     """Train ``cfg`` and return the trained model.
 
     Every ``train.checkpoint_every`` steps and at the end, ``run_dir/checkpoints/`` gets
@@ -86,11 +92,15 @@ def train(cfg: Config, *, run_dir: Path | str | None = None, resume: bool = Fals
         until: stop (with a checkpoint) after this many steps instead of ``train.steps``; the
             schedule still follows ``train.steps``, so a later ``resume`` continues exactly:
             the way to train a run in pieces.
-        callbacks: more :class:`~ali.engine.Callback` objects (run images, TensorBoard), run
+        callbacks: more :class:`~ali.engine.Callback` objects (your own), run
             after the logger and before the signal check and the checkpoint.
         extend: on resume, accept a ``train.steps`` that stretches a schedule following it
             (linear learning-rate decay, batch-norm freeze, gan_posthoc's phases) from the
             resumed step on; the run then no longer matches a straight run of either length.
+        images: with a run folder, write what ``ali train`` writes besides the checkpoints
+            and metrics: ``samples.png`` and ``reconstructions.png`` (image models) every
+            ``train.checkpoint_every`` steps and at the end, and TensorBoard logs where the
+            ``tensorboard`` package is installed.
 
     Raises:
         DivergenceError: a non-finite loss (checked at logging intervals) or parameter
@@ -103,7 +113,7 @@ def train(cfg: Config, *, run_dir: Path | str | None = None, resume: bool = Fals
     ctx, device, own_group = distributed.init(cfg.train.device)
     try:
         return _train(cfg, ctx, device, run_dir, resume, model, dataset, quiet, hooks, until,
-                      list(callbacks), extend)
+                      list(callbacks), extend, images)
     finally:
         if own_group:
             distributed.shutdown()
@@ -120,17 +130,40 @@ def _resume(run: Run, read_dir: Path | None, extend: bool) -> int:
 
 
 def _train(cfg: Config, ctx: distributed.Context, device: Any, run_dir: Path | str | None,
-           resume: bool, model: Any, dataset: Dataset | None, quiet: bool,
-           hooks: Iterable[Hook], until: int | None, extra: list[Callback],
-           extend: bool) -> TrainResult:
+           *args: Any) -> TrainResult:
+    # The run folder is claimed before anything is read from it or written to it: a second
+    # training into it refuses here, having changed nothing (rank 0 alone writes, and locks).
+    claim = (RunLock(Path(run_dir)) if run_dir is not None and ctx.main
+             else contextlib.nullcontext())
+    with claim:
+        return _train_owned(cfg, ctx, device, run_dir, *args)
+
+
+def _train_owned(cfg: Config, ctx: distributed.Context, device: Any, run_dir: Path | str | None,
+                 resume: bool, model: Any, dataset: Dataset | None, quiet: bool,
+                 hooks: Iterable[Hook], until: int | None, extra: list[Callback],
+                 extend: bool, images: bool) -> TrainResult:
     t = cfg.train
     read_dir = Path(run_dir) if run_dir is not None else None
     run_dir = read_dir if ctx.main else None       # only rank 0 writes
     quiet = quiet or not ctx.main
     run = build_run(cfg, device, ctx, dataset, model, init_from_data=not resume)
+    if dataset is not None and dataset.config is None and run_dir is not None and not quiet:
+        print(f"ali: the dataset given has no data settings (it was not made by "
+              f"ali.data.load_dataset): {run_dir / 'config.json'} names data.name="
+              f"{run.cfg.data.name}, which `ali eval` and `ali reconstruct` would read",
+              file=sys.stderr, flush=True)
+    if run_dir is not None and images:
+        extra[:0] = run_images(run)    # first: the user's callbacks see the images written
     logger = None
     try:
         start = _resume(run, read_dir, extend) if resume else 0
+        end = t.steps if until is None else min(until, t.steps)
+        if resume and not quiet:
+            more = (f"training {end - start} more steps (to step {end})" if end > start
+                    else "nothing left to train (a larger train.steps, with --extend where "
+                         "the schedule follows it, trains further)")
+            print(f"resumed at step {start}; {more}", flush=True)
         if ctx.enabled:
             # One model in every process (rank 0's), and each process its own noise.
             distributed.broadcast_module(run.model)
@@ -144,8 +177,8 @@ def _train(cfg: Config, ctx: distributed.Context, device: Any, run_dir: Path | s
         signals = Signals(ctx)
         mine = [c for c in (*extra, Hooks(hooks)) if ctx.main or not c.main_only]
         order = ([Sync(logger, checkpointer, signals)] if ctx.enabled else []) + [
-            logger, Progress(logger), *mine, signals, checkpointer]
-        end = t.steps if until is None else min(until, t.steps)
+            logger, Progress(logger), ProgressLines(t, logger, start), *mine, signals,
+            checkpointer]
         loop = Loop(run, end, run_dir, order, Divergence(t, checkpointer, logger, signals),
                     LossSums(run.model.runs))
         t0 = time.perf_counter()
@@ -158,10 +191,25 @@ def _train(cfg: Config, ctx: distributed.Context, device: Any, run_dir: Path | s
         for c in extra:
             c.close()
     run.model.eval()
-    result = TrainResult(run.model, step, run_dir, time.perf_counter() - t0, loop.history)
+    result = TrainResult(run.model, step, run_dir, time.perf_counter() - t0, loop.history,
+                         start)
     if loop.signum is not None:
         raise _interrupted(loop.signum, result, checkpointer, cfg.name)
     return result
+
+
+def run_images(run: Run) -> list[Callback]:
+    """The callbacks writing a run folder's images and TensorBoard logs, every
+    ``train.checkpoint_every`` steps (the run's own data: the images of what it trains on)."""
+    from .callbacks import RunImages
+    from .report import TensorBoard
+
+    every, seed = run.cfg.train.checkpoint_every, run.cfg.train.seed
+    images = run.cfg.model.images
+    out: list[Callback] = [RunImages(run.dataset, every, seed=seed)] if images else []
+    if TensorBoard.available():
+        out.append(TensorBoard(every, run.dataset if images else None, seed=seed))
+    return out
 
 
 def _interrupted(signum: int, result: TrainResult, checkpointer: Checkpointer,

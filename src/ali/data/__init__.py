@@ -22,7 +22,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..config import Config, DataConfig, parse_range
+from ..config import (
+    DEFAULT_HOLDOUT,
+    SHUFFLED_BY_DEFAULT,
+    Config,
+    DataConfig,
+    parse_range,
+)
 from ..errors import ConfigError, DataError
 from . import toy
 from .cache import CachedImages, cached_source, cores, default_workers
@@ -68,6 +74,9 @@ class Dataset:
     """Class or attribute names, where known."""
     workers: int = 0
     """DataLoader workers for streamed data decoded on the fly."""
+    config: DataConfig | None = None
+    """The data settings it was loaded with (:func:`load_dataset`); None for a dataset built
+    by hand."""
 
     @property
     def streamed(self) -> bool:
@@ -116,9 +125,25 @@ def load_dataset(cfg: DataConfig) -> Dataset:
                           f"(known: {', '.join((*toy.NAMES, *READERS))})")
     spec = READERS[cfg.name](cfg)
     stream = cfg.stream == "on" or (cfg.stream == "auto" and spec.stream)
-    x, y = _split(cfg, spec, cfg.train_split, cfg.train_range, "train")
-    xt, yt = (_split(cfg, spec, cfg.test_split, cfg.test_range, "test")
-              if cfg.test_split else (None, None))
+    x, y = _gather(cfg, spec, cfg.train_split, "train")
+    order = split_order(cfg, len(x))
+    xt = yt = None
+    if not cfg.test_split:
+        x, y = _cut(cfg, x, y, order, cfg.train_range, "train")
+    elif _missing(spec, cfg.test_split):
+        # No held-out split in the files: carve one out of the training split, the same
+        # fraction of every class, so that no class is missing from either side. Only for
+        # the default name: another one (a typo, a split the files lack) is refused, never
+        # silently replaced.
+        if not cfg.holdout or cfg.test_split != HOLDOUT_SPLIT:
+            raise ConfigError(_no_split_message(cfg, spec, cfg.test_split, "test"))
+        keep, held = stratified_holdout(y, order, cfg.holdout, cfg.name)
+        xt, yt = _cut(cfg, x, y, held, cfg.test_range, "test")
+        x, y = _cut(cfg, x, y, keep, cfg.train_range, "train")
+    else:
+        xt, yt = _gather(cfg, spec, cfg.test_split, "test")
+        xt, yt = _cut(cfg, xt, yt, split_order(cfg, len(xt)), cfg.test_range, "test")
+        x, y = _cut(cfg, x, y, order, cfg.train_range, "train")
     if cfg.cache == "on" or (cfg.cache == "auto" and stream):
         x, xt = _from_cache(cfg, x, xt)
     if not stream:
@@ -129,7 +154,7 @@ def load_dataset(cfg: DataConfig) -> Dataset:
     shape = tuple(x.shape) if isinstance(x, ImageSource) else tuple(x.shape[1:])
     return Dataset(cfg.name, x, xt, y, yt, data_shape=shape, num_classes=spec.num_classes,
                    label_names=spec.label_names,
-                   workers=default_workers() if cfg.workers < 0 else cfg.workers)
+                   workers=default_workers() if cfg.workers < 0 else cfg.workers, config=cfg)
 
 
 def _from_cache(cfg: DataConfig, *parts: Any) -> list[Any]:
@@ -149,17 +174,88 @@ def _from_cache(cfg: DataConfig, *parts: Any) -> list[Any]:
     return out
 
 
-def _split(cfg: DataConfig, spec: Spec, splits: str, range_text: str, key: str) -> Part:
-    """The images and labels of ``splits`` ("a+b"), cut to ``range_text``, converted
-    (image files stay an :class:`~ali.data.images.ImageSource`, decoded later)."""
-    parts = []
-    for name in splits.split("+"):
-        name = spec.aliases.get(name, name)
-        if name not in spec.splits:
-            raise ConfigError(f"data.{key}_split: {cfg.name} has no split {name!r} here "
-                              f"(available: {', '.join(spec.splits)})")
-        parts.append(spec.splits[name]())
-    xs, ys = zip(*parts)
+
+
+def probe_shape(cfg: DataConfig) -> tuple[int, ...]:
+    """The shape (C, H, W) one training image of ``cfg`` is loaded with, found without
+    decoding the data where the reader is lazy (folders read one image's header)."""
+    if cfg.name in toy.NAMES:
+        return (2,)
+    if cfg.name not in READERS:
+        raise ConfigError(f"unknown dataset data.name={cfg.name!r}")
+    x, _ = _gather(cfg, READERS[cfg.name](cfg), cfg.train_split, "train")
+    if isinstance(x, ImageSource):
+        return tuple(x.shape)
+    return tuple(convert(x[:1], cfg.image_size, cfg.channels).shape[1:])
+
+
+def shuffles(cfg: DataConfig) -> bool:
+    """Whether ``cfg``'s ranges and hold-out cut its splits in a shuffled order
+    (``data.split_order``)."""
+    return cfg.split_order == "shuffled" or (cfg.split_order == "auto"
+                                             and cfg.name in SHUFFLED_BY_DEFAULT)
+
+
+def split_order(cfg: DataConfig, n: int) -> np.ndarray:
+    """The order (a permutation of ``range(n)``) in which ``cfg``'s ranges cut a split of ``n``
+    items: fixed by ``data.split_seed`` and ``n`` alone, so two ranges of one split (a
+    ``train_range`` and a ``test_range`` of the same split) are disjoint; the stored order
+    where the data is not shuffled."""
+    if not shuffles(cfg):
+        return np.arange(n)
+    return np.random.default_rng(cfg.split_seed).permutation(n)
+
+
+def stratified_holdout(y: Tensor | None, order: np.ndarray, fraction: float,
+                       name: str) -> tuple[np.ndarray, np.ndarray]:
+    """(kept, held out): ``order`` (the split's items, in the order they are taken) divided
+    so that the held-out part has ``fraction`` of each class (at least one item of every class
+    with two or more), or of all items where there are no class labels; both parts keep
+    ``order``'s order."""
+    held = np.zeros(len(order), dtype=bool)
+    if y is not None and y.dim() == 1:
+        classes = y.numpy()[order]
+        for c in np.unique(classes):
+            at = np.flatnonzero(classes == c)
+            if len(at) > 1:
+                held[at[:max(1, round(fraction * len(at)))]] = True
+    elif len(order) > 1:
+        held[:max(1, round(fraction * len(order)))] = True
+    if held.all() or not held.any():
+        raise DataError(f"data.holdout={fraction}: {name} has too few images ({len(order)}) "
+                        f"to hold out a part of its training split")
+    return order[~held], order[held]
+
+
+HOLDOUT_SPLIT = "test"
+"""The held-out split name (the default ``data.test_split``) that ``data.holdout`` stands in for
+where the files have no such split."""
+
+
+def _missing(spec: Spec, splits: str) -> list[str]:
+    return [n for n in splits.split("+") if spec.aliases.get(n, n) not in spec.splits]
+
+
+def _no_split_message(cfg: DataConfig, spec: Spec, splits: str, key: str) -> str:
+    name = _missing(spec, splits)[0]
+    have = [s for s in spec.splits if s != "all"] or list(spec.splits)
+    if key == "train":
+        fix = f"add --set data.train_split={have[0] if len(have) == 1 else '+'.join(have)}"
+    elif splits == HOLDOUT_SPLIT:
+        fix = (f"hold out a fraction of the training split with --set data.holdout="
+               f"{DEFAULT_HOLDOUT}, or train without one with --set data.test_split=")
+    else:
+        fix = (f"name a split there is, or leave data.test_split={HOLDOUT_SPLIT} to hold out "
+               "data.holdout of the training split")
+    return (f"data.{key}_split: {cfg.name} has no split {name!r} here (available: "
+            f"{', '.join(spec.splits)}{'; ' + spec.hint.format(name=name) if spec.hint else ''}); {fix}")
+
+
+def _gather(cfg: DataConfig, spec: Spec, splits: str, key: str) -> Part:
+    """The images and labels of ``splits`` ("a+b"), joined."""
+    if _missing(spec, splits):
+        raise ConfigError(_no_split_message(cfg, spec, splits, key))
+    xs, ys = zip(*(spec.splits[spec.aliases.get(n, n)]() for n in splits.split("+")))
     if all(isinstance(p, Tensor) for p in xs):
         x = xs[0] if len(xs) == 1 else torch.cat(xs)
     elif all(isinstance(p, ImageSource) and p.base is xs[0].base for p in xs):
@@ -167,15 +263,20 @@ def _split(cfg: DataConfig, spec: Spec, splits: str, range_text: str, key: str) 
     else:
         raise ConfigError(f"data.{key}_split={splits}: these splits cannot be combined")
     y = None if any(t is None for t in ys) else (ys[0] if len(ys) == 1 else torch.cat(ys))
+    return x, y
+
+
+def _cut(cfg: DataConfig, x: Any, y: Tensor | None, order: np.ndarray, range_text: str,
+         key: str) -> Part:
+    """Items ``order[start:stop]`` of ``x`` and ``y`` (``range_text``), converted."""
     start, stop = parse_range(range_text)
-    n = len(x)
-    picked = range(n)[slice(start, stop)]
+    picked = order[start:stop]
     if len(picked) == 0:
-        raise ConfigError(f"data.{key}_range={range_text!r} selects no images of the {n} in "
-                          f"{cfg.name} {splits}")
-    if (start, stop) != (None, None):
-        x = x.select(slice(start, stop)) if isinstance(x, ImageSource) else x[start:stop]
-        y = None if y is None else y[start:stop]
+        raise ConfigError(f"data.{key}_range={range_text!r} selects no images of the "
+                          f"{len(order)} in {cfg.name} {getattr(cfg, key + '_split')}")
+    if not np.array_equal(picked, np.arange(len(x))):     # the whole split, as stored: no copy
+        x = x.select(picked) if isinstance(x, ImageSource) else x[torch.from_numpy(picked)]
+        y = None if y is None else y[torch.from_numpy(picked)]
     if isinstance(x, Tensor):
         x = convert(x, cfg.image_size, cfg.channels)
     return x, y

@@ -42,6 +42,8 @@ class Spec:
     """Whether ``data.stream=auto`` streams this dataset."""
     label_names: list[str] | None = None
     aliases: dict[str, str] = field(default_factory=dict)
+    hint: str = ""
+    """Where split ``{name}`` would come from, for the message naming a missing one."""
 
 
 def _root(cfg: DataConfig) -> Path:
@@ -458,9 +460,11 @@ def folder(cfg: DataConfig, stream_over: int = 20_000) -> Spec:
             lambda b, n, y: (ImageSource(b, np.arange(n), shape), y), base, len(files), labels)
     if set(scanned) == {"train"}:
         splits["all"] = splits["train"]
+    # A valid/ subfolder without a test/ one is the held-out split.
+    aliases = {"test": "valid"} if "valid" in scanned and "test" not in scanned else {}
     total = sum(len(f) for f, _ in scanned.values())
     return Spec(splits, num_classes=len(classes) or None, stream=total > stream_over,
-                label_names=classes or None)
+                label_names=classes or None, aliases=aliases)
 
 
 # --------------------------------------------------------------------------- ImageNet 64x64
@@ -601,8 +605,9 @@ def npz(cfg: DataConfig) -> Spec:
 
     ys = [arrays[k] for k in ("y_train", "y_test") if k in arrays and arrays[k].ndim == 1]
     k = int(max(int(y.max()) for y in ys if y.size) + 1) if any(y.size for y in ys) else None
-    return Spec({n: _cached(functools.partial(split, n)) for n in ("train", "test")},
-                num_classes=k)
+    names = [k.removeprefix("x_") for k in arrays if k.startswith("x_")]
+    return Spec({n: _cached(functools.partial(split, n)) for n in names}, num_classes=k,
+                hint=f"{path.name} has no array 'x_{{name}}'")
 
 
 READERS: dict[str, Callable[[DataConfig], Spec]] = {

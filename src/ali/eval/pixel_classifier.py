@@ -36,6 +36,8 @@ FEATURE_DIM = 128
 SHIFT = 2
 # What about the data a cached classifier must agree on to be reused.
 DATA_KEYS = ("name", "root", "train_split", "train_range", "image_size", "channels", "seed")
+# ... and, where they change the data, the settings added since: a classifier cached before
+# they existed still matches the data it was trained on.
 
 
 class PixelClassifier(nn.Module):
@@ -166,7 +168,15 @@ def load(path: Path | str) -> tuple[PixelClassifier, dict[str, Any]]:
 
 def data_key(data_cfg: Any) -> dict[str, Any]:
     """The part of a :class:`~ali.config.DataConfig` a cached classifier depends on."""
-    return {k: getattr(data_cfg, k) for k in DATA_KEYS}
+    from ..config import DEFAULT_HOLDOUT
+    from ..data import shuffles
+
+    key = {k: getattr(data_cfg, k) for k in DATA_KEYS}
+    if shuffles(data_cfg):
+        key["split_seed"] = data_cfg.split_seed
+    if data_cfg.holdout != DEFAULT_HOLDOUT:
+        key["holdout"] = data_cfg.holdout
+    return key
 
 
 def load_or_train(path: Path | str, dataset: Any, data_cfg: Any, seed: int = 0,
