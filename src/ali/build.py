@@ -7,6 +7,7 @@ from .config import Config, ModelConfig
 from .errors import ConfigError
 from .model import ALI, GenerativeModel
 from .nets import condition_embedding, family
+from .nets.parts import Standardize
 from .objectives import build_objective
 
 __all__ = ["build_model"]
@@ -16,7 +17,8 @@ def build_model(cfg: Config | ModelConfig) -> GenerativeModel:
     """The model ``kind`` of a (model) config with the networks of its family ``nets`` and the
     objective :func:`~ali.objectives.build_objective` makes of its settings. The model keeps
     the :class:`~ali.config.ModelConfig` as its ``config``: all :func:`ali.load` needs to
-    rebuild it."""
+    rebuild it. A feature-vector model (``mlp``) gets its :class:`~ali.nets.parts.Standardize` here (fitted from the data
+    by :func:`ali.run.init_from_data_`)."""
     m = cfg.model if isinstance(cfg, Config) else cfg
     nets = family(m.nets)
     lat = nets.latent_shape(m)
@@ -41,5 +43,7 @@ def build_model(cfg: Config | ModelConfig) -> GenerativeModel:
                     likelihood=likelihood, runs=m.runs)
     else:
         raise ConfigError(f"unknown model.kind {m.kind!r}")
+    if getattr(nets, "STANDARDIZED", False):    # feature vectors: standardised on the way in
+        model.scaler = Standardize(m.data_dim)
     model.config = m
     return model

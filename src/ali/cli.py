@@ -55,7 +55,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
               f"-> {out}", flush=True)
     callbacks, dataset = [], None
     every = cfg.train.checkpoint_every       # run images and TensorBoard's images
-    if cfg.model.nets != "toy":
+    if cfg.model.images:
         from .callbacks import RunImages
         from .data import load_dataset
 

@@ -40,6 +40,10 @@ TOY_R1_EVERY = 8
 # ... and the decoder's batch norm frozen at its running statistics for the second half of
 # training: samples then stop jittering with the rest of their batch, and sharpen.
 TOY_FREEZE_BN = 0.5
+# The table preset (feature vectors): small MLPs that train in about a minute on a CPU.
+TABLE_LATENT = 8
+TABLE_WIDTH = 128
+TABLE_STEPS = 2_000
 ON_DIVERGENCE = ("stop", "rollback")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 CHANNELS_LAST = ("auto", "on", "off")
@@ -132,8 +136,8 @@ SECTIONS_OF_KIND = {"ali": ("cycle", "r1", "conditional", "semi_supervised"),
                     "gan": ("r1",), "gan_inverse": ("r1",), "gan_posthoc": ("r1",), "vae": ()}
 EXCLUSIVE = {"semi_supervised": ("conditional", "cycle", "r1")}
 LABELLED_SECTIONS = ("conditional", "semi_supervised")
-POINT_FAMILIES = ("toy",)
-"""Network families on 2-D points rather than images."""
+POINT_FAMILIES = ("toy", "mlp")
+"""Network families on vectors (2-D points, feature vectors) rather than images."""
 
 
 @dataclass(frozen=True)
@@ -146,6 +150,9 @@ class ModelConfig:
     nets: str = "toy"
     """Network family: a module of :mod:`ali.nets`."""
     latent_dim: int = 2
+    data_dim: int = 0
+    """mlp family: the features of one vector; 0 = the data's (filled in when training starts).
+    The other families fix their data shape."""
     encoder: str = "noise"
     """gaussian: q(z|x) = N(mu, sigma^2) reparametrised (the paper's image models);
     deterministic: z_hat = E(x) (BiGAN); noise: z_hat = E(concat(x, eps)) (the paper's toy)."""
@@ -191,6 +198,7 @@ class ModelConfig:
         _one_of(self.gen_loss, GEN_LOSSES, "model.gen_loss")
         for key in ("latent_dim", "width", "disc_width", "disc_layers", "maxout_pieces", "runs"):
             _check(getattr(self, key) >= 1, f"model.{key} must be >= 1; got {getattr(self, key)}")
+        _check(self.data_dim >= 0, f"model.data_dim must be >= 0; got {self.data_dim}")
         _check(self.noise_dim >= 0, f"model.noise_dim must be >= 0; got {self.noise_dim}")
         _check(self.init_std > 0, f"model.init_std must be > 0; got {self.init_std}")
         _check(0 <= self.freeze_decoder_bn_at <= 1,
@@ -254,7 +262,8 @@ class ModelConfig:
         return self
 
 
-DATA_NAMES = ("grid", "ring", "mnist", "cifar10", "svhn", "celeba", "imagenet64", "folder", "npz")
+DATA_NAMES = ("grid", "ring", "mnist", "cifar10", "svhn", "celeba", "imagenet64", "folder", "npz",
+              "table")
 STREAM_MODES = ("auto", "on", "off")
 _RANGE = re.compile(r"^\s*(-?\d+)?\s*:\s*(-?\d+)?\s*$")
 _SPLIT = re.compile(r"^[a-z0-9_]+(\+[a-z0-9_]+)*$")
@@ -277,9 +286,13 @@ class DataConfig:
 
     name: str = "grid"
     """grid (25 Gaussians) | ring (8 Gaussians) | mnist | cifar10 | svhn | celeba | imagenet64 |
-    folder | npz."""
+    folder | npz | table (feature vectors: a CSV or npz file, or a folder of train.csv and
+    test.csv)."""
     root: str = ""
-    """Folder holding the dataset's official files (npz: the .npz file itself)."""
+    """Folder holding the dataset's official files (npz, table: the file itself)."""
+    label_column: str = ""
+    """table, CSV: the column of class labels, by header name or 0-based index (integers, or
+    names numbered in sorted order); empty: no labels. An npz table's labels are its y arrays."""
     n_train: int = 100_000
     """2-D datasets: training points."""
     n_test: int = 10_000
@@ -841,6 +854,24 @@ def _tiny() -> Config:
     """A minuscule image model (8x8x3, latent 4) for tests and smoke runs, on any 8x8 RGB
     dataset (an npz file by default: --set data.root=FILE.npz)."""
     return _image("tiny", 4, 16, 20, DataConfig(name="npz"), log_every=5, checkpoint_every=10)
+
+
+@register("table")
+def _table() -> Config:
+    """ALI on feature vectors (beyond the paper): a CSV or npz table (``--set data.root=FILE``;
+    ``data.label_column`` names a CSV's labels), the ``mlp`` networks, the width filled in
+    from the data and every feature standardised with the training split's statistics.
+    A single file is the split ``all``: hold out part of it with ``data.train_range`` and
+    ``data.test_range``, or give an npz of x_train/x_test or a folder of train.csv/test.csv."""
+    return Config(
+        name="table",
+        model=ModelConfig(kind="ali", nets="mlp", latent_dim=TABLE_LATENT, encoder="gaussian",
+                          width=TABLE_WIDTH, disc_width=TABLE_WIDTH, disc_layers=2,
+                          maxout_pieces=2),
+        data=DataConfig(name="table"),
+        train=TrainConfig(steps=TABLE_STEPS, batch_size=64, lr=2e-4, beta1=0.5, beta2=0.999,
+                          lr_schedule="constant", log_every=250, checkpoint_every=1_000),
+    )
 
 
 # ---------------------------------------------------------------------------- labels (4.3-4.4)

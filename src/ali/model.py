@@ -27,7 +27,8 @@ from .anomaly import ALPHA, anomaly_score
 from .errors import ConditionError, DataError, EncoderError
 from .nets import family
 from .nets.parts import (ConditionedNet, Conditioning, JointDiscriminator,  # noqa: F401
-                         MarginalDiscriminator, StochasticEncoder, condition_vector, evaluating)
+                         MarginalDiscriminator, Standardize, StochasticEncoder,
+                         condition_vector, evaluating)
 if TYPE_CHECKING:
     import numpy as np
 
@@ -77,6 +78,9 @@ class GenerativeModel(nn.Module):
         self.discriminator = discriminator
         self.latent_shape = tuple(latent_shape)
         self.embed = embed
+        # Feature-vector models (the mlp family) standardise x with the training split's
+        # statistics: set by ali.build.build_model, fitted by the run's data initialisation.
+        self.scaler: Standardize | None = None
 
     # ------------------------------------------------------------------ conditioning
     @property
@@ -167,13 +171,21 @@ class GenerativeModel(nn.Module):
                             f"{tuple(x.shape)}{hint}")
         images = want is None or len(want) >= 3
         if x.dtype == torch.uint8:
-            return x.float() / 255 if images else x.float()
+            return x.float() / 255 if images else self.standardized(x.float())
         if not x.is_floating_point():
             raise DataError(f"x must be uint8 or floating point; got {x.dtype}")
         if images and len(x) and (float(x.min()) < 0 or float(x.max()) > 1):
             raise DataError(f"image pixels must be uint8 or floats in [0, 1]; got values in "
                             f"[{float(x.min()):.4g}, {float(x.max()):.4g}] (divide by 255?)")
-        return x.float()
+        return x.float() if images else self.standardized(x.float())
+
+    def standardized(self, x: Tensor) -> Tensor:
+        """x in the units the networks take: feature vectors standardised with the training
+        split's statistics (``model.scaler``); anything else as it is. :meth:`as_input`,
+        :meth:`features`, :meth:`anomaly_score` and :meth:`losses` apply it; the tensor-level
+        methods (``encode``, ``decode``, ``reconstruct``, ``sample``) work in those units
+        (``model.scaler.inverse`` maps back)."""
+        return x if self.scaler is None else self.scaler(x)
 
     @torch.no_grad()
     def features(self, x: Tensor | "np.ndarray", y: Tensor | None = None, kind: str = "mu",
@@ -276,8 +288,9 @@ class GenerativeModel(nn.Module):
                labelled: tuple[Tensor, Tensor] | None = None) -> Losses:
         """The losses of one step on data ``x`` (B, *data) and prior draws ``z`` (B, *latent);
         conditional models get the batch's conditions ``y``, semi-supervised ones a labelled
-        batch ``(x_l, y_l)``. One forward pass feeds both losses."""
-        return self.objective(self, x, z, y, labelled)
+        batch ``(x_l, y_l)``. One forward pass feeds both losses. Feature vectors are
+        standardised first (:meth:`standardized`)."""
+        return self.objective(self, self.standardized(x), z, y, labelled)
 
     # ------------------------------------------------------------------ p(x, z)
     def sample_prior(self, n: int) -> Tensor:

@@ -150,7 +150,8 @@ def _split(cfg: DataConfig, spec: Spec, splits: str, range_text: str, key: str,
         x = x.select(slice(start, stop)) if isinstance(x, ImageSource) else x[start:stop]
         y = None if y is None else y[start:stop]
     if isinstance(x, Tensor):
-        x = convert(x, cfg.image_size, cfg.channels)
+        if x.dim() == 4:                                # images (feature vectors: as read)
+            x = convert(x, cfg.image_size, cfg.channels)
     elif not stream:
         x = x.load_all()
     return x, y
