@@ -89,12 +89,15 @@ SETUPS = [
     Setup("toy-ali-cycle", "toy", ("model.recon_weight=1",)),
     Setup("toy-ali-r1", "toy", ("model.r1_weight=0.1", "model.r1_every=2")),
     Setup("toy-gan-r1", "toy", ("model.kind=gan", "model.r1_weight=0.1")),
+    Setup("toy-ali-alad-sn", "toy", ("model.alad=on", "model.spectral_norm=true")),
     *_kinds("toy-runs3", "toy", ("model.runs=3",)),
     # the image family: every kind, both image encoders, cycle, R1 and the label variants
     *(Setup(s.name, "tiny", s.sets, "classes") for s in _kinds("img", "tiny")),
     Setup("img-ali-deterministic", "tiny", ("model.encoder=deterministic",), "classes"),
     Setup("img-ali-cycle", "tiny", ("model.recon_weight=1",), "classes"),
     Setup("img-ali-r1", "tiny", ("model.r1_weight=0.1",), "classes"),
+    Setup("img-ali-alad-sn", "tiny", ("model.alad=on", "model.spectral_norm=true"), "classes"),
+    Setup("img-gan-sn", "tiny", ("model.kind=gan", "model.spectral_norm=true"), "classes"),
     Setup("img-class-conditional", "tiny", ("model.conditional=true",), "classes"),
     Setup("img-class-conditional-cycle", "tiny", ("model.conditional=true",
                                                   "model.recon_weight=1"), "classes"),
@@ -117,6 +120,13 @@ SETUPS = [
     Setup("invalid-vae-r1", "toy", ("model.kind=vae", "model.encoder=gaussian",
                                      "model.r1_weight=1"), valid=False),
     Setup("invalid-image-noise-encoder", "tiny", ("model.encoder=noise",), "classes",
+          valid=False),
+    Setup("invalid-gan-alad", "toy", ("model.kind=gan", "model.alad=on"), valid=False),
+    Setup("invalid-conditional-alad", "tiny", ("model.conditional=true", "model.alad=on"),
+          "classes", valid=False),
+    Setup("invalid-vae-spectral-norm", "toy", ("model.kind=vae", "model.encoder=gaussian",
+                                               "model.spectral_norm=true"), valid=False),
+    Setup("invalid-runs3-spectral-norm", "toy", ("model.runs=3", "model.spectral_norm=true"),
           valid=False),
 ]
 VALID = [s for s in SETUPS if s.valid]
@@ -411,5 +421,5 @@ def test_a_few_cells_as_a_user_runs_them(lab, capsys):
 
 def test_matrix_size():
     """What the matrix holds (the counts are in the report of the change that added it)."""
-    assert len(VALID) == 27 and len(SETUPS) - len(VALID) == 15
+    assert len(VALID) == 30 and len(SETUPS) - len(VALID) == 19
     assert {"svm", "knn", "recon", "fid", "kid", "classify", "conditional"} <= set(METRICS)

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from . import __version__
-from .config import apply_overrides, config_names, get_config
+from .config import ANOMALY_SCORES, apply_overrides, config_names, get_config
 from .errors import AliError, TrainingInterrupted, one_line
 
 EXIT_USER_ERROR = 2
@@ -380,7 +380,8 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("run_dir", help="a run folder or a folder written by save_pretrained")
     sc.add_argument("--input", required=True, help=".npz, .csv or a folder of images")
     sc.add_argument("--out", required=True, help="CSV file to write")
-    sc.add_argument("--score", choices=("l1", "l2", "fm", "logit", "egbad"), default="egbad")
+    sc.add_argument("--score", choices=ANOMALY_SCORES, default="egbad",
+                    help="higher is more anomalous (ali.anomaly)")
     sc.add_argument("--alpha", type=float, default=0.9, help="egbad's weight of l1")
     sc.add_argument("--batch-size", type=int, default=500)
     sc.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")

@@ -45,6 +45,9 @@ TABLE_LATENT = 8
 TABLE_WIDTH = 128
 TABLE_STEPS = 2_000
 ON_DIVERGENCE = ("stop", "rollback")
+ANOMALY_SCORES = ("l1", "l2", "fm", "logit", "egbad", "alad")
+"""The anomaly scores of :mod:`ali.anomaly` (here, so the command line lists them without
+importing torch)."""
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 CHANNELS_LAST = ("auto", "on", "off")
 
@@ -60,6 +63,12 @@ def _one_of(value: str, choices: Iterable[str], key: str) -> None:
         raise ConfigError(f"{key} must be one of {', '.join(choices)}; got {value!r}")
 
 
+def _weight(value: float, key: str, off: str) -> None:
+    """A section's weight: > 0 and finite (switching the section off is how to remove it)."""
+    _check(value > 0 and math.isfinite(value),
+           f"model.{key} must be > 0 (model.{key.split('.')[0]}=off removes {off}); got {value}")
+
+
 @dataclass(frozen=True)
 class CycleConfig:
     """ALICE's explicit cycle term (Li et al., 2017), beyond the paper: ``weight *
@@ -69,9 +78,7 @@ class CycleConfig:
     weight: float = 1.0
 
     def __post_init__(self) -> None:
-        _check(self.weight > 0 and math.isfinite(self.weight),
-               f"model.cycle.weight must be > 0 (model.cycle=off removes the term); "
-               f"got {self.weight}")
+        _weight(self.weight, "cycle.weight", "the term")
 
 
 @dataclass(frozen=True)
@@ -85,9 +92,7 @@ class R1Config:
     every: int = 1
 
     def __post_init__(self) -> None:
-        _check(self.weight > 0 and math.isfinite(self.weight),
-               f"model.r1.weight must be > 0 (model.r1=off removes the penalty); "
-               f"got {self.weight}")
+        _weight(self.weight, "r1.weight", "the penalty")
         _check(self.every >= 1, f"model.r1.every must be >= 1; got {self.every}")
 
 
@@ -127,14 +132,34 @@ class SemiSupervisedConfig:
                                     f"{self.label_dim}")
 
 
+@dataclass(frozen=True)
+class AladConfig:
+    """ALAD (Zenati et al., 2018, "Adversarially Learned Anomaly Detection"), beyond the paper:
+    two more discriminators that enforce cycle consistency adversarially. D_xx(x, x') tells the
+    pairs (x, x) from (x, G(E(x))), and D_zz(z, z') the pairs (z, z) from (z, E(G(z))); each is
+    a game of Algorithm 1's losses, its discriminator loss on D_xx (D_zz) and its generator
+    loss on the encoder and decoder. Anomaly score ``alad`` (:mod:`ali.anomaly`)."""
+
+    xx_weight: float = 1.0
+    """Weight of D_xx's game (both of its losses)."""
+    zz_weight: float = 1.0
+    """Weight of D_zz's game; 0 leaves D_zz out (the ALAD code's ``allow_zz=False``)."""
+
+    def __post_init__(self) -> None:
+        _weight(self.xx_weight, "alad.xx_weight", "ALAD")
+        _check(self.zz_weight >= 0 and math.isfinite(self.zz_weight),
+               f"model.alad.zz_weight must be >= 0; got {self.zz_weight}")
+
+
 # Which optional sections each model kind takes, which sections exclude each other, and which
 # need labelled image data: the structure of the variants, as data. ModelConfig checks a
 # config against it, so a combination outside it cannot be built.
 SECTIONS = {"cycle": CycleConfig, "r1": R1Config, "conditional": ConditionalConfig,
-            "semi_supervised": SemiSupervisedConfig}
-SECTIONS_OF_KIND = {"ali": ("cycle", "r1", "conditional", "semi_supervised"),
+            "semi_supervised": SemiSupervisedConfig, "alad": AladConfig}
+SECTIONS_OF_KIND = {"ali": ("cycle", "r1", "conditional", "semi_supervised", "alad"),
                     "gan": ("r1",), "gan_inverse": ("r1",), "gan_posthoc": ("r1",), "vae": ()}
-EXCLUSIVE = {"semi_supervised": ("conditional", "cycle", "r1")}
+EXCLUSIVE = {"semi_supervised": ("conditional", "cycle", "r1"),
+             "alad": ("conditional", "semi_supervised")}
 LABELLED_SECTIONS = ("conditional", "semi_supervised")
 POINT_FAMILIES = ("toy", "mlp")
 """Network families on vectors (2-D points, feature vectors) rather than images."""
@@ -183,6 +208,9 @@ class ModelConfig:
     dropout: bool = True
     """Image families: the discriminator's dropout as the paper's tables give it; false turns
     every dropout layer off (the toy networks have none)."""
+    spectral_norm: bool = False
+    """Beyond the paper: spectral normalisation (Miyato et al., 2018) of every weight of every
+    discriminator (D, a GAN's D(x), ALAD's D_xx and D_zz), for any adversarial model."""
     cycle: CycleConfig | None = None
     """ALI: ALICE's cycle term (``model.cycle.weight``); None: off."""
     r1: R1Config | None = None
@@ -191,6 +219,9 @@ class ModelConfig:
     """ALI on image networks: conditional ALI (Eq. 7); None: unconditional."""
     semi_supervised: SemiSupervisedConfig | None = None
     """ALI on image networks: the K+1 discriminator of section 4.3; None: off."""
+    alad: AladConfig | None = None
+    """ALI: ALAD's D_xx and D_zz games (``model.alad.xx_weight``, ``model.alad.zz_weight``);
+    None: off."""
 
     def __post_init__(self) -> None:
         _one_of(self.kind, MODEL_KINDS, "model.kind")
@@ -199,6 +230,13 @@ class ModelConfig:
         for key in ("latent_dim", "width", "disc_width", "disc_layers", "maxout_pieces", "runs"):
             _check(getattr(self, key) >= 1, f"model.{key} must be >= 1; got {getattr(self, key)}")
         _check(self.data_dim >= 0, f"model.data_dim must be >= 0; got {self.data_dim}")
+        _check(isinstance(self.spectral_norm, bool),
+               f"model.spectral_norm must be true or false; got {self.spectral_norm!r}")
+        _check(not self.spectral_norm or self.kind != "vae",
+               "model.spectral_norm needs a discriminator, and model.kind=vae has none")
+        # A run-batched layer's weight holds every run's matrix: one spectral norm would mix them.
+        _check(not self.spectral_norm or self.runs == 1,
+               f"model.spectral_norm needs model.runs=1; got {self.runs}")
         _check(self.noise_dim >= 0, f"model.noise_dim must be >= 0; got {self.noise_dim}")
         _check(self.init_std > 0, f"model.init_std must be > 0; got {self.init_std}")
         _check(0 <= self.freeze_decoder_bn_at <= 1,

@@ -43,6 +43,10 @@ PRETRAINED_WEIGHTS = "model.safetensors"
 PRETRAINED_CONFIG = "config.json"
 PRETRAINED_FORMAT = "ali-pretrained-1"
 
+DISCRIMINATORS = ("discriminator", "joint_discriminator", "d_xx", "d_zz")
+"""The attributes that hold a model's discriminators, where it has them (D, gan_posthoc's
+joint D, ALAD's D_xx and D_zz): what ``parameters_d`` and spectral normalisation cover."""
+
 
 class GenerativeModel(nn.Module):
     """The interface every model of the project shares.
@@ -260,9 +264,13 @@ class GenerativeModel(nn.Module):
         return out
 
     # ------------------------------------------------------------------ training
+    def discriminators(self) -> list[nn.Module]:
+        """Every discriminator of the model (see :data:`DISCRIMINATORS`)."""
+        return [d for d in (getattr(self, n, None) for n in DISCRIMINATORS) if d is not None]
+
     def parameters_d(self) -> list[nn.Parameter]:
-        """Parameters the discriminator loss ``d`` updates."""
-        return [] if self.discriminator is None else list(self.discriminator.parameters())
+        """Parameters the discriminator loss ``d`` updates: those of every discriminator."""
+        return [p for d in self.discriminators() for p in d.parameters()]
 
     def parameters_g(self) -> list[nn.Parameter]:
         """Parameters the generator loss ``g`` updates (encoder and decoder)."""
@@ -414,16 +422,20 @@ class ALI(GenerativeModel):
 
     The objective (:func:`ali.objectives.build_objective`) is the game of Algorithm 1, plus
     whatever terms the config adds (ALICE's cycle term, R1, a K+1 discriminator for
-    semi-supervised learning); ``embed`` makes it conditional ALI (Eq. 7).
+    semi-supervised learning, ALAD's games); ``embed`` makes it conditional ALI (Eq. 7).
+    ALAD's discriminators ``d_xx`` (on (x, x')) and ``d_zz`` (on (z, z')) are None without
+    ``model.alad``.
     """
 
     def __init__(self, encoder: StochasticEncoder, decoder: nn.Module,
                  discriminator: JointDiscriminator, latent_shape: tuple[int, ...],
                  objective: Objective | None = None, runs: int = 1,
-                 embed: Conditioning | None = None) -> None:
+                 embed: Conditioning | None = None, d_xx: JointDiscriminator | None = None,
+                 d_zz: JointDiscriminator | None = None) -> None:
         objective = objective or Objective([JointGame(GEN_LOSS)])
         super().__init__(decoder, latent_shape, objective, encoder=encoder,
                          discriminator=discriminator, embed=embed, runs=runs)
+        self.d_xx, self.d_zz = d_xx, d_zz
 
     @property
     def semi_supervised(self) -> bool:

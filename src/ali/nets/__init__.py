@@ -18,12 +18,17 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
+from torch import nn
+
+from ..config import ModelConfig
 from ..errors import ConfigError
 from .conv import condition_embedding, init_decoder_bias_
 
-__all__ = ["FAMILIES", "condition_embedding", "family", "init_decoder_bias_"]
+__all__ = ["FAMILIES", "condition_embedding", "family", "init_decoder_bias_",
+           "pair_discriminator"]
 
 FAMILIES = ("toy", "mlp", "cifar10", "svhn", "celeba", "imagenet64", "mnist", "tiny")
+PAIR_SIDES = ("x", "z")
 
 
 def family(name: str) -> ModuleType:
@@ -32,3 +37,18 @@ def family(name: str) -> ModuleType:
         raise ConfigError(f"model.nets must be one of {', '.join(FAMILIES)}; got {name!r}")
     return importlib.import_module(f"{__name__}.{name}")
 
+
+def pair_discriminator(cfg: ModelConfig, on: str) -> nn.Module:
+    """ALAD's D_xx (``on="x"``) or D_zz (``on="z"``) of the family ``cfg.nets``: its module's
+    ``pair_discriminator(cfg, on)``, or its ``FAMILY`` table's; a one-line
+    :class:`~ali.errors.ConfigError` for a family that has neither."""
+    if on not in PAIR_SIDES:
+        raise ValueError(f"on must be one of {PAIR_SIDES}; got {on!r}")
+    fam = family(cfg.nets)
+    build = getattr(fam, "pair_discriminator", None)
+    if build is not None:
+        return build(cfg, on)
+    table = getattr(fam, "FAMILY", None)
+    if table is None:
+        raise ConfigError(f"model.alad: the {cfg.nets} networks have no D_xx / D_zz")
+    return table.build_pair_discriminator(cfg, on)

@@ -15,7 +15,7 @@ from torch import nn
 from ..config import ModelConfig
 from ..errors import ConfigError
 from . import toy
-from .parts import StochasticEncoder
+from .parts import JointDiscriminator, StochasticEncoder
 
 STANDARDIZED = True
 """The model standardises x before these networks see it (:func:`ali.build.build_model`)."""
@@ -46,6 +46,11 @@ def decoder(cfg: ModelConfig) -> nn.Module:
 def discriminator(cfg: ModelConfig, joint: bool = True) -> nn.Module:
     """D(x, z) on concat(x, z) (``joint``), or the GAN's D(x): maxout stacks."""
     return toy.build_discriminator(cfg, _dim(cfg), joint)
+
+
+def pair_discriminator(cfg: ModelConfig, on: str) -> JointDiscriminator:
+    """ALAD's D_xx (``on="x"``) or D_zz (``on="z"``)."""
+    return toy.build_pair_discriminator(cfg, _dim(cfg), on)
 
 
 def latent_shape(cfg: ModelConfig) -> tuple[int, ...]:

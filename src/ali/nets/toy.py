@@ -94,6 +94,14 @@ def build_discriminator(cfg: ModelConfig, dim: int, joint: bool = True) -> nn.Mo
     return MarginalDiscriminator(nn.Identity(), head)
 
 
+def build_pair_discriminator(cfg: ModelConfig, dim: int, on: str) -> JointDiscriminator:
+    """ALAD's D_xx(x, x') (``on="x"``) or D_zz(z, z') (``on="z"``): the maxout stack of the
+    joint discriminator on the concatenated pair."""
+    width = dim if on == "x" else cfg.latent_dim
+    pair = _built(_maxout_stack(cfg.runs, 2 * width, cfg), cfg)
+    return JointDiscriminator(nn.Identity(), nn.Identity(), pair, cat_dim=-1)
+
+
 def encoder(cfg: ModelConfig) -> StochasticEncoder:
     """q(z | x): the toy encoder MLP wrapped by the configured kind of posterior."""
     return build_encoder(cfg, DATA_DIM)
@@ -107,6 +115,11 @@ def decoder(cfg: ModelConfig) -> ToyNet:
 def discriminator(cfg: ModelConfig, joint: bool = True) -> nn.Module:
     """D(x, z) on concat(x, z) (``joint``), or the GAN's D(x)."""
     return build_discriminator(cfg, DATA_DIM, joint)
+
+
+def pair_discriminator(cfg: ModelConfig, on: str) -> JointDiscriminator:
+    """ALAD's D_xx (``on="x"``) or D_zz (``on="z"``)."""
+    return build_pair_discriminator(cfg, DATA_DIM, on)
 
 
 def latent_shape(cfg: ModelConfig) -> tuple[int, ...]:
