@@ -124,9 +124,12 @@ def _run_and_held_out(args: argparse.Namespace, n: int, what: str):
     from .viz import held_out, held_out_labels
 
     model, cfg, _ = load_run(args.run_dir)
-    if not cfg.model.images:
+    if cfg.model.nets == "toy":
         raise AliError(f"{args.run_dir} is a 2-D run; use `ali toy` or `ali train toy` for its "
                        "figures")
+    if not cfg.model.images:
+        raise AliError(f"{args.run_dir} is a feature-vector run: it has no images to {what} "
+                       "(use model.reconstruct on vectors, or ali score)")
     if model.encoder is None:
         raise AliError(f"{args.run_dir} is a {cfg.model.kind} run: it has no encoder to "
                        f"{what} with")
