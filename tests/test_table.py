@@ -77,6 +77,9 @@ def test_npz_and_folder_tables(tmp_path):
     d = load_dataset(_cfg(tmp_path / "f", "data.label_column=kind").data)
     assert d.test.shape == (20, WIDTH) and d.test_labels.tolist() == y[40:].tolist()
     assert d.num_classes == 2 and d.label_names is None      # integer labels stay numbers
+    _write_csv(tmp_path / "f" / "train.csv", x[:40], [f"{v}.0" for v in y[:40]])
+    d = load_dataset(_cfg(tmp_path / "f", "data.label_column=kind").data)
+    assert d.train_labels.tolist() == y[:40].tolist() and d.label_names is None
 
 
 @pytest.mark.parametrize("content, sets, message", [

@@ -660,6 +660,15 @@ def _table_arrays(cfg: DataConfig, path: Path) -> dict[str, tuple[np.ndarray, An
     return out
 
 
+def _integer(text: str) -> int | None:
+    """``text`` as an integer class ("3", "3.0"), or None for a class name."""
+    try:
+        v = float(text)
+    except ValueError:
+        return None
+    return int(v) if v.is_integer() else None
+
+
 def table(cfg: DataConfig) -> Spec:
     """Feature vectors (N, D) as float32, from a CSV file (``data.label_column`` names its
     labels), an npz file (``x``/``y``, or ``x_train``/``y_train`` and ``x_test``/``y_test``)
@@ -677,10 +686,11 @@ def table(cfg: DataConfig) -> Spec:
         raise DataError(f"{path}: some splits have labels and some do not")
     if any(isinstance(y, list) for y in labels):
         texts = [v for y in labels for v in y]
-        if all(v.lstrip("-").isdigit() for v in texts):   # integer classes written as text
-            if any(int(v) < 0 for v in texts):
+        numbers = [_integer(v) for v in texts]
+        if None not in numbers:                           # integer classes ("3", "3.0")
+            if min(numbers, default=0) < 0:
                 raise DataError(f"{path}: class labels must be >= 0")
-            labels = [np.array([int(v) for v in y], dtype=np.int64) for y in labels]
+            labels = [np.array([_integer(v) for v in y], dtype=np.int64) for y in labels]
         else:
             names = sorted(set(texts))
             index = {v: i for i, v in enumerate(names)}
