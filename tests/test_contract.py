@@ -32,6 +32,8 @@ TOY = ["model.recon_weight=0", "model.r1_weight=0", "model.r1_every=1",
        "model.freeze_decoder_bn_at=1", "model.width=16", "model.disc_width=8",
        "model.maxout_pieces=2", "data.n_train=256", "data.n_test=128", "train.batch_size=32"]
 TINY = ["model.dropout=false", "train.batch_size=16"]
+TABLE = ["model.width=16", "model.disc_width=8", "train.batch_size=16"]
+TABLE_WIDTH = 5
 STEPS = ["train.steps=4", "train.log_every=2", "train.checkpoint_every=4", "train.progress=off",
          "train.device=cpu"]
 
@@ -49,6 +51,11 @@ class Setup:
     @property
     def toy(self) -> bool:
         return self.preset == "toy"
+
+    @property
+    def vectors(self) -> bool:
+        """Feature vectors (the table preset's mlp networks), not images."""
+        return self.preset == "table"
 
     def has(self, key: str) -> bool:
         return any(s.startswith(key) and not s.endswith(("=0", "=false")) for s in self.sets)
@@ -89,18 +96,24 @@ SETUPS = [
     Setup("toy-ali-cycle", "toy", ("model.recon_weight=1",)),
     Setup("toy-ali-r1", "toy", ("model.r1_weight=0.1", "model.r1_every=2")),
     Setup("toy-gan-r1", "toy", ("model.kind=gan", "model.r1_weight=0.1")),
+    Setup("toy-ali-alad-sn", "toy", ("model.alad=on", "model.spectral_norm=true")),
     *_kinds("toy-runs3", "toy", ("model.runs=3",)),
     # the image family: every kind, both image encoders, cycle, R1 and the label variants
     *(Setup(s.name, "tiny", s.sets, "classes") for s in _kinds("img", "tiny")),
     Setup("img-ali-deterministic", "tiny", ("model.encoder=deterministic",), "classes"),
     Setup("img-ali-cycle", "tiny", ("model.recon_weight=1",), "classes"),
     Setup("img-ali-r1", "tiny", ("model.r1_weight=0.1",), "classes"),
+    Setup("img-ali-alad-sn", "tiny", ("model.alad=on", "model.spectral_norm=true"), "classes"),
+    Setup("img-gan-sn", "tiny", ("model.kind=gan", "model.spectral_norm=true"), "classes"),
     Setup("img-class-conditional", "tiny", ("model.conditional=true",), "classes"),
     Setup("img-class-conditional-cycle", "tiny", ("model.conditional=true",
                                                   "model.recon_weight=1"), "classes"),
     Setup("img-attribute-conditional", "tiny", ("model.conditional=true",), "attributes"),
     Setup("img-semi-supervised", "tiny", ("model.semi_supervised=true", "data.labels=20"),
           "classes"),
+    # the feature-vector family (a table of 5 features): every kind, ALAD with spectral norm
+    *(Setup(s.name, "table", s.sets, "table") for s in _kinds("table", "table")),
+    Setup("table-ali-alad-sn", "table", ("model.alad=on", "model.spectral_norm=true"), "table"),
     # combinations the config cannot express: refused when it is built
     *(Setup(f"invalid-{k}-{v}", "tiny", (f"model.kind={k}", f"model.{v}=true", *(
         ["model.encoder=gaussian"] if k == "vae" else [])), "classes", valid=False)
@@ -117,6 +130,13 @@ SETUPS = [
     Setup("invalid-vae-r1", "toy", ("model.kind=vae", "model.encoder=gaussian",
                                      "model.r1_weight=1"), valid=False),
     Setup("invalid-image-noise-encoder", "tiny", ("model.encoder=noise",), "classes",
+          valid=False),
+    Setup("invalid-gan-alad", "toy", ("model.kind=gan", "model.alad=on"), valid=False),
+    Setup("invalid-conditional-alad", "tiny", ("model.conditional=true", "model.alad=on"),
+          "classes", valid=False),
+    Setup("invalid-vae-spectral-norm", "toy", ("model.kind=vae", "model.encoder=gaussian",
+                                               "model.spectral_norm=true"), valid=False),
+    Setup("invalid-runs3-spectral-norm", "toy", ("model.runs=3", "model.spectral_norm=true"),
           valid=False),
 ]
 VALID = [s for s in SETUPS if s.valid]
@@ -144,6 +164,9 @@ def expect(s: Setup, cmd: str) -> str:
                   "eval-kid"}
     if s.toy and cmd in image_only:
         return "2-D run" if cmd in ("reconstruct", "interpolate") else (
+            "image run")
+    if s.vectors and cmd in image_only:
+        return "feature-vector run" if cmd in ("reconstruct", "interpolate") else (
             "image run")
     if not s.encoder and cmd in ("reconstruct", "interpolate", "eval-recon"):
         return "no encoder"
@@ -192,17 +215,29 @@ def _npz(path, attributes):
     return path
 
 
+def _table(path):
+    """Feature vectors of two classes, the second shifted."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(96, TABLE_WIDTH))
+    y = np.arange(96) % 2
+    x[y == 1] += 3
+    np.savez(path, x_train=x[:64], y_train=y[:64], x_test=x[64:], y_test=y[64:])
+    return path
+
+
 class Lab:
     """The module's data files and trained runs (each setup trained once, on first use)."""
 
     def __init__(self, root):
         self.root = root
         self.files = {"classes": _npz(root / "classes.npz", False),
-                      "attributes": _npz(root / "attributes.npz", True)}
+                      "attributes": _npz(root / "attributes.npz", True),
+                      "table": _table(root / "table.npz")}
         self.runs: dict[str, tuple] = {}
 
     def sets(self, s: Setup) -> list[str]:
-        base = TOY if s.toy else [*TINY, f"data.root={self.files[s.data]}"]
+        base = TOY if s.toy else [*(TABLE if s.vectors else TINY),
+                                  f"data.root={self.files[s.data]}"]
         return [*base, *s.sets]
 
     def cli(self, s: Setup, args: list[str]) -> list[str]:
@@ -260,7 +295,7 @@ def test_train(lab, capsys, s):
     out, *result = lab.train(s, capsys)
     check(result, "ok", [out / "checkpoints" / "latest.pt", out / "metrics.jsonl",
                          out / "config.json"])
-    if not s.toy:
+    if not (s.toy or s.vectors):     # images only for image runs
         assert (out / "samples.png").exists()
         assert (out / "reconstructions.png").exists() == s.encoder
 
@@ -317,8 +352,11 @@ def test_command(lab, capsys, tmp_path, s, cmd):
 
 
 def _labels(s: Setup) -> list[str]:
-    """What a user sets to build a labelled model of an npz file without its data (an npz
-    file's label count is not known in advance)."""
+    """What a user sets to build a labelled model of an npz file, or a model of a table,
+    without its data (an npz file's label count and a table's width are not known in
+    advance)."""
+    if s.vectors:
+        return ["--set", f"model.data_dim={TABLE_WIDTH}"]
     if not (s.conditional or s.semi_supervised):
         return []
     return ["--set", f"model.label_dim={3 if s.attributes else 2}",
@@ -411,5 +449,5 @@ def test_a_few_cells_as_a_user_runs_them(lab, capsys):
 
 def test_matrix_size():
     """What the matrix holds (the counts are in the report of the change that added it)."""
-    assert len(VALID) == 27 and len(SETUPS) - len(VALID) == 15
+    assert len(VALID) == 36 and len(SETUPS) - len(VALID) == 19
     assert {"svm", "knn", "recon", "fid", "kid", "classify", "conditional"} <= set(METRICS)

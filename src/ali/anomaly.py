@@ -10,10 +10,14 @@ for every score:
   discriminator's last hidden features (the input of its last layer);
 - ``logit``: minus the joint discriminator's logit on (x, z): D calls data pairs real (a high
   logit), so a low logit is anomalous;
-- ``egbad``: EGBAD's weighting ``alpha * l1 + (1 - alpha) * fm`` (alpha 0.9 in their paper).
+- ``egbad``: EGBAD's weighting ``alpha * l1 + (1 - alpha) * fm`` (alpha 0.9 in their paper);
+- ``alad``: ALAD's score (Zenati et al., 2018, "Adversarially Learned Anomaly Detection"),
+  ``||f_xx(x, x) - f_xx(x, x')||_1``, f_xx being D_xx's last hidden features: how far the
+  reconstruction pair is from the identity pair, in the cycle discriminator's eyes.
 
-``l1`` and ``l2`` work for every model with an encoder (the VAE included); the others need a
-joint discriminator (ALI's, or gan_posthoc's second one).
+``l1`` and ``l2`` work for every model with an encoder (the VAE included); ``fm``, ``logit``
+and ``egbad`` need a joint discriminator (ALI's, or gan_posthoc's second one); ``alad`` needs
+an ALAD model (``model.alad``). A feature-vector model scores in standardised units.
 """
 
 from __future__ import annotations
@@ -23,10 +27,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .config import ANOMALY_SCORES
 from .errors import AliError, EncoderError
 from .nets.parts import JointDiscriminator, evaluating
 
-SCORES = ("l1", "l2", "fm", "logit", "egbad")
+SCORES = ANOMALY_SCORES
 ALPHA = 0.9
 """EGBAD's weight of the reconstruction term (their MNIST setting)."""
 
@@ -40,11 +45,33 @@ def joint_discriminator(model: Any) -> nn.Module:
     raise AliError(f"a {type(model).__name__} has no joint discriminator: use --score l1 or l2")
 
 
+def pair_discriminator(model: Any) -> nn.Module:
+    """An ALAD model's D_xx, or a one-line error."""
+    d = getattr(model, "d_xx", None)
+    if d is None:
+        raise AliError(f"only an ALAD model (model.alad=on) has D_xx for --score alad; this "
+                       f"{type(model).__name__} has none")
+    return d
+
+
 def _last_layer(d: nn.Module) -> nn.Module:
-    """The last module with parameters of D(x, z)'s joint part: its input is the last hidden
-    feature map."""
-    layers = [m for m in d.d_xz.modules() if next(m.parameters(recurse=False), None) is not None]
+    """The last weighted layer of D's joint part: its input is the last hidden feature map.
+    (A layer with a weight attribute: a spectrally normalised layer keeps its weight there.)"""
+    layers = [m for m in d.d_xz.modules() if isinstance(getattr(m, "weight", None), Tensor)
+              and not isinstance(m, nn.modules.batchnorm._BatchNorm)]
     return layers[-1]
+
+
+def _hidden(disc: nn.Module, *args: Tensor) -> Tensor:
+    """D's last hidden features (B, F) of the pairs ``args``: the input of its last layer."""
+    captured: list[Tensor] = []
+    hook = _last_layer(disc).register_forward_pre_hook(
+        lambda mod, inp: captured.append(inp[0].flatten(1)))
+    try:
+        disc(*args)
+    finally:
+        hook.remove()
+    return captured[0]
 
 
 @torch.no_grad()
@@ -57,17 +84,14 @@ def _scores(model: Any, x: Tensor, y: Tensor | None, kind: str, alpha: float) ->
         return d.abs().sum(1) if kind == "l1" else d.pow(2).sum(1).sqrt()
     if kind == "logit":
         return -model.log_ratio(x, z, y)
+    if kind == "alad":
+        f_id, f_rec = _hidden(pair_discriminator(model), torch.cat([x, x]),
+                              torch.cat([x, x_rec])).chunk(2)       # (B, F) each
+        return (f_id - f_rec).abs().sum(1)
     disc = joint_discriminator(model)
-    captured: list[Tensor] = []
-    hook = _last_layer(disc).register_forward_pre_hook(
-        lambda mod, inp: captured.append(inp[0].flatten(1)))
-    try:
-        v = None if y is None or model.embed is None else model.embed.vector(y)
-        args = (torch.cat([x, x_rec]), torch.cat([z, z]))
-        disc(*args) if v is None else disc(*args, torch.cat([v, v]))
-    finally:
-        hook.remove()
-    f_x, f_rec = captured[0].chunk(2)                                # (B, F) each
+    v = None if y is None or model.embed is None else model.embed.vector(y)
+    args = [torch.cat([x, x_rec]), torch.cat([z, z])]
+    f_x, f_rec = _hidden(disc, *args, *([] if v is None else [torch.cat([v, v])])).chunk(2)
     fm = (f_x - f_rec).abs().sum(1)
     if kind == "fm":
         return fm
@@ -99,6 +123,8 @@ def anomaly_score(model: Any, x: Any, kind: str = "egbad", y: Tensor | None = No
         raise AliError(f"a run-batched model ({model.runs} runs) scores no single anomaly")
     if kind in ("fm", "logit", "egbad"):
         joint_discriminator(model)
+    if kind == "alad":
+        pair_discriminator(model)
     x = model.as_input(x)
     device = next(model.parameters()).device
     out = []

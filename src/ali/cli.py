@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from . import __version__
-from .config import apply_overrides, config_names, get_config
+from .config import ANOMALY_SCORES, apply_overrides, config_names, get_config
 from .errors import AliError, TrainingInterrupted, one_line
 
 EXIT_USER_ERROR = 2
@@ -134,9 +134,12 @@ def _run_and_held_out(args: argparse.Namespace, n: int, what: str):
 
     device = _device(args)
     model, cfg, _ = load_run(args.run_dir, device)
-    if not cfg.model.images:
+    if cfg.model.nets == "toy":
         raise AliError(f"{args.run_dir} is a 2-D run; use `ali toy` or `ali train toy` for its "
                        "figures")
+    if not cfg.model.images:
+        raise AliError(f"{args.run_dir} is a feature-vector run: it has no images to {what} "
+                       "(use model.reconstruct on vectors, or ali score)")
     if model.encoder is None:
         raise AliError(f"{args.run_dir} is a {cfg.model.kind} run: it has no encoder to "
                        f"{what} with")
@@ -431,7 +434,8 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("run_dir", help="a run folder or a folder written by save_pretrained")
     sc.add_argument("--input", required=True, help=".npz, .csv or a folder of images")
     sc.add_argument("--out", required=True, help="CSV file to write")
-    sc.add_argument("--score", choices=("l1", "l2", "fm", "logit", "egbad"), default="egbad")
+    sc.add_argument("--score", choices=ANOMALY_SCORES, default="egbad",
+                    help="higher is more anomalous (ali.anomaly)")
     sc.add_argument("--alpha", type=float, default=0.9, help="egbad's weight of l1")
     sc.add_argument("--batch-size", type=int, default=500)
     sc.add_argument("--device", default="auto",

@@ -43,7 +43,14 @@ TOY_R1_EVERY = 8
 # ... and the decoder's batch norm frozen at its running statistics for the second half of
 # training: samples then stop jittering with the rest of their batch, and sharpen.
 TOY_FREEZE_BN = 0.5
+# The table preset (feature vectors): small MLPs that train in about a minute on a CPU.
+TABLE_LATENT = 8
+TABLE_WIDTH = 128
+TABLE_STEPS = 2_000
 ON_DIVERGENCE = ("stop", "rollback")
+ANOMALY_SCORES = ("l1", "l2", "fm", "logit", "egbad", "alad")
+"""The anomaly scores of :mod:`ali.anomaly` (here, so the command line lists them without
+importing torch)."""
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 CHANNELS_LAST = ("auto", "on", "off")
 
@@ -59,6 +66,12 @@ def _one_of(value: str, choices: Iterable[str], key: str) -> None:
         raise ConfigError(f"{key} must be one of {', '.join(choices)}; got {value!r}")
 
 
+def _weight(value: float, key: str, off: str) -> None:
+    """A section's weight: > 0 and finite (switching the section off is how to remove it)."""
+    _check(value > 0 and math.isfinite(value),
+           f"model.{key} must be > 0 (model.{key.split('.')[0]}=off removes {off}); got {value}")
+
+
 @dataclass(frozen=True)
 class CycleConfig:
     """ALICE's explicit cycle term (Li et al., 2017), beyond the paper: ``weight *
@@ -68,9 +81,7 @@ class CycleConfig:
     weight: float = 1.0
 
     def __post_init__(self) -> None:
-        _check(self.weight > 0 and math.isfinite(self.weight),
-               f"model.cycle.weight must be > 0 (model.cycle=off removes the term); "
-               f"got {self.weight}")
+        _weight(self.weight, "cycle.weight", "the term")
 
 
 @dataclass(frozen=True)
@@ -84,9 +95,7 @@ class R1Config:
     every: int = 1
 
     def __post_init__(self) -> None:
-        _check(self.weight > 0 and math.isfinite(self.weight),
-               f"model.r1.weight must be > 0 (model.r1=off removes the penalty); "
-               f"got {self.weight}")
+        _weight(self.weight, "r1.weight", "the penalty")
         _check(self.every >= 1, f"model.r1.every must be >= 1; got {self.every}")
 
 
@@ -126,20 +135,40 @@ class SemiSupervisedConfig:
                                     f"{self.label_dim}")
 
 
+@dataclass(frozen=True)
+class AladConfig:
+    """ALAD (Zenati et al., 2018, "Adversarially Learned Anomaly Detection"), beyond the paper:
+    two more discriminators that enforce cycle consistency adversarially. D_xx(x, x') tells the
+    pairs (x, x) from (x, G(E(x))), and D_zz(z, z') the pairs (z, z) from (z, E(G(z))); each is
+    a game of Algorithm 1's losses, its discriminator loss on D_xx (D_zz) and its generator
+    loss on the encoder and decoder. Anomaly score ``alad`` (:mod:`ali.anomaly`)."""
+
+    xx_weight: float = 1.0
+    """Weight of D_xx's game (both of its losses)."""
+    zz_weight: float = 1.0
+    """Weight of D_zz's game; 0 leaves D_zz out (the ALAD code's ``allow_zz=False``)."""
+
+    def __post_init__(self) -> None:
+        _weight(self.xx_weight, "alad.xx_weight", "ALAD")
+        _check(self.zz_weight >= 0 and math.isfinite(self.zz_weight),
+               f"model.alad.zz_weight must be >= 0; got {self.zz_weight}")
+
+
 # Which optional sections each model kind takes, which sections exclude each other, and which
 # need labelled image data: the structure of the variants, as data. ModelConfig checks a
 # config against it, so a combination outside it cannot be built.
 SECTIONS = {"cycle": CycleConfig, "r1": R1Config, "conditional": ConditionalConfig,
-            "semi_supervised": SemiSupervisedConfig}
-SECTIONS_OF_KIND = {"ali": ("cycle", "r1", "conditional", "semi_supervised"),
+            "semi_supervised": SemiSupervisedConfig, "alad": AladConfig}
+SECTIONS_OF_KIND = {"ali": ("cycle", "r1", "conditional", "semi_supervised", "alad"),
                     "gan": ("r1",), "gan_inverse": ("r1",), "gan_posthoc": ("r1",), "vae": ()}
-EXCLUSIVE = {"semi_supervised": ("conditional", "cycle", "r1")}
+EXCLUSIVE = {"semi_supervised": ("conditional", "cycle", "r1"),
+             "alad": ("conditional", "semi_supervised")}
 EXCLUSIVE_HINTS = {"semi_supervised": " (or train a preset that sets it up, e.g. mnist_ssl_100, "
                                       "svhn_ssl_1000, cifar10_ssl_1000)"}
 """The presets that already combine a section right, named in the refusal."""
 LABELLED_SECTIONS = ("conditional", "semi_supervised")
-POINT_FAMILIES = ("toy",)
-"""Network families on 2-D points rather than images."""
+POINT_FAMILIES = ("toy", "mlp")
+"""Network families on vectors (2-D points, feature vectors) rather than images."""
 AUTO_NETS = "auto"
 """``model.nets`` of the ``folder`` preset: the family is picked from the data when training
 starts (:func:`ali.run.resolve_shape`) and recorded in the run's config."""
@@ -162,6 +191,9 @@ class ModelConfig:
     training starts."""
     latent_dim: int = 2
     """Size of z; 0 (with nets=auto only): the chosen family's preset's."""
+    data_dim: int = 0
+    """mlp family: the features of one vector; 0 = the data's (filled in when training starts).
+    The other families fix their data shape."""
     encoder: str = "noise"
     """gaussian: q(z|x) = N(mu, sigma^2) reparametrised (the paper's image models);
     deterministic: z_hat = E(x) (BiGAN); noise: z_hat = E(concat(x, eps)) (the paper's toy)."""
@@ -195,6 +227,9 @@ class ModelConfig:
     channel_scale: float = 1.0
     """Image families: every hidden layer's feature maps times this (1: the paper's tables).
     Small values make tiny networks of the same shape, for smoke runs and tests."""
+    spectral_norm: bool = False
+    """Beyond the paper: spectral normalisation (Miyato et al., 2018) of every weight of every
+    discriminator (D, a GAN's D(x), ALAD's D_xx and D_zz), for any adversarial model."""
     cycle: CycleConfig | None = None
     """ALI: ALICE's cycle term (``model.cycle.weight``); None: off."""
     r1: R1Config | None = None
@@ -203,6 +238,9 @@ class ModelConfig:
     """ALI on image networks: conditional ALI (Eq. 7); None: unconditional."""
     semi_supervised: SemiSupervisedConfig | None = None
     """ALI on image networks: the K+1 discriminator of section 4.3; None: off."""
+    alad: AladConfig | None = None
+    """ALI: ALAD's D_xx and D_zz games (``model.alad.xx_weight``, ``model.alad.zz_weight``);
+    None: off."""
 
     def __post_init__(self) -> None:
         _one_of(self.kind, MODEL_KINDS, "model.kind")
@@ -213,6 +251,14 @@ class ModelConfig:
         _check(self.latent_dim >= 1 or (self.latent_dim == 0 and self.nets == AUTO_NETS),
                f"model.latent_dim must be >= 1 (0 only with model.nets=auto); got "
                f"{self.latent_dim}")
+        _check(self.data_dim >= 0, f"model.data_dim must be >= 0; got {self.data_dim}")
+        _check(isinstance(self.spectral_norm, bool),
+               f"model.spectral_norm must be true or false; got {self.spectral_norm!r}")
+        _check(not self.spectral_norm or self.kind != "vae",
+               "model.spectral_norm needs a discriminator, and model.kind=vae has none")
+        # A run-batched layer's weight holds every run's matrix: one spectral norm would mix them.
+        _check(not self.spectral_norm or self.runs == 1,
+               f"model.spectral_norm needs model.runs=1; got {self.runs}")
         _check(self.noise_dim >= 0, f"model.noise_dim must be >= 0; got {self.noise_dim}")
         _check(self.init_std > 0, f"model.init_std must be > 0; got {self.init_std}")
         _check(0 <= self.freeze_decoder_bn_at <= 1,
@@ -224,8 +270,8 @@ class ModelConfig:
         _check(0 < self.channel_scale <= 1,
                f"model.channel_scale must be in (0, 1]; got {self.channel_scale}")
         _check(self.channel_scale == 1 or self.images,
-               f"model.channel_scale applies to image networks (model.nets={self.nets} is the "
-               "2-D family)")
+               f"model.channel_scale applies to image networks (model.nets={self.nets} works "
+               "on vectors)")
         on = [k for k in SECTIONS if getattr(self, k) is not None]
         for key in on:
             _check(isinstance(getattr(self, key), SECTIONS[key]),
@@ -281,11 +327,12 @@ class ModelConfig:
         return self
 
 
-DATA_NAMES = ("grid", "ring", "mnist", "cifar10", "svhn", "celeba", "imagenet64", "folder", "npz")
+DATA_NAMES = ("grid", "ring", "mnist", "cifar10", "svhn", "celeba", "imagenet64", "folder", "npz",
+              "table")
 STREAM_MODES = ("auto", "on", "off")
 CACHE_MODES = ("auto", "on", "off")
 SPLIT_ORDERS = ("auto", "shuffled", "stored")
-SHUFFLED_BY_DEFAULT = ("folder", "npz")
+SHUFFLED_BY_DEFAULT = ("folder", "npz", "table")
 """Datasets whose splits ``data.split_order=auto`` shuffles before cutting them: a user's files
 have no meaningful order (a folder is read class by class, so an unshuffled range would hold
 out whole classes). The standard datasets keep their official order, which their protocols'
@@ -312,9 +359,13 @@ class DataConfig:
 
     name: str = "grid"
     """grid (25 Gaussians) | ring (8 Gaussians) | mnist | cifar10 | svhn | celeba | imagenet64 |
-    folder | npz."""
+    folder | npz | table (feature vectors: a CSV or npz file, or a folder of train.csv and
+    test.csv)."""
     root: str = ""
-    """Folder holding the dataset's official files (npz: the .npz file itself)."""
+    """Folder holding the dataset's official files (npz, table: the file itself)."""
+    label_column: str = ""
+    """table, CSV: the column of class labels, by header name or 0-based index (integers, or
+    names numbered in sorted order); empty: no labels. An npz table's labels are its y arrays."""
     n_train: int = 100_000
     """2-D datasets: training points."""
     n_test: int = 10_000
@@ -941,6 +992,26 @@ def _tiny() -> Config:
     """A minuscule image model (8x8x3, latent 4) for tests and smoke runs, on any 8x8 RGB
     dataset (an npz file by default: --set data.root=FILE.npz)."""
     return _image("tiny", 4, 16, 20, DataConfig(name="npz"), log_every=5, checkpoint_every=10)
+
+
+@register("table")
+def _table() -> Config:
+    """ALI on feature vectors (beyond the paper): a CSV or npz table (``--set data.root=FILE``;
+    ``data.label_column`` names a CSV's labels), the ``mlp`` networks, the width filled in
+    from the data and every feature standardised with the training split's statistics.
+    A single file is the split ``all``: ``data.holdout`` of it (stratified by class where it
+    has labels) is held out, or cut it with ``data.train_range`` / ``data.test_range`` (in the
+    shuffled order of ``data.split_seed``); an npz of x_train/x_test or a folder of
+    train.csv/test.csv has its own splits."""
+    return Config(
+        name="table",
+        model=ModelConfig(kind="ali", nets="mlp", latent_dim=TABLE_LATENT, encoder="gaussian",
+                          width=TABLE_WIDTH, disc_width=TABLE_WIDTH, disc_layers=2,
+                          maxout_pieces=2),
+        data=DataConfig(name="table"),
+        train=TrainConfig(steps=TABLE_STEPS, batch_size=64, lr=2e-4, beta1=0.5, beta2=0.999,
+                          lr_schedule="constant", log_every=250, checkpoint_every=1_000),
+    )
 
 
 # ---------------------------------------------------------------------------- labels (4.3-4.4)

@@ -27,7 +27,8 @@ from .anomaly import ALPHA, anomaly_score
 from .errors import ConditionError, DataError, EncoderError
 from .nets import family
 from .nets.parts import (ConditionedNet, Conditioning, JointDiscriminator,  # noqa: F401
-                         MarginalDiscriminator, StochasticEncoder, condition_vector, evaluating)
+                         MarginalDiscriminator, Standardize, StochasticEncoder,
+                         condition_vector, evaluating)
 if TYPE_CHECKING:
     import numpy as np
 
@@ -41,6 +42,10 @@ pre-activation outputs of the encoder blocks the network family names in ``svm_l
 PRETRAINED_WEIGHTS = "model.safetensors"
 PRETRAINED_CONFIG = "config.json"
 PRETRAINED_FORMAT = "ali-pretrained-1"
+
+DISCRIMINATORS = ("discriminator", "joint_discriminator", "d_xx", "d_zz")
+"""The attributes that hold a model's discriminators, where it has them (D, gan_posthoc's
+joint D, ALAD's D_xx and D_zz): what ``parameters_d`` and spectral normalisation cover."""
 
 
 class GenerativeModel(nn.Module):
@@ -77,6 +82,9 @@ class GenerativeModel(nn.Module):
         self.discriminator = discriminator
         self.latent_shape = tuple(latent_shape)
         self.embed = embed
+        # Feature-vector models (the mlp family) standardise x with the training split's
+        # statistics: set by ali.build.build_model, fitted by the run's data initialisation.
+        self.scaler: Standardize | None = None
 
     # ------------------------------------------------------------------ conditioning
     @property
@@ -167,13 +175,21 @@ class GenerativeModel(nn.Module):
                             f"{tuple(x.shape)}{hint}")
         images = want is None or len(want) >= 3
         if x.dtype == torch.uint8:
-            return x.float() / 255 if images else x.float()
+            return x.float() / 255 if images else self.standardized(x.float())
         if not x.is_floating_point():
             raise DataError(f"x must be uint8 or floating point; got {x.dtype}")
         if images and len(x) and (float(x.min()) < 0 or float(x.max()) > 1):
             raise DataError(f"image pixels must be uint8 or floats in [0, 1]; got values in "
                             f"[{float(x.min()):.4g}, {float(x.max()):.4g}] (divide by 255?)")
-        return x.float()
+        return x.float() if images else self.standardized(x.float())
+
+    def standardized(self, x: Tensor) -> Tensor:
+        """x in the units the networks take: feature vectors standardised with the training
+        split's statistics (``model.scaler``); anything else as it is. :meth:`as_input`,
+        :meth:`features`, :meth:`anomaly_score` and :meth:`losses` apply it; the tensor-level
+        methods (``encode``, ``decode``, ``reconstruct``, ``sample``) work in those units
+        (``model.scaler.inverse`` maps back)."""
+        return x if self.scaler is None else self.scaler(x)
 
     @torch.no_grad()
     def features(self, x: Tensor | "np.ndarray", y: Tensor | None = None, kind: str = "mu",
@@ -250,9 +266,13 @@ class GenerativeModel(nn.Module):
         return out
 
     # ------------------------------------------------------------------ training
+    def discriminators(self) -> list[nn.Module]:
+        """Every discriminator of the model (see :data:`DISCRIMINATORS`)."""
+        return [d for d in (getattr(self, n, None) for n in DISCRIMINATORS) if d is not None]
+
     def parameters_d(self) -> list[nn.Parameter]:
-        """Parameters the discriminator loss ``d`` updates."""
-        return [] if self.discriminator is None else list(self.discriminator.parameters())
+        """Parameters the discriminator loss ``d`` updates: those of every discriminator."""
+        return [p for d in self.discriminators() for p in d.parameters()]
 
     def parameters_g(self) -> list[nn.Parameter]:
         """Parameters the generator loss ``g`` updates (encoder and decoder)."""
@@ -278,8 +298,9 @@ class GenerativeModel(nn.Module):
                labelled: tuple[Tensor, Tensor] | None = None) -> Losses:
         """The losses of one step on data ``x`` (B, *data) and prior draws ``z`` (B, *latent);
         conditional models get the batch's conditions ``y``, semi-supervised ones a labelled
-        batch ``(x_l, y_l)``. One forward pass feeds both losses."""
-        return self.objective(self, x, z, y, labelled)
+        batch ``(x_l, y_l)``. One forward pass feeds both losses. Feature vectors are
+        standardised first (:meth:`standardized`)."""
+        return self.objective(self, self.standardized(x), z, y, labelled)
 
     # ------------------------------------------------------------------ p(x, z)
     def sample_prior(self, n: int) -> Tensor:
@@ -412,16 +433,20 @@ class ALI(GenerativeModel):
 
     The objective (:func:`ali.objectives.build_objective`) is the game of Algorithm 1, plus
     whatever terms the config adds (ALICE's cycle term, R1, a K+1 discriminator for
-    semi-supervised learning); ``embed`` makes it conditional ALI (Eq. 7).
+    semi-supervised learning, ALAD's games); ``embed`` makes it conditional ALI (Eq. 7).
+    ALAD's discriminators ``d_xx`` (on (x, x')) and ``d_zz`` (on (z, z')) are None without
+    ``model.alad``.
     """
 
     def __init__(self, encoder: StochasticEncoder, decoder: nn.Module,
                  discriminator: JointDiscriminator, latent_shape: tuple[int, ...],
                  objective: Objective | None = None, runs: int = 1,
-                 embed: Conditioning | None = None) -> None:
+                 embed: Conditioning | None = None, d_xx: JointDiscriminator | None = None,
+                 d_zz: JointDiscriminator | None = None) -> None:
         objective = objective or Objective([JointGame(GEN_LOSS)])
         super().__init__(decoder, latent_shape, objective, encoder=encoder,
                          discriminator=discriminator, embed=embed, runs=runs)
+        self.d_xx, self.d_zz = d_xx, d_zz
 
     @property
     def semi_supervised(self) -> bool:

@@ -18,6 +18,7 @@ The terms:
 - :class:`PostHoc`: a GAN first, then inference learned with the ALI game against the frozen
   decoder (section 2.2).
 - :class:`ELBO`: the VAE's evidence lower bound.
+- :class:`AladGames`: ALAD's D_xx and D_zz games (Zenati et al., 2018).
 - :class:`FreezeDecoderBN`: no loss; from a fraction of training on, the decoder's batch norm
   uses its running statistics.
 
@@ -126,6 +127,13 @@ class Forward:
         return self._get("x_rec", self._decode)
 
     @property
+    def z_rec(self) -> Tensor:
+        """E(G(z)): (B, *latent), the encoder's sample of the decoder's x_tilde."""
+        def make() -> None:
+            self._cache["z_rec"] = self.model.encoder(self.x_tilde, *self.c)
+        return self._get("z_rec", make)
+
+    @property
     def x_real(self) -> Tensor:
         """The discriminator's view of x: a fresh leaf when R1 needs d D / d x."""
         def make() -> None:
@@ -155,14 +163,15 @@ class Term:
 
 
 def _adversarial(out: Losses, s_q: Tensor, s_p: Tensor, gen_loss: str,
-                 with_d: bool = True) -> None:
+                 with_d: bool = True, weight: float = 1.0, prefix: str = "") -> None:
     """Algorithm 1's losses on logits of the 'real' pairs ``s_q`` and the 'fake' ones ``s_p``
-    (B, R), in fp32 whatever the precision of the forward pass."""
+    (B, R), in fp32 whatever the precision of the forward pass, times ``weight``; the
+    accuracies are logged under ``prefix``."""
     s_q, s_p = L.fp32(s_q), L.fp32(s_p)
     if with_d:
-        out.add_d(L.discriminator_loss(s_q, s_p))
-    out.add_g(L.generator_loss(s_q, s_p, gen_loss))
-    out.stats.update(L.discriminator_accuracy(s_q, s_p))
+        out.add_d(weight * L.discriminator_loss(s_q, s_p))
+    out.add_g(weight * L.generator_loss(s_q, s_p, gen_loss))
+    out.stats.update({prefix + k: v for k, v in L.discriminator_accuracy(s_q, s_p).items()})
 
 
 class JointGame(Term):
@@ -322,6 +331,27 @@ class ELBO(Term):
         out.stats.update({"nll": rec.detach() / f.runs, "kl": kl.detach() / f.runs})
 
 
+class AladGames(Term):
+    """ALAD's two cycle games (Zenati et al., 2018), beside the joint game: D_xx tells the
+    pairs (x, x) from (x, G(E(x))) and D_zz tells (z, z) from (z, E(G(z))), each with
+    Algorithm 1's losses (the generator's pushes the reconstructions to pass as the identity
+    pairs). Each discriminator sees its real and fake pairs as one batch of 2B. D_zz's game
+    is left out at ``zz_weight`` 0 (the model then has no ``d_zz``)."""
+
+    needs = frozenset({"x_rec"})
+
+    def __init__(self, gen_loss: str, xx_weight: float, zz_weight: float) -> None:
+        self.gen_loss, self.xx_weight, self.zz_weight = gen_loss, xx_weight, zz_weight
+
+    def __call__(self, f: Forward, out: Losses) -> None:
+        m, x, z = f.model, f.x, f.z
+        s_q, s_p = m.d_xx(torch.cat([x, x]), torch.cat([x, f.x_rec])).chunk(2)    # (B, R)
+        _adversarial(out, s_q, s_p, self.gen_loss, weight=self.xx_weight, prefix="xx_")
+        if self.zz_weight > 0:
+            s_q, s_p = m.d_zz(torch.cat([z, z]), torch.cat([z, f.z_rec])).chunk(2)  # (B, R)
+            _adversarial(out, s_q, s_p, self.gen_loss, weight=self.zz_weight, prefix="zz_")
+
+
 class FreezeDecoderBN(Term):
     """No loss: from ``at`` x the run's steps on, the decoder's batch norm normalises with its
     running statistics, frozen (its scale and shift keep training), so the decoder is trained
@@ -392,6 +422,8 @@ def build_objective(m: "ModelConfig") -> Objective:
         terms.append(InverseMapping())
     if m.cycle is not None:
         terms.append(Cycle(m.cycle.weight))
+    if m.alad is not None:
+        terms.append(AladGames(m.gen_loss, m.alad.xx_weight, m.alad.zz_weight))
     if m.freeze_decoder_bn_at < 1:
         terms.append(FreezeDecoderBN(m.freeze_decoder_bn_at))
     return Objective(terms)

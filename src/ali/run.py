@@ -107,13 +107,33 @@ def resolve_labels(cfg: Config, dataset: Dataset) -> Config:
     return with_labels(cfg, k, attributes)
 
 
+def resolve_data_dim(cfg: Config, dataset: Dataset) -> Config:
+    """``cfg`` with ``model.data_dim`` filled in from the dataset's feature vectors where the
+    network family takes it (``mlp``) and the config leaves it at 0; a one-line error when a
+    set width differs from the data's."""
+    m = cfg.model
+    if m.images or m.nets == "toy":
+        return cfg
+    have = tuple(dataset.data_shape or tuple(dataset.train.shape[1:]))
+    if len(have) != 1:
+        raise ConfigError(f"the {m.nets} networks take feature vectors (N, D); dataset "
+                          f"{dataset.name!r} has items of shape {list(have)}")
+    if m.data_dim and m.data_dim != have[0]:
+        raise ConfigError(f"model.data_dim={m.data_dim} but dataset {dataset.name!r} has "
+                          f"{have[0]} features")
+    return dataclasses.replace(cfg, model=dataclasses.replace(m, data_dim=have[0]))
+
+
 def init_from_data_(model: Any, dataset: Dataset) -> None:
-    """Data-dependent initialisation: the decoder's per-pixel bias, where it has one."""
+    """Data-dependent initialisation: the decoder's per-pixel bias, where it has one; a
+    feature-vector model's standardisation, from the whole training split."""
     from .nets.conv import PixelBias, init_decoder_bias_
 
     if any(isinstance(m, PixelBias) for m in model.decoder.modules()):
         x0 = first_items(dataset, DECODER_BIAS_IMAGES)
         init_decoder_bias_(model, x0)
+    if getattr(model, "scaler", None) is not None:
+        model.scaler.fit_(first_items(dataset, len(dataset.train)))
 
 
 @dataclass
@@ -243,7 +263,7 @@ def build_run(cfg: Config, device: torch.device, ctx: distributed.Context | None
         # Record the data actually trained on (a dataset loaded with other settings and given
         # from Python), so that every command reading the run folder finds it.
         cfg = dataclasses.replace(cfg, data=dataset.config)
-    cfg = resolve_labels(cfg, dataset)
+    cfg = resolve_data_dim(resolve_labels(cfg, dataset), dataset)
     if model is None:
         model = build_model(cfg)
     model.to(device).train()

@@ -278,7 +278,8 @@ def _cut(cfg: DataConfig, x: Any, y: Tensor | None, order: np.ndarray, range_tex
         x = x.select(picked) if isinstance(x, ImageSource) else x[torch.from_numpy(picked)]
         y = None if y is None else y[torch.from_numpy(picked)]
     if isinstance(x, Tensor):
-        x = convert(x, cfg.image_size, cfg.channels)
+        if x.dim() == 4:                                # images (feature vectors: as read)
+            x = convert(x, cfg.image_size, cfg.channels)
     return x, y
 
 

@@ -79,17 +79,53 @@ def _npz(path: Path) -> np.ndarray:
 
 def _csv(path: Path) -> np.ndarray:
     """The numeric rows of a CSV; a header row of names is skipped."""
-    with open(path, newline="") as f:
-        rows = [r for r in csv.reader(f) if r]
-    if rows and not _numeric(rows[0]):
-        rows = rows[1:]                                 # a header
+    return read_csv_table(path)[0]
+
+
+def read_csv_table(path: Path, label_column: str = "") -> tuple[np.ndarray, list[str] | None]:
+    """(features (N, D) float64, the label column's N values as text or None) of a CSV of
+    feature vectors. A first row that is not all numbers is a header of names (skipped).
+    ``label_column``: the column holding labels, by header name or 0-based index; "" for none.
+
+    A one-line :class:`~ali.errors.DataError` for a text value among the features, rows of
+    different lengths, NaN or infinite values, or an unknown label column.
+    """
+    try:
+        with open(path, newline="") as f:
+            rows = [r for r in csv.reader(f) if r]
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise DataError(f"{path} is not a readable CSV file ({type(e).__name__})") from None
+    header = rows[0] if rows and not _numeric(rows[0]) else None
+    if header is not None:
+        rows = rows[1:]
+    col = None
+    if label_column:
+        names = [h.strip() for h in header] if header is not None else []
+        if label_column in names:
+            col = names.index(label_column)
+        elif label_column.lstrip("-").isdigit():
+            col = int(label_column)
+        else:
+            raise DataError(f"{path} has no column {label_column!r}"
+                            + (f" (columns: {', '.join(names)})" if names else " (no header)"))
+    if not rows or len({len(r) for r in rows}) != 1:
+        raise DataError(f"{path}: the rows must all have the same number of values")
+    width = len(rows[0])
+    if col is not None and not -width <= col < width:
+        raise DataError(f"{path}: label column {col} is out of range (rows have {width} values)")
+    labels = None
+    if col is not None:
+        col %= width
+        labels = [r[col].strip() for r in rows]
+        rows = [r[:col] + r[col + 1:] for r in rows]
     for i, r in enumerate(rows):
         if not _numeric(r):
             bad = next(v for v in r if not _is_number(v))
             raise DataError(f"{path}: row {i + 1} has a non-numeric value {bad!r}")
-    if not rows or len({len(r) for r in rows}) != 1:
-        raise DataError(f"{path}: the rows must all have the same number of values")
-    return np.asarray(rows, dtype=np.float64)
+    a = np.asarray(rows, dtype=np.float64)
+    if not np.isfinite(a).all():
+        raise DataError(f"{path}: {int((~np.isfinite(a)).sum())} values are NaN or infinite")
+    return a, labels
 
 
 def _is_number(v: str) -> bool:

@@ -610,7 +610,111 @@ def npz(cfg: DataConfig) -> Spec:
                 hint=f"{path.name} has no array 'x_{{name}}'")
 
 
+# --------------------------------------------------------------------------- feature vectors
+
+TABLE_SPLITS = ("train", "valid", "test")
+"""The files of a table folder (``NAME.csv``) and the arrays of a table npz (``x_NAME``,
+``y_NAME``); a single CSV, or an npz of ``x`` (and ``y``), is the split ``all`` (also called
+``train``): carve a held-out part with ``data.train_range`` / ``data.test_range``."""
+
+
+def _table_arrays(cfg: DataConfig, path: Path) -> dict[str, tuple[np.ndarray, Any]]:
+    """{split: (features (N, D) float64, labels: (N,) ints, N label names, or None)}."""
+    from .inputs import read_csv_table
+
+    if path.is_dir():
+        files = {n: path / f"{n}.csv" for n in TABLE_SPLITS if (path / f"{n}.csv").is_file()}
+        if not files:
+            raise DataError(f"{path} holds none of {', '.join(f'{n}.csv' for n in TABLE_SPLITS)}")
+        return {n: read_csv_table(f, cfg.label_column) for n, f in files.items()}
+    if path.suffix.lower() == ".csv":
+        return {"all": read_csv_table(path, cfg.label_column)}
+    if path.suffix.lower() != ".npz":
+        raise DataError(f"data.root={cfg.root}: a table is a .csv or .npz file, or a folder of "
+                        f"train.csv and test.csv")
+    if cfg.label_column:
+        raise ConfigError("data.label_column is for CSV tables; an npz table's labels are its "
+                          "y, y_train, y_test arrays")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            arrays = {k: f[k] for k in f.files}
+    except Exception as e:
+        raise DataError(f"{path} is truncated or not an .npz file ({one_line(e)})") from None
+    names = {n: (f"x_{n}", f"y_{n}") for n in TABLE_SPLITS} if "x" not in arrays else {
+        "all": ("x", "y")}
+    out = {}
+    for split, (kx, ky) in names.items():
+        if kx not in arrays:
+            continue
+        x = arrays[kx]
+        if x.ndim != 2 or not (np.issubdtype(x.dtype, np.number) or x.dtype == bool):
+            raise DataError(f"{path}: {kx!r} must be numbers of shape (N, D); got {x.dtype} "
+                            f"{list(x.shape)}")
+        x = x.astype(np.float64)
+        if not np.isfinite(x).all():
+            raise DataError(f"{path}: {kx!r} has {int((~np.isfinite(x)).sum())} NaN or "
+                            "infinite values")
+        y = arrays.get(ky)
+        if y is not None and (y.ndim != 1 or len(y) != len(x)
+                              or not np.issubdtype(y.dtype, np.integer) or (y < 0).any()):
+            raise DataError(f"{path}: {ky!r} must hold {len(x)} class indices >= 0; got "
+                            f"{y.dtype} {list(y.shape)}")
+        out[split] = (x, y)
+    if not out:
+        raise DataError(f"{path} has no array 'x' or 'x_train' (it has: {', '.join(arrays)})")
+    return out
+
+
+def _integer(text: str) -> int | None:
+    """``text`` as an integer class ("3", "3.0"), or None for a class name."""
+    try:
+        v = float(text)
+    except ValueError:
+        return None
+    return int(v) if v.is_integer() else None
+
+
+def table(cfg: DataConfig) -> Spec:
+    """Feature vectors (N, D) as float32, from a CSV file (``data.label_column`` names its
+    labels), an npz file (``x``/``y``, or ``x_train``/``y_train`` and ``x_test``/``y_test``)
+    or a folder of ``train.csv``, ``valid.csv``, ``test.csv``. Text labels are numbered in
+    sorted order (``label_names``); every split must have the same width."""
+    path = _root(cfg)
+    arrays = _table_arrays(cfg, path)
+    widths = {n: a[0].shape[1] for n, a in arrays.items()}
+    if len(set(widths.values())) != 1:
+        raise DataError(f"{path}: the splits have different widths "
+                        f"({', '.join(f'{n}: {w}' for n, w in widths.items())})")
+    labels = [a[1] for a in arrays.values() if a[1] is not None]
+    names = None
+    if labels and len(labels) != len(arrays):
+        raise DataError(f"{path}: some splits have labels and some do not")
+    if any(isinstance(y, list) for y in labels):
+        texts = [v for y in labels for v in y]
+        numbers = [_integer(v) for v in texts]
+        if None not in numbers:                           # integer classes ("3", "3.0")
+            if min(numbers, default=0) < 0:
+                raise DataError(f"{path}: class labels must be >= 0")
+            labels = [np.array([_integer(v) for v in y], dtype=np.int64) for y in labels]
+        else:
+            names = sorted(set(texts))
+            index = {v: i for i, v in enumerate(names)}
+            labels = [np.array([index[v] for v in y], dtype=np.int64) for y in labels]
+    if names:
+        k: int | None = len(names)
+    else:
+        k = (int(max(y.max() for y in labels if y.size)) + 1 if any(y.size for y in labels)
+             else None)
+    parts = {n: (torch.from_numpy(x.astype(np.float32)),
+                 None if not labels else torch.from_numpy(labels[i].astype(np.int64)))
+             for i, (n, (x, _)) in enumerate(arrays.items())}
+    splits: dict[str, Callable[[], Part]] = {
+        n: functools.partial(lambda p: p, p) for n, p in parts.items()}
+    return Spec(splits, num_classes=k, label_names=names,
+                aliases={"train": "all"} if "all" in parts else {})
+
+
 READERS: dict[str, Callable[[DataConfig], Spec]] = {
     "mnist": mnist, "cifar10": cifar10, "svhn": svhn, "celeba": celeba,
-    "imagenet64": imagenet64, "folder": folder, "npz": npz,
+    "imagenet64": imagenet64, "folder": folder, "npz": npz, "table": table,
 }

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from ..config import ANOMALY_SCORES
 from ..errors import AliError
 from . import FEATURE_KINDS
 from .registry import EvalContext, metric, option
@@ -324,10 +325,10 @@ def _diversity(ctx: EvalContext, model, per_class: int = 100) -> float | None:
         option("--normal-class", type=int,
                help="the normal class K: held-out K against every other class (default: the "
                     "run's data.normal_class)"),
-        option("--score", choices=("l1", "l2", "fm", "logit", "egbad"), default="egbad",
+        option("--score", choices=ANOMALY_SCORES, default="egbad",
                help="higher is more anomalous (ali.anomaly): reconstruction distance l1/l2, "
-                    "discriminator features fm, minus D's logit, or EGBAD's alpha*l1 + "
-                    "(1-alpha)*fm"),
+                    "discriminator features fm, minus D's logit, EGBAD's alpha*l1 + "
+                    "(1-alpha)*fm, or ALAD's D_xx feature distance alad"),
         option("--alpha", type=float, default=0.9, help="egbad's weight of l1"),
         option("--batch-size", type=int, default=500, help="items per forward pass"),
         variant=lambda o: o.score)

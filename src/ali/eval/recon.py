@@ -25,7 +25,8 @@ from .features import batches, conditions
 def reconstructions(model: GenerativeModel, data: Any, mean: bool = False,
                     device: str | torch.device = "cpu", batch_size: int = 500,
                     labels: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    """(originals, reconstructions), float in [0, 1] on the CPU, the model in eval mode.
+    """(originals, reconstructions), float in [0, 1] on the CPU, the model in eval mode
+    (feature vectors: both standardised as the model sees them, :meth:`standardized`).
 
     ``labels``: the examples' labels, which a conditional model encodes and decodes each
     example with (other models ignore them)."""
@@ -35,7 +36,7 @@ def reconstructions(model: GenerativeModel, data: Any, mean: bool = False,
     xs, rs = [], []
     with evaluating(model):
         for i, x in enumerate(batches(data, size=batch_size)):
-            x = x.to(device)
+            x = model.standardized(x.to(device))
             y = None if ys is None else ys[i * batch_size:(i + 1) * batch_size].to(device)
             z = model.encode_mean(x, y) if mean else model.encode(x, y)
             xs.append(x.cpu())

@@ -4,7 +4,8 @@ A family module exports ``encoder(cfg)``, ``decoder(cfg)``, ``discriminator(cfg,
 ``latent_shape(cfg)`` and ``data_shape(cfg)``, where ``cfg`` is a
 :class:`~ali.config.ModelConfig`.
 
-Families: ``toy`` (section 4.5's 2-D networks); the paper's image models ``cifar10``, ``svhn``,
+Families: ``toy`` (section 4.5's 2-D networks); ``mlp`` (the same MLPs on feature vectors of
+``model.data_dim`` features, for tabular data); the paper's image models ``cifar10``, ``svhn``,
 ``celeba`` and ``imagenet64`` (Tables 3-6, as the original code built them); ``mnist`` (our own
 small design) and ``tiny`` (for tests). The image families are tables of layers built by
 :mod:`ali.nets.conv`; :func:`init_decoder_bias_` sets their decoder's per-pixel output bias from
@@ -17,12 +18,17 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
+from torch import nn
+
+from ..config import ModelConfig
 from ..errors import ConfigError
 from .conv import condition_embedding, init_decoder_bias_
 
-__all__ = ["FAMILIES", "condition_embedding", "family", "init_decoder_bias_", "nearest_family"]
+__all__ = ["FAMILIES", "condition_embedding", "family", "init_decoder_bias_", "nearest_family",
+           "pair_discriminator"]
 
-FAMILIES = ("toy", "cifar10", "svhn", "celeba", "imagenet64", "mnist", "tiny")
+FAMILIES = ("toy", "mlp", "cifar10", "svhn", "celeba", "imagenet64", "mnist", "tiny")
+PAIR_SIDES = ("x", "z")
 
 
 def family(name: str) -> ModuleType:
@@ -48,3 +54,19 @@ def nearest_family(shape: tuple[int, int, int], names: tuple[str, ...]) -> str:
     same = [n for n in names if shape_of(n)[0] == shape[0]] or list(names)
     side = max(shape[1], shape[2])
     return min(same, key=lambda n: abs(math.log(shape_of(n)[1] / side)))
+
+
+def pair_discriminator(cfg: ModelConfig, on: str) -> nn.Module:
+    """ALAD's D_xx (``on="x"``) or D_zz (``on="z"``) of the family ``cfg.nets``: its module's
+    ``pair_discriminator(cfg, on)``, or its ``FAMILY`` table's; a one-line
+    :class:`~ali.errors.ConfigError` for a family that has neither."""
+    if on not in PAIR_SIDES:
+        raise ValueError(f"on must be one of {PAIR_SIDES}; got {on!r}")
+    fam = family(cfg.nets)
+    build = getattr(fam, "pair_discriminator", None)
+    if build is not None:
+        return build(cfg, on)
+    table = getattr(fam, "FAMILY", None)
+    if table is None:
+        raise ConfigError(f"model.alad: the {cfg.nets} networks have no D_xx / D_zz")
+    return table.build_pair_discriminator(cfg, on)

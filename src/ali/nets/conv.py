@@ -277,6 +277,18 @@ class ConvFamily:
         d_xz = self._stack(in_xz, table, cfg)
         return JointDiscriminator(d_x, d_z, d_xz, cat_dim=1, embed=embed)
 
+    def build_pair_discriminator(self, cfg: ModelConfig, on: str) -> JointDiscriminator:
+        """ALAD's D_xx(x, x') (``on="x"``) or D_zz(z, z') (``on="z"``), from the family's own
+        tables: each side of the pair through its own D(x) (or D(z)) stack, the two feature
+        maps concatenated into a copy of the joint stack, which outputs one logit."""
+        self._check(cfg)
+        if on == "x":
+            a, b = (self._stack(self.image_shape[0], self.disc_x, cfg) for _ in range(2))
+        else:
+            a, b = (self._stack(cfg.latent_dim, self.disc_z, cfg) for _ in range(2))
+        pair = self._stack(out_channels(a) + out_channels(b), self.disc_joint, cfg)
+        return JointDiscriminator(a, b, pair, cat_dim=1)
+
     def latent_shape(self, cfg: ModelConfig) -> tuple[int, ...]:
         return (cfg.latent_dim, 1, 1)
 
@@ -284,7 +296,9 @@ class ConvFamily:
         return self.image_shape
 
     def exports(self) -> tuple[Callable, ...]:
-        """(encoder, decoder, discriminator, latent_shape, data_shape) for a family module."""
+        """(encoder, decoder, discriminator, latent_shape, data_shape) for a family module
+        (ALAD's pair discriminators: :meth:`build_pair_discriminator`, found through
+        ``FAMILY`` by :func:`ali.nets.pair_discriminator`)."""
         return (self.build_encoder, self.build_decoder, self.build_discriminator,
                 self.latent_shape, self.data_shape)
 

@@ -130,3 +130,24 @@ def init_normal_(module: nn.Module, std: float) -> None:
             nn.init.normal_(m.weight, 0.0, std)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
+
+
+SPECTRAL_NORMED = (RunLinear, nn.Linear, nn.Conv2d, nn.ConvTranspose2d)
+
+
+def spectral_norm_(module: nn.Module) -> nn.Module:
+    """Spectral normalisation (Miyato et al., 2018) of the weight of every linear, run-linear
+    and convolutional layer in ``module``, in place; returns ``module``. A
+    :class:`RunLinear`'s weight (1, in, out) is normalised as its (out, in) matrix (its last
+    dim first), so it must hold a single run."""
+    from torch.nn.utils.parametrizations import spectral_norm
+
+    layers = [m for m in module.modules() if isinstance(m, SPECTRAL_NORMED)]
+    for m in layers:
+        if isinstance(m, RunLinear):
+            if m.weight.shape[0] != 1:
+                raise ValueError("spectral norm of a run-batched layer would mix its runs")
+            spectral_norm(m, dim=2)
+        else:
+            spectral_norm(m)    # a transposed conv's output dim (1) is found by torch
+    return module

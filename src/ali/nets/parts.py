@@ -2,7 +2,8 @@
 
 :class:`StochasticEncoder` (q(z | x)), :class:`JointDiscriminator` (D(x, z)),
 :class:`MarginalDiscriminator` (a GAN's D(x)), :class:`ConditionedNet` and
-:class:`Conditioning` (how conditional ALI, Eq. 7, hands y to a network). This package is a
+:class:`Conditioning` (how conditional ALI, Eq. 7, hands y to a network),
+:class:`Standardize` (the feature-vector models' input scaling). This package is a
 leaf: the model code imports it, never the reverse.
 """
 
@@ -164,6 +165,37 @@ class Conditioning(nn.Linear):
             raise ConditionError("an attribute-conditional model needs y: (n, K) 0/1 attributes "
                                  "(every attribute vector is as good a default as another)")
         return torch.arange(n, device=device) % self.label_dim
+
+
+MIN_STD = 1e-8
+"""A feature whose training std is below this is constant: it is centred, not scaled."""
+
+
+class Standardize(nn.Module):
+    """``(x - mean) / std`` per feature, with the training split's statistics held as buffers
+    (saved with the weights, so new data is scored in the units the model was trained in): how
+    a model on feature vectors (the ``mlp`` family) sees its input."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("std", torch.ones(dim))
+
+    @torch.no_grad()
+    def fit_(self, x: Tensor) -> None:
+        """Set the statistics from training data ``x`` (N, D)."""
+        x = x.to(self.mean.device, torch.float64)
+        std = x.std(0) if len(x) > 1 else torch.zeros_like(x[0])
+        self.mean.copy_(x.mean(0))
+        self.std.copy_(torch.where(std > MIN_STD, std, torch.ones_like(std)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        # x: (B, D) in the data's units -> (B, D) standardised
+        return (x - self.mean.to(x.device)) / self.std.to(x.device)
+
+    def inverse(self, x: Tensor) -> Tensor:
+        """Standardised (B, D) back to the data's units (e.g. the model's samples)."""
+        return x * self.std.to(x.device) + self.mean.to(x.device)
 
 
 @contextlib.contextmanager

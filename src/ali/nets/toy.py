@@ -69,31 +69,67 @@ def _built(layers: list[nn.Module], cfg: ModelConfig) -> ToyNet:
     return net
 
 
-def encoder(cfg: ModelConfig) -> StochasticEncoder:
-    """q(z | x): the toy encoder MLP wrapped by the configured kind of posterior."""
+# The builders take the data dimension ``dim``: the toy family fixes it at ``DATA_DIM``, the
+# ``mlp`` family (feature vectors, :mod:`ali.nets.mlp`) takes it from ``model.data_dim``.
+
+def build_encoder(cfg: ModelConfig, dim: int) -> StochasticEncoder:
+    """q(z | x) on ``dim``-dimensional x: an MLP wrapped by the configured kind of posterior."""
     noise = cfg.noise_dim if cfg.encoder == "noise" else 0
     out = 2 * cfg.latent_dim if cfg.encoder == "gaussian" else cfg.latent_dim
-    net = _built(_mlp(cfg.runs, [DATA_DIM + noise, cfg.width, cfg.width], out), cfg)
+    net = _built(_mlp(cfg.runs, [dim + noise, cfg.width, cfg.width], out), cfg)
     return StochasticEncoder(net, cfg.encoder, cfg.latent_dim, noise, dim=-1)
+
+
+def build_decoder(cfg: ModelConfig, dim: int) -> ToyNet:
+    """p(x | z) = delta(x - G(z)): four hidden layers of ``cfg.width``, ``dim`` outputs."""
+    return _built(_mlp(cfg.runs, [cfg.latent_dim] + [cfg.width] * 4, dim), cfg)
+
+
+def build_discriminator(cfg: ModelConfig, dim: int, joint: bool = True) -> nn.Module:
+    """D(x, z) on concat(x, z) (``joint``), or the GAN's D(x)."""
+    if joint:
+        d_xz = _built(_maxout_stack(cfg.runs, dim + cfg.latent_dim, cfg), cfg)
+        return JointDiscriminator(nn.Identity(), nn.Identity(), d_xz, cat_dim=-1)
+    head = _built(_maxout_stack(cfg.runs, dim, cfg), cfg)
+    return MarginalDiscriminator(nn.Identity(), head)
+
+
+def build_pair_discriminator(cfg: ModelConfig, dim: int, on: str) -> JointDiscriminator:
+    """ALAD's D_xx(x, x') (``on="x"``) or D_zz(z, z') (``on="z"``): the maxout stack of the
+    joint discriminator on the concatenated pair."""
+    width = dim if on == "x" else cfg.latent_dim
+    pair = _built(_maxout_stack(cfg.runs, 2 * width, cfg), cfg)
+    return JointDiscriminator(nn.Identity(), nn.Identity(), pair, cat_dim=-1)
+
+
+def encoder(cfg: ModelConfig) -> StochasticEncoder:
+    """q(z | x): the toy encoder MLP wrapped by the configured kind of posterior."""
+    return build_encoder(cfg, DATA_DIM)
 
 
 def decoder(cfg: ModelConfig) -> ToyNet:
     """p(x | z) = delta(x - G(z)): four hidden layers of ``cfg.width``."""
-    return _built(_mlp(cfg.runs, [cfg.latent_dim] + [cfg.width] * 4, DATA_DIM), cfg)
+    return build_decoder(cfg, DATA_DIM)
 
 
 def discriminator(cfg: ModelConfig, joint: bool = True) -> nn.Module:
     """D(x, z) on concat(x, z) (``joint``), or the GAN's D(x)."""
-    if joint:
-        d_xz = _built(_maxout_stack(cfg.runs, DATA_DIM + cfg.latent_dim, cfg), cfg)
-        return JointDiscriminator(nn.Identity(), nn.Identity(), d_xz, cat_dim=-1)
-    head = _built(_maxout_stack(cfg.runs, DATA_DIM, cfg), cfg)
-    return MarginalDiscriminator(nn.Identity(), head)
+    return build_discriminator(cfg, DATA_DIM, joint)
+
+
+def pair_discriminator(cfg: ModelConfig, on: str) -> JointDiscriminator:
+    """ALAD's D_xx (``on="x"``) or D_zz (``on="z"``)."""
+    return build_pair_discriminator(cfg, DATA_DIM, on)
 
 
 def latent_shape(cfg: ModelConfig) -> tuple[int, ...]:
     return (cfg.latent_dim,) if cfg.runs == 1 else (cfg.runs, cfg.latent_dim)
 
 
+def shape_of(cfg: ModelConfig, dim: int) -> tuple[int, ...]:
+    """One x of ``dim`` features: (dim,), or (runs, dim) for run-batched models."""
+    return (dim,) if cfg.runs == 1 else (cfg.runs, dim)
+
+
 def data_shape(cfg: ModelConfig) -> tuple[int, ...]:
-    return (DATA_DIM,) if cfg.runs == 1 else (cfg.runs, DATA_DIM)
+    return shape_of(cfg, DATA_DIM)
