@@ -51,12 +51,19 @@ def test_csv_with_a_text_label_column(tmp_path):
     names = np.array(["normal", "odd"])[y]
     path = _write_csv(tmp_path / "t.csv", x, list(names))
     d = load_dataset(_cfg(path, "data.label_column=kind", "data.test_split=all",
-                          "data.train_range=0:40", "data.test_range=40:").data)
+                          "data.train_range=0:40", "data.test_range=40:",
+                          "data.split_order=stored").data)
     assert d.train.shape == (40, WIDTH) and d.test.shape == (20, WIDTH)
     assert d.train.dtype == torch.float32 and d.data_shape == (WIDTH,)
     np.testing.assert_allclose(d.train.numpy(), x[:40], rtol=1e-6)
     assert d.label_names == ["normal", "odd"] and d.num_classes == 2
     assert d.train_labels.tolist() == y[:40].tolist()
+    # By default a table is cut in a shuffled order and held out by class, like a folder: the
+    # two parts hold every row once, and both classes are held out.
+    d = load_dataset(_cfg(path, "data.label_column=kind").data)
+    rows = np.concatenate([d.train.numpy(), d.test.numpy()])
+    assert sorted(map(tuple, rows)) == sorted(map(tuple, x.astype(np.float32)))
+    assert set(d.test_labels.tolist()) == {0, 1} and len(d.test) < len(d.train)
     # by 0-based index too, and data.normal_class keeps class 1 in training only
     d = load_dataset(_cfg(path, f"data.label_column={WIDTH}", "data.normal_class=1",
                           "data.test_split=").data)
@@ -74,11 +81,13 @@ def test_npz_and_folder_tables(tmp_path):
     (tmp_path / "f").mkdir()
     _write_csv(tmp_path / "f" / "train.csv", x[:40], list(y[:40]))
     _write_csv(tmp_path / "f" / "test.csv", x[40:], list(y[40:]))
-    d = load_dataset(_cfg(tmp_path / "f", "data.label_column=kind").data)
+    d = load_dataset(_cfg(tmp_path / "f", "data.label_column=kind",
+                          "data.split_order=stored").data)
     assert d.test.shape == (20, WIDTH) and d.test_labels.tolist() == y[40:].tolist()
     assert d.num_classes == 2 and d.label_names is None      # integer labels stay numbers
     _write_csv(tmp_path / "f" / "train.csv", x[:40], [f"{v}.0" for v in y[:40]])
-    d = load_dataset(_cfg(tmp_path / "f", "data.label_column=kind").data)
+    d = load_dataset(_cfg(tmp_path / "f", "data.label_column=kind",
+                          "data.split_order=stored").data)
     assert d.train_labels.tolist() == y[:40].tolist() and d.label_names is None
 
 
