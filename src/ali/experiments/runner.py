@@ -58,7 +58,8 @@ def _figure8(exp: Experiment, scale: str, out: Path, seeds: int, device: str,
                 paper, paper_std = (PAPER_MODES.get((dataset, kind), (None, None))
                                     if metric == "modes" else (None, None))
                 rows.append({"setting": f"{dataset}: {kind}", "metric": metric,
-                             "ours": statistics.mean(v), "ours_std": statistics.pstdev(v),
+                             "ours": float(statistics.mean(v)),
+                             "ours_std": float(statistics.pstdev(v)),
                              "paper": paper, "paper_std": paper_std, "seeds": len(v),
                              "std_times": 1, "best_run": res["best_run"][kind]})
     return rows, figures
@@ -153,7 +154,8 @@ def row(m: Measure, results: list[dict[str, Any]]) -> dict[str, Any]:
         std = float(results[0][m.std_key]) * m.std_times
     else:
         std = None
-    return {"setting": m.setting, "metric": f"{m.metric}.{m.key}", "ours": statistics.mean(values),
+    return {"setting": m.setting, "metric": f"{m.metric}.{m.key}",
+            "ours": float(statistics.mean(values)),
             "ours_std": std, "paper": m.paper, "paper_std": m.paper_std, "seeds": len(values),
             "std_times": m.std_times}
 
