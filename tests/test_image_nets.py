@@ -265,3 +265,15 @@ def test_channel_scale_is_validated():
         get_config("svhn", ["model.channel_scale=0"])
     with pytest.raises(ConfigError, match="applies to image networks"):
         get_config("toy", ["model.channel_scale=0.5"])
+
+
+def test_building_a_semi_supervised_model_leaves_the_family_tables_alone():
+    # The K+1 discriminator replaces its last row with K logits: on a copy of the table, so
+    # that a model built afterwards still has one logit.
+    from ali.nets import family
+    table = list(family("tiny").FAMILY.disc_joint)
+    build_model(get_config("tiny", ["model.semi_supervised=on",
+                                    "model.semi_supervised.label_dim=3"]))
+    assert family("tiny").FAMILY.disc_joint == table
+    d = build_model(get_config("tiny")).discriminator
+    assert blocks(d.d_xz)[-1].spec.maps == 1

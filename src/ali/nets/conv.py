@@ -210,7 +210,7 @@ class ConvFamily:
         keeps the last row's, which the data, the latent size or the logits fix."""
         s = cfg.channel_scale
         if s == 1:
-            return table
+            return list(table)      # a copy: callers may replace rows (the K+1 logits)
 
         def maps(t: Layer) -> int:
             step = self.pieces if t.act == "maxout" else 1
