@@ -122,20 +122,25 @@ def prune(folder: Path, step: int, keep: int) -> None:
             p.unlink()
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` of this machine is running (POSIX signal 0; a process of
+    another user counts as alive)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
 def remove_stale_temporaries(folder: Path) -> None:
     """Temporary files of killed writers (SIGKILL, power loss): they were never renamed."""
     if os.name != "posix" or not folder.is_dir():
         return  # the liveness test below uses POSIX signal 0
     for p in folder.iterdir():
         m = _TMP_FILE.match(p.name)
-        if not m or int(m.group(1)) == os.getpid():
-            continue
-        try:
-            os.kill(int(m.group(1)), 0)
-            continue  # its writer is alive
-        except ProcessLookupError:
-            pass
-        except OSError:
+        if not m or int(m.group(1)) == os.getpid() or pid_alive(int(m.group(1))):
             continue
         with contextlib.suppress(OSError):
             p.unlink()

@@ -23,7 +23,7 @@ try:
 except ImportError:         # Windows: an exclusively created file, its pid checked instead
     fcntl = None  # type: ignore[assignment]
 
-from .checkpoint import atomic_write, remove_stale_temporaries
+from .checkpoint import atomic_write, pid_alive, remove_stale_temporaries
 from .errors import CheckpointError, one_line
 
 METRICS = "metrics.jsonl"
@@ -112,7 +112,7 @@ class RunLock:
             except FileExistsError:
                 try:
                     info = json.loads(self.path.read_text())
-                    stale = info["host"] == socket.gethostname() and not _alive(int(info["pid"]))
+                    stale = info["host"] == socket.gethostname() and not pid_alive(int(info["pid"]))
                 except (OSError, ValueError, KeyError, TypeError):
                     stale = False
                 if not stale:
@@ -128,7 +128,7 @@ class RunLock:
         if fcntl is None:
             try:
                 info = json.loads(self.path.read_text())
-                live = info["host"] != socket.gethostname() or _alive(int(info["pid"]))
+                live = info["host"] != socket.gethostname() or pid_alive(int(info["pid"]))
             except (OSError, ValueError, KeyError, TypeError):
                 live = True
             if live:
@@ -159,16 +159,6 @@ class RunLock:
         if self.created:
             with contextlib.suppress(OSError):     # not empty: the run's files stay
                 self.path.parent.rmdir()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def prepare_run_folder(run_dir: Path, record: dict[str, Any]) -> None:

@@ -44,6 +44,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..checkpoint import pid_alive
 from ..errors import DataError
 from .images import FileImages, ImageSource, one_line
 
@@ -288,16 +289,6 @@ def _header(n: int, shape: tuple[int, int, int]) -> bytes:
     return b"\x93NUMPY\x01\x00" + len(head).to_bytes(2, "little") + head
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True
-    return True
-
-
 def _sweep(folder: Path, stem: str, keep: str) -> None:
     """Remove this cache's arrays that no manifest names (old builds) and the temporary files
     of builders that are no longer running."""
@@ -310,7 +301,7 @@ def _sweep(folder: Path, stem: str, keep: str) -> None:
                 pid = int(name.rsplit(".tmp-", 1)[1].split("-")[0])
             except ValueError:
                 continue
-            if _alive(pid) and pid != os.getpid():
+            if pid_alive(pid) and pid != os.getpid():
                 continue
         elif not name.endswith(".npy"):
             continue
