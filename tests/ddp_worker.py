@@ -12,11 +12,27 @@ import sys
 
 import torch
 
+import ali.run
+import ali.speed
 from ali.config import get_config
 from ali.train import train
 
 torch.set_num_threads(1)
 run_dir, out_dir, overrides = sys.argv[1], sys.argv[2], sys.argv[3:]
+# What train.precision=auto settled on in this process (every rank must take rank 0's choice);
+# the probe runs whatever this CPU's bf16 instructions (the test's overrides decide).
+ali.speed.probes_bf16 = lambda device: True
+seen = {}
+probe = ali.run.probe_precision
+
+
+def spy(*args, **kwargs):
+    settings = probe(*args, **kwargs)
+    seen["precision"] = settings.precision
+    return settings
+
+
+ali.run.probe_precision = spy
 result = train(get_config("tiny", overrides), run_dir=run_dir, quiet=True)
-torch.save({"state": result.model.state_dict(), "run_dir": result.run_dir},
+torch.save({"state": result.model.state_dict(), "run_dir": result.run_dir, **seen},
            os.path.join(out_dir, f"rank{os.environ['RANK']}.pt"))

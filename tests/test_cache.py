@@ -276,8 +276,9 @@ def test_bench_reports_the_data_rate_beside_the_step(tmp_path, capsys):
     assert main(["bench", "tiny", "--steps", "1", "--repeats", "1",
                  *[a for o in over for a in ("--set", o)]]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert len(out) == 2 and out[1].startswith("data: ") and "(cache)" in out[1]
-    assert "training is bound by the" in out[1]
+    assert out[1].startswith("precision=auto chose fp32: ")
+    assert len(out) == 3 and out[2].startswith("data: ") and "(cache)" in out[2]
+    assert "training is bound by the" in out[2]
 
 
 def _die(start, stop):

@@ -43,12 +43,17 @@ def _failure(p: subprocess.CompletedProcess) -> str:
 def test_two_processes_end_identical_and_only_rank0_writes(tiny_npz, tmp_path):
     run, out = tmp_path / "run", tmp_path / "out"
     out.mkdir()
+    # train.precision=auto made to take bf16 (any speed, any loss difference): rank 0 probes
+    # and both processes train in its choice.
     over = [f"data.root={tiny_npz}", "train.steps=4", "train.log_every=2",
-            "train.checkpoint_every=2", "train.device=cpu", "train.progress=off"]
+            "train.checkpoint_every=2", "train.device=cpu", "train.progress=off",
+            "train.precision_probe_min_ms=0", "train.bf16_min_speedup=1e-9",
+            "train.bf16_loss_tolerance=1"]
     p = _torchrun(str(HERE / "ddp_worker.py"), str(run), str(out), *over)
     assert p.returncode == 0, _failure(p)
     r0, r1 = (torch.load(out / f"rank{r}.pt", weights_only=False) for r in (0, 1))
     assert r0["run_dir"] == run and r1["run_dir"] is None
+    assert r0["precision"] == r1["precision"] == "bf16"
     assert r0["state"].keys() == r1["state"].keys()
     for k, v in r0["state"].items():
         assert torch.equal(v, r1["state"][k]), k
@@ -57,6 +62,7 @@ def test_two_processes_end_identical_and_only_rank0_writes(tiny_npz, tmp_path):
     assert [json.loads(l)["step"] for l in lines] == [2, 4]
     record = json.loads((run / "config.json").read_text())["run"]
     assert record["world_size"] == 2 and record["batch_per_process"] == 8
+    assert record["precision"] == "bf16" and record["precision_auto"]["bf16_ms"] > 0
     ckpt = load_checkpoint(run / "checkpoints" / "latest.pt")
     assert all(torch.equal(ckpt["model"][k], v) for k, v in r0["state"].items())
 

@@ -23,6 +23,7 @@ def test_bench_json_has_the_documented_keys(capsys):
                  "--set", "train.device=cpu"]) == 0
     r = json.loads(capsys.readouterr().out)
     assert r["config"] == "tiny" and r["precision"] == "fp32" and r["batch_size"] == 16
+    assert r["precision_auto"]["chose"] == "fp32"
     assert r["device"].startswith("cpu")
     for key in ("images_per_s", "step_ms", "flops_per_image", "achieved_gflops"):
         assert r[key] > 0, key
@@ -51,6 +52,9 @@ def test_bench_steps_follow_the_schedule_so_lazy_r1_is_timed_as_trained():
     (["bench", "tiny", "--precision", "fp16", "--set", "train.device=cpu"], "needs a GPU"),
     (["bench", "tiny", "--steps", "0"], "--steps must be >= 1"),
     (["train", "tiny", "--set", "train.precision=fp8"], "train.precision must be one of"),
+    (["train", "tiny", "--set", "train.bf16_min_speedup=0"], "train.bf16_min_speedup must be > 0"),
+    (["train", "tiny", "--set", "train.precision_probe_steps=0"],
+     "train.precision_probe_steps must be >= 1"),
 ])
 def test_bad_speed_settings_are_one_line(argv, msg, capsys):
     assert main(argv) == 2
@@ -128,9 +132,114 @@ def test_compile_failure_is_one_line(monkeypatch, capsys):
     assert err.count("\n") == 1
 
 
-def test_auto_precision_is_fp32_on_every_device():
-    # bf16 cost MNIST reconstructions (README, "Speed"): mixed precision is opt-in.
-    from ali.speed import auto_precision
+def test_auto_precision_rule():
+    from ali.speed import choose_precision
 
-    assert auto_precision(torch.device("cpu")) == "fp32"
-    assert auto_precision(torch.device("cuda")) == "fp32"
+    t = get_config("svhn").train          # bf16_min_speedup 1.1, bf16_loss_tolerance 0.05
+    faster = choose_precision(t, 0.30, 0.20, 0.01)
+    assert faster["chose"] == "bf16" and faster["speedup"] == 1.5 and faster["bf16_ms"] == 200
+    assert choose_precision(t, 0.30, 0.29, 0.01)["chose"] == "fp32"      # within the margin
+    slower = choose_precision(t, 0.20, 0.30, 0.0)
+    assert slower["chose"] == "fp32" and "bf16_min_speedup" in slower["why"]
+    for diff in (0.2, float("nan")):                                     # losses disagree
+        rec = choose_precision(t, 0.30, 0.10, diff)
+        assert rec["chose"] == "fp32" and "bf16_loss_tolerance" in rec["why"]
+    short = choose_precision(t, 0.001, None, 0.0)
+    assert short["chose"] == "fp32" and short["bf16_ms"] is None
+    assert "precision_probe_min_ms" in short["why"]
+
+
+def _probe_on(monkeypatch):
+    import ali.speed
+
+    monkeypatch.setattr(ali.speed, "probes_bf16", lambda device: True)
+
+
+def test_auto_keeps_fp32_after_a_full_probe_and_trains_exactly_as_fp32(tmp_path, monkeypatch):
+    # The probe times both precisions on copies, aside: the run that keeps fp32 is the run of
+    # train.precision=fp32, bit for bit (samplers, RNG and model untouched).
+    fp32 = train(tiny_toy("train.precision=fp32"), quiet=True)
+    _probe_on(monkeypatch)
+    cfg = tiny_toy("train.precision_probe_min_ms=0", "train.bf16_min_speedup=1000")
+    auto = train(cfg, run_dir=tmp_path, quiet=True)
+    for (k, a), b in zip(auto.model.state_dict().items(), fp32.model.state_dict().values()):
+        assert torch.equal(a, b), k
+    run = json.loads((tmp_path / "config.json").read_text())["run"]
+    rec = run["precision_auto"]
+    assert run["precision"] == "fp32" and rec["chose"] == "fp32"
+    # bf16 timed (first steps or medians), found slower than 1000x fp32's speed
+    assert rec["fp32_ms"] > 0 and rec["bf16_ms"] > 0 and rec["loss_rel_diff"] < 0.05
+    assert "bf16_min_speedup=1000" in rec["why"]
+
+
+def test_auto_short_steps_keep_fp32_without_timing_bf16(tmp_path, monkeypatch):
+    _probe_on(monkeypatch)
+    train(tiny_toy("train.precision_probe_min_ms=1e9"), run_dir=tmp_path, quiet=True)
+    rec = json.loads((tmp_path / "config.json").read_text())["run"]["precision_auto"]
+    assert rec["chose"] == "fp32" and rec["bf16_ms"] is None and rec["fp32_ms"] > 0
+
+
+def test_auto_bf16_choice_is_kept_on_resume(tmp_path, monkeypatch):
+    from ali.train import load_checkpoint
+
+    _probe_on(monkeypatch)
+    pick_bf16 = ("train.precision_probe_min_ms=0", "train.bf16_min_speedup=1e-9",
+                 "train.bf16_loss_tolerance=1")
+    train(tiny_toy(*pick_bf16), run_dir=tmp_path, quiet=True, until=2)
+    run = json.loads((tmp_path / "config.json").read_text())["run"]
+    assert run["precision"] == "bf16" and run["precision_auto"]["chose"] == "bf16"
+    ckpt = tmp_path / "checkpoints" / "latest.pt"
+    assert load_checkpoint(ckpt)["precision"] == "bf16"
+    # The probe would now keep fp32; the resumed run keeps its own choice without probing.
+    import ali.run
+
+    monkeypatch.setattr(ali.run, "probe_precision", lambda *a, **k: pytest.fail("probed"))
+    res = train(tiny_toy("train.bf16_min_speedup=1000"), run_dir=tmp_path, resume=True,
+                quiet=True)
+    run = json.loads((tmp_path / "config.json").read_text())["run"]
+    assert res.step == 4 and run["precision"] == "bf16"
+    assert run["precision_auto"]["why"].startswith("resumed")
+
+
+def test_checkpoint_from_before_the_probe_resumes_in_fp32(tmp_path, monkeypatch):
+    from ali.train import load_checkpoint
+
+    train(tiny_toy(), run_dir=tmp_path, quiet=True, until=2)
+    path = tmp_path / "checkpoints" / "latest.pt"
+    ckpt = load_checkpoint(path)
+    del ckpt["precision"]                 # as written before train.precision=auto probed
+    torch.save(ckpt, path)
+    _probe_on(monkeypatch)
+    train(tiny_toy("train.precision_probe_min_ms=0", "train.bf16_min_speedup=1e-9",
+                   "train.bf16_loss_tolerance=1"), run_dir=tmp_path, resume=True, quiet=True)
+    run = json.loads((tmp_path / "config.json").read_text())["run"]
+    assert run["precision"] == "fp32" and run["precision_auto"]["why"].startswith("resumed")
+
+
+def test_bench_says_what_auto_chose(capsys, monkeypatch):
+    _probe_on(monkeypatch)
+    assert main(["bench", "tiny", "--steps", "1", "--repeats", "1", "--set", "train.device=cpu",
+                 "--set", "train.precision_probe_min_ms=0",
+                 "--set", "train.bf16_min_speedup=1000"]) == 0
+    out = capsys.readouterr().out
+    assert "precision=auto chose fp32: bf16" in out and "bf16_min_speedup=1000" in out
+
+
+def test_auto_gives_up_on_bf16_whose_first_step_is_far_slower():
+    from ali.speed import choose_precision, hopeless
+
+    t = get_config("svhn").train                              # bf16_min_speedup 1.1
+    assert hopeless(t, 0.10, 1.0) and not hopeless(t, 0.10, 0.15)
+    rec = choose_precision(t, 0.10, 1.0, 0.0, first_steps=True)
+    assert rec["chose"] == "fp32" and rec["speedup"] == 0.1 and "not timed further" in rec["why"]
+
+
+def test_auto_is_fp32_without_a_probe_on_a_cpu_lacking_bf16(monkeypatch):
+    import ali.speed
+
+    monkeypatch.undo()                                    # the real probes_bf16
+    monkeypatch.setattr(ali.speed, "cpu_has_bf16", lambda: False)
+    s = resolve(get_config("svhn").train, CPU)
+    assert s.precision == "fp32" and "no bf16 instructions" in s.precision_auto["why"]
+    monkeypatch.setattr(ali.speed, "cpu_has_bf16", lambda: None)       # unknown: measure
+    assert resolve(get_config("svhn").train, CPU).precision == "auto"

@@ -162,7 +162,8 @@ def bench(name: str | Config, steps: int = 20, batch_size: int | None = None,
            "images_per_s": items / step_s, "step_ms": step_s * 1e3,
            "flops_per_image": per_item, "achieved_gflops": per_item * items / step_s / 1e9,
            "channels_last": s.settings.channels_last, "compile": s.settings.compile,
-           "threads": torch.get_num_threads(), "steps": chunk * repeats, "runs": s.model.runs}
+           "threads": torch.get_num_threads(), "steps": chunk * repeats, "runs": s.model.runs,
+           "precision_auto": s.settings.precision_auto}
     if s.cfg.data.root:
         s.run.close()
         out.update(data_rate(s.cfg, s.device, repeats=repeats))

@@ -235,6 +235,8 @@ RESUMABLE_KEYS = {"data.workers", "data.cache", "data.cache_dir", "train.steps",
                   "train.progress_every_s",
                   "train.device", "train.keep_checkpoints", "train.on_divergence",
                   "train.rollback_lr_factor", "train.max_rollbacks", "train.precision",
+                  "train.bf16_min_speedup", "train.bf16_loss_tolerance",
+                  "train.precision_probe_steps", "train.precision_probe_min_ms",
                   "train.compile", "train.channels_last"}
 
 

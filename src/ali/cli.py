@@ -329,6 +329,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
           f"{r['achieved_gflops']:.1f} GFLOP/s"
           + (f" ({100 * r['fraction_of_peak']:.0f}% of the measured peak "
              f"{r['peak_gflops']:.0f})" if args.peak else ""))
+    if r["precision_auto"] is not None:
+        print(f"precision=auto chose {r['precision_auto']['chose']}: "
+              f"{r['precision_auto']['why']}")
     if "data_images_per_s" in r:
         print(f"data: {r['data_images_per_s']:.1f} images/s ({r['data_path']}) against "
               f"{r['images_per_s']:.1f} images/s of the step: training is bound by the "

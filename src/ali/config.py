@@ -492,8 +492,22 @@ class TrainConfig:
     ones); 0 = train.batch_size, or all the labelled examples when there are fewer."""
     precision: str = "auto"
     """Arithmetic of the forward pass (autocast; losses, weights and optimiser stay fp32):
-    fp32 | bf16 (CPU and GPU) | fp16 (GPU only, with loss scaling) | auto: fp32 everywhere, the
-    setting measured to keep quality (bf16 cost MNIST reconstructions; README, "Speed")."""
+    fp32 | bf16 (CPU and GPU) | fp16 (GPU only, with loss scaling) | auto: a short probe before
+    training times the step in fp32 and bf16 on the device at hand and takes bf16 only where it
+    is train.bf16_min_speedup times faster and its losses agree with fp32's; the choice and the
+    timings are recorded in config.json's ``run`` section, and a resumed run keeps it."""
+    bf16_min_speedup: float = 1.1
+    """precision=auto: how much faster (fp32 step time / bf16 step time) bf16 must be to be
+    chosen; a margin, so that timing noise does not flip the choice."""
+    bf16_loss_tolerance: float = 0.05
+    """precision=auto: the largest relative difference between the bf16 and fp32 losses of the
+    probe's first step (same parameters, batch and dropout masks) with which bf16 is chosen."""
+    precision_probe_steps: int = 3
+    """precision=auto: timed steps of each precision in the probe (after one warm-up step;
+    the median is compared)."""
+    precision_probe_min_ms: float = 20.0
+    """precision=auto: an fp32 step shorter than this (ms) keeps fp32 without timing bf16
+    (overhead-bound steps gain nothing from mixed precision, and their timings are noise)."""
     compile: bool = False
     """Compile the forward pass with torch.compile (needs a C++ compiler on a CPU; measured
     slower than eager on a 2-core CPU, hence off by default)."""
@@ -529,6 +543,14 @@ class TrainConfig:
         _check(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
                f"train.device must be auto, cpu or cuda[:N]; got {self.device!r}")
         _one_of(self.precision, PRECISIONS, "train.precision")
+        _check(self.bf16_min_speedup > 0 and math.isfinite(self.bf16_min_speedup),
+               f"train.bf16_min_speedup must be > 0; got {self.bf16_min_speedup}")
+        _check(self.bf16_loss_tolerance >= 0 and math.isfinite(self.bf16_loss_tolerance),
+               f"train.bf16_loss_tolerance must be >= 0; got {self.bf16_loss_tolerance}")
+        _check(self.precision_probe_steps >= 1,
+               f"train.precision_probe_steps must be >= 1; got {self.precision_probe_steps}")
+        _check(self.precision_probe_min_ms >= 0 and math.isfinite(self.precision_probe_min_ms),
+               f"train.precision_probe_min_ms must be >= 0; got {self.precision_probe_min_ms}")
         _check(not (self.precision == "fp16" and self.device == "cpu"),
                "train.precision=fp16 needs a GPU (train.device=cuda); use bf16 on a CPU")
         _check(isinstance(self.compile, bool),

@@ -10,6 +10,7 @@ learning-rate formula (:meth:`Run.learning_rates`).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import random
 from dataclasses import dataclass
 from typing import Any
@@ -205,7 +206,7 @@ class Run:
                 "labelled_sampler": (self.labelled_sampler.state_dict()
                                      if self.labelled_sampler else None),
                 "lr_scale": self.lr_scale, "rollbacks": self.rollbacks,
-                "scaler": self.stepper.state_dict()}
+                "scaler": self.stepper.state_dict(), "precision": self.settings.precision}
 
     def load_state_dict(self, ckpt: dict[str, Any], name: str) -> int:
         """Restore :meth:`state_dict`'s dict; returns its step. A one-line
@@ -241,16 +242,103 @@ class Run:
                 close()
 
 
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _draw_aside(model: Any, sampler: Any, labelled_sampler: Any,
+                batch: int) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+    """One training draw (as :meth:`Run.draw`) that leaves both samplers where they were (the
+    caller forks the RNG that the prior draws use)."""
+    states = [(s, s.state_dict()) for s in (sampler, labelled_sampler) if s is not None]
+    try:
+        inputs: dict[str, Any] = {}
+        x = sampler.next()
+        if isinstance(x, tuple):
+            x, inputs["y"] = x
+        if labelled_sampler is not None:
+            inputs["labelled"] = labelled_sampler.next()
+        return x, model.sample_prior(batch), inputs
+    finally:
+        for s, state in states:
+            s.load_state_dict(state)
+
+
+def probe_precision(model: Any, draw: Any, settings: speed.StepSettings, t: Any,
+                    device: torch.device, ctx: distributed.Context) -> speed.StepSettings:
+    """``train.precision=auto``: time the training step of copies of ``model`` in fp32 and
+    bf16 on one batch from ``draw()`` and decide by :func:`ali.speed.choose_precision`.
+
+    The model, its samplers and every RNG are left as they were, so a run that keeps fp32
+    trains exactly as one with ``train.precision=fp32``. In a multi-process run rank 0 probes
+    and every process takes its choice.
+    """
+    import copy
+    import statistics
+    import time
+
+    rec: dict[str, Any] = {}
+    if ctx.main:
+        devices = [device] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            x, z, inputs = draw()
+            steppers, first, warm = {}, {}, {}
+            for p in ("fp32", "bf16"):
+                m = copy.deepcopy(model)
+                pd, pg = m.parameters_d(), m.parameters_g()
+                steppers[p] = speed.Stepper(
+                    m, make_optimizer(pd, t, t.lr if t.lr_d is None else t.lr_d),
+                    make_optimizer(pg, t), pd, pg, device,
+                    dataclasses.replace(settings, precision=p, compile=False))
+                torch.manual_seed(t.seed)       # the same dropout masks for both
+                _sync(device)
+                t0 = time.perf_counter()
+                out = steppers[p](x, z, **inputs)   # also the warm-up
+                first[p] = [float(v.detach()) for v in (out.d, out.g) if v is not None]
+                warm[p] = time.perf_counter() - t0
+            diff = max(abs(b - f) / max(abs(f), 1e-12)
+                       for f, b in zip(first["fp32"], first["bf16"]))
+
+            def timed(p: str) -> float:
+                _sync(device)
+                t0 = time.perf_counter()
+                steppers[p](x, z, **inputs)
+                _sync(device)
+                return time.perf_counter() - t0
+
+            fp32_s = [timed("fp32")]
+            if fp32_s[0] * 1e3 < t.precision_probe_min_ms:
+                rec = speed.choose_precision(t, fp32_s[0], None, diff)
+            elif speed.hopeless(t, warm["fp32"], warm["bf16"]):
+                rec = speed.choose_precision(t, warm["fp32"], warm["bf16"], diff,
+                                             first_steps=True)
+            else:
+                bf16_s = []
+                for i in range(t.precision_probe_steps):    # interleaved: drift hits both
+                    bf16_s.append(timed("bf16"))
+                    if i:
+                        fp32_s.append(timed("fp32"))
+                rec = speed.choose_precision(t, statistics.median(fp32_s),
+                                             statistics.median(bf16_s), diff)
+    bf16 = distributed.agree(rec.get("chose") == "bf16", device)
+    if not ctx.main:
+        rec = {"chose": "bf16" if bf16 else "fp32", "why": "rank 0's probe"}
+    return dataclasses.replace(settings, precision="bf16" if bf16 else "fp32",
+                               precision_auto=rec)
+
+
 def build_run(cfg: Config, device: torch.device, ctx: distributed.Context | None = None,
               dataset: Dataset | None = None, model: Any = None,
-              init_from_data: bool = True) -> Run:
+              init_from_data: bool = True, precision: str | None = None) -> Run:
     """Build the run of ``cfg`` on ``device``: seed the training RNG with ``train.seed``, load
     the dataset (unless given), resolve its labels into the config, build the model (unless
     given) and initialise it from the data (unless ``init_from_data`` is false: a resumed run
     loads its parameters), and make the samplers, speed settings, optimisers and step.
 
     ``ctx``: this process's place in a multi-process run (each process samples its share of
-    every batch and averages the gradients); single-process when None.
+    every batch and averages the gradients); single-process when None. ``precision``: what
+    ``train.precision=auto`` chose when the run started (a resumed run keeps it; None probes).
     """
     ctx = ctx or distributed.Context()
     t = cfg.train
@@ -281,8 +369,12 @@ def build_run(cfg: Config, device: torch.device, ctx: distributed.Context | None
         labelled_sampler = ImageSampler(x_lab.to(device), size, 1, seed=t.seed + 1,
                                         device=device, labels=y_lab)
     images = len(family(cfg.model.nets).data_shape(cfg.model)) == 3
-    settings = speed.resolve(t, device, images)
+    settings = speed.resolve(t, device, images, chosen=precision)
     speed.prepare(model, settings, device)
+    if settings.precision == "auto":
+        settings = probe_precision(
+            model, functools.partial(_draw_aside, model, sampler, labelled_sampler, batch),
+            settings, t, device, ctx)
 
     params_d, params_g = model.parameters_d(), model.parameters_g()
     opt_d = make_optimizer(params_d, t, t.lr if t.lr_d is None else t.lr_d)

@@ -4,10 +4,10 @@
 settings of one device; :class:`Stepper` runs :func:`~ali.step.train_step` with them. The
 ``auto`` values are what was measured to keep quality and speed on each device kind:
 
-- precision: fp32 on every device (:func:`auto_precision`); bf16 and fp16 are opt-in. On the
-  2-core AVX-512 machine of the README (avx512_bf16 but no AMX), a large bf16 matrix multiply
-  runs at about half the fp32 rate and the bf16 svhn step was slower than fp32; bf16 also lost
-  quality on MNIST's reconstructions.
+- precision: measured on the device at hand (:func:`choose_precision`): a short probe before
+  training times the step in fp32 and in bf16 and takes bf16 only where it is clearly faster
+  and its losses agree with fp32's. On the 2-core CPUs of the README bf16 runs at about
+  0.7x fp32, so ``auto`` is fp32 there; on CPUs with fast bf16 and on GPUs it is bf16.
 - channels-last: on, on either kind of device (oneDNN's transposed convolutions work in that
   format and made the svhn step about 1.3x faster on the CPU; tensor-core convolutions want it).
 - torch.compile: off (it made the CPU step slower).
@@ -39,32 +39,97 @@ class StepSettings:
     """The resolved speed settings of a run (recorded in the run's ``config.json``)."""
 
     precision: str
-    """fp32 | bf16 | fp16."""
+    """fp32 | bf16 | fp16; ``auto`` until :func:`ali.run.build_run` has probed the device."""
     channels_last: bool
     compile: bool
+    precision_auto: dict[str, Any] | None = None
+    """How ``train.precision=auto`` chose (``chose``, ``why`` and the probe's timings), or None
+    when the precision was set."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def auto_precision(device: torch.device) -> str:
-    """What ``train.precision=auto`` means on ``device``: fp32 on every device.
+def cpu_has_bf16() -> bool | None:
+    """Whether this CPU has bf16 arithmetic instructions (x86: avx512_bf16 or amx_bf16;
+    Arm: bf16), read from Linux's ``/proc/cpuinfo``; None where that cannot be read."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            words = set(f.read().split())
+    except OSError:
+        return None
+    return bool(words & {"avx512_bf16", "amx_bf16", "bf16"})
 
-    bf16 kept the 2-D experiment's figures but not MNIST's reconstructions (README, "Speed":
-    the class kept by G(z_hat) fell from 71.6% in fp32 to 54.2% in bf16, one run each, same
-    code), so mixed precision is opt-in (``train.precision=bf16|fp16``) until it is shown to
-    keep quality; on this project's CPU it was also slower.
+
+def probes_bf16(device: torch.device) -> bool:
+    """Whether ``train.precision=auto`` times bf16 on ``device``: on a GPU that has it, and on
+    a CPU unless it is known to lack bf16 instructions (bf16 is then emulated: ``ali bench
+    mnist`` ran 10x slower in bf16 than in fp32 on an AVX2 CPU)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and cpu_has_bf16() is not False
+
+
+def hopeless(t: TrainConfig, fp32_first_s: float, bf16_first_s: float) -> bool:
+    """Whether the first (warm-up) steps already rule bf16 out: it ran at under half the
+    speed-up asked for (emulated bf16 runs several times slower than fp32), so the probe
+    spends no more of its slow steps on it."""
+    return fp32_first_s / bf16_first_s < t.bf16_min_speedup / 2
+
+
+def choose_precision(t: TrainConfig, fp32_s: float, bf16_s: float | None,
+                     loss_diff: float | None, first_steps: bool = False) -> dict[str, Any]:
+    """The rule of ``train.precision=auto``, given the probe's median step times (seconds;
+    ``bf16_s`` None when bf16 was not timed) and the largest relative difference between the
+    bf16 and fp32 losses of its first step: bf16 when it is ``train.bf16_min_speedup`` times
+    faster and its losses agree within ``train.bf16_loss_tolerance``, else fp32.
+    ``first_steps``: the times are of the first steps, which :func:`hopeless` found too slow.
+
+    Returns the record kept in ``config.json``: ``chose``, ``why``, ``fp32_ms``, ``bf16_ms``,
+    ``speedup`` (fp32 time / bf16 time) and ``loss_rel_diff``.
     """
-    return "fp32"
+    rec: dict[str, Any] = {"chose": "fp32", "fp32_ms": round(fp32_s * 1e3, 3),
+                           "bf16_ms": None, "speedup": None, "loss_rel_diff": loss_diff}
+    if bf16_s is None:
+        rec["why"] = (f"the fp32 step takes under train.precision_probe_min_ms="
+                      f"{t.precision_probe_min_ms:g} ms: bf16 not timed")
+        return rec
+    speedup = fp32_s / bf16_s
+    rec.update(bf16_ms=round(bf16_s * 1e3, 3), speedup=round(speedup, 4))
+    if first_steps:
+        rec["why"] = (f"bf16's first step ran at {speedup:.2f}x fp32's speed, under half of "
+                      f"train.bf16_min_speedup={t.bf16_min_speedup:g}: not timed further")
+        return rec
+    if loss_diff is None or not loss_diff <= t.bf16_loss_tolerance:   # NaN fails too
+        rec["why"] = (f"bf16 losses differ from fp32's by {loss_diff:.3g} (more than "
+                      f"train.bf16_loss_tolerance={t.bf16_loss_tolerance:g})")
+    elif speedup < t.bf16_min_speedup:
+        rec["why"] = (f"bf16 is {speedup:.2f}x fp32's speed (under "
+                      f"train.bf16_min_speedup={t.bf16_min_speedup:g})")
+    else:
+        rec.update(chose="bf16", why=f"bf16 is {speedup:.2f}x fp32's speed and its losses agree")
+    return rec
 
 
-def resolve(t: TrainConfig, device: torch.device, images: bool = True) -> StepSettings:
+def resolve(t: TrainConfig, device: torch.device, images: bool = True,
+            chosen: str | None = None) -> StepSettings:
     """The settings ``t`` asks for on ``device``; ``images``: the networks take (B, C, H, W).
+
+    ``train.precision=auto`` resolves to ``chosen`` (a resumed run's own choice) when given,
+    to fp32 on a device where bf16 is not probed, and otherwise stays ``auto`` for
+    :func:`ali.run.build_run` to probe.
 
     Raises:
         ConfigError: fp16 on a CPU, or train.compile without the C++ compiler it needs there.
     """
-    precision = auto_precision(device) if t.precision == "auto" else t.precision
+    precision, how = t.precision, None
+    if precision == "auto":
+        if chosen is not None:
+            precision, how = chosen, {"chose": chosen, "why": "resumed: the run's own choice"}
+        elif not probes_bf16(device):
+            why = ("this CPU lists no bf16 instructions in /proc/cpuinfo" if device.type == "cpu"
+                   else f"no bf16 on {device}")
+            precision, how = "fp32", {"chose": "fp32", "why": why}
     if precision == "fp16" and device.type != "cuda":
         raise ConfigError(f"train.precision=fp16 needs a GPU; the device is {device} "
                           "(use bf16 on a CPU)")
@@ -73,7 +138,7 @@ def resolve(t: TrainConfig, device: torch.device, images: bool = True) -> StepSe
         raise ConfigError("train.compile=true on a CPU needs a C++ compiler (g++ or clang++) "
                           "on the PATH")
     cl = t.channels_last in ("on", "auto")        # auto: on, on either kind of device
-    return StepSettings(precision, cl and images, t.compile)
+    return StepSettings(precision, cl and images, t.compile, how)
 
 
 def autocast(device: torch.device, precision: str) -> Callable[[], ContextManager]:

@@ -119,12 +119,16 @@ def train(cfg: Config, *, run_dir: Path | str | None = None, resume: bool = Fals
             distributed.shutdown()
 
 
-def _resume(run: Run, read_dir: Path | None, extend: bool) -> int:
-    """Restore ``run`` from its run folder's latest checkpoint; returns its step."""
+def _read_checkpoint(read_dir: Path | None) -> tuple[dict[str, Any], Path]:
+    """The run folder's latest checkpoint, to resume from, and its path."""
     if read_dir is None:
         raise CheckpointError("--resume needs a run folder")
     path = run_checkpoint_path(read_dir)
-    ckpt = load_checkpoint(path)
+    return load_checkpoint(path), path
+
+
+def _resume(run: Run, ckpt: dict[str, Any], path: Path, extend: bool) -> int:
+    """Restore ``run`` from checkpoint ``ckpt`` (read from ``path``); returns its step."""
     check_resumable(ckpt, run.cfg, path, extend)
     return run.load_state_dict(ckpt, str(path))
 
@@ -147,7 +151,12 @@ def _train_owned(cfg: Config, ctx: distributed.Context, device: Any, run_dir: Pa
     read_dir = Path(run_dir) if run_dir is not None else None
     run_dir = read_dir if ctx.main else None       # only rank 0 writes
     quiet = quiet or not ctx.main
-    run = build_run(cfg, device, ctx, dataset, model, init_from_data=not resume)
+    ckpt, path = _read_checkpoint(read_dir) if resume else (None, None)
+    # A resumed run keeps the precision that train.precision=auto chose when it started (a
+    # checkpoint from before the probe existed was trained in fp32, auto's meaning then).
+    chosen = ckpt.get("precision", "fp32") if ckpt is not None else None
+    run = build_run(cfg, device, ctx, dataset, model, init_from_data=not resume,
+                    precision=chosen)
     if dataset is not None and dataset.config is None and run_dir is not None and not quiet:
         print(f"ali: the dataset given has no data settings (it was not made by "
               f"ali.data.load_dataset): {run_dir / 'config.json'} names data.name="
@@ -157,7 +166,7 @@ def _train_owned(cfg: Config, ctx: distributed.Context, device: Any, run_dir: Pa
         extra[:0] = run_images(run)    # first: the user's callbacks see the images written
     logger = None
     try:
-        start = _resume(run, read_dir, extend) if resume else 0
+        start = _resume(run, ckpt, path, extend) if ckpt is not None else 0
         end = t.steps if until is None else min(until, t.steps)
         if resume and not quiet:
             more = (f"training {end - start} more steps (to step {end})" if end > start
