@@ -178,8 +178,8 @@ def expect(s: Setup, cmd: str) -> str:
         return "not a conditional run"
     if cmd == "eval-classify" and not s.semi_supervised:
         return "not a semi-supervised run"
-    if cmd == "eval-conditional" and not (s.conditional and not s.attributes):
-        return "not a class-conditional run"
+    if cmd == "eval-conditional" and not s.conditional:
+        return "not a conditional run"
     if cmd in ("eval-svm", "eval-knn") and s.attributes:
         return "class labels"
     if cmd == "eval-anomaly":

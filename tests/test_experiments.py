@@ -8,6 +8,8 @@ import json
 import pytest
 
 from ali.cli import main
+from ali.config import get_config
+from ali.errors import AliError
 from ali.experiments import paper, runner
 
 pytest.importorskip("sklearn")
@@ -37,7 +39,6 @@ def test_experiments_match_the_paper_tables():
 
 
 @pytest.mark.parametrize("args, message", [
-    (["figure7"], "not available as an experiment yet"),
     (["figure8", "--data-root", "."], "--data-root does not apply"),
     (["table9"], "unknown experiment 'table9'"),
     (["table1", "--scale", "full"], "--scale full needs --data-root"),
@@ -92,3 +93,36 @@ def test_full_scale_estimate_times_each_run_and_scales_by_its_steps(monkeypatch)
                              get_config("mnist", ["train.steps=2000"])], lines.append)
     assert total == pytest.approx(0.01 * 1000 + 0.01 * 2000)
     assert timed == ["tiny", "mnist"] and "10 ms/step on cpu (2 MFLOP per image)" in lines[0]
+
+
+def test_figure7_conditions_follow_the_caption():
+    from ali.data.synthetic import CELEBA_ATTRIBUTES as names
+    from ali.viz import figure7_conditions
+
+    y = figure7_conditions(list(names)).view(4, 12, 40)
+    on = lambda i, j: {names[k] for k in range(40) if y[i, j, k] == 1}  # noqa: E731
+    assert on(0, 0) == {"Male", "Attractive", "Young"}                  # row I, column (a)
+    assert on(1, 3) == {"Male", "Attractive", "Blond_Hair"}             # row II (older), (d)
+    assert on(2, 7) == {"Attractive", "Young", "Blond_Hair", "Bald"}    # row III (female), (h)
+    assert on(3, 11) == {"Attractive", "Black_Hair", "Smiling", "Mouth_Slightly_Open",
+                         "Eyeglasses", "Wearing_Hat"}                   # row IV, (l)
+    with pytest.raises(AliError, match="lacks Attractive, Male, Young"):
+        figure7_conditions([n for n in names if n not in ("Male", "Young", "Attractive")])
+
+
+def test_synthetic_celeba_and_imagenet64_read_back_in_their_official_formats(tmp_path):
+    from ali.data import load_dataset, synthetic
+
+    synthetic.write("celeba", tmp_path / "c", 30, 10)
+    synthetic.write("imagenet64", tmp_path / "i", 30, 10)
+    c = load_dataset(get_config("celeba", [f"data.root={tmp_path / 'c'}", "data.verify=false",
+                                           "data.test_split=valid", "data.cache=off"]).data)
+    assert c.label_names == list(synthetic.CELEBA_ATTRIBUTES)
+    assert len(c.train) == 30 and len(c.test) == 10 and c.train_labels.shape == (30, 40)
+    assert c.test_labels.float().mean() > 0           # attributes, not all off
+    from PIL import Image
+    assert Image.open(tmp_path / "c" / "img_align_celeba" / "000001.jpg").size == (178, 218)
+    i = load_dataset(get_config("imagenet64", [f"data.root={tmp_path / 'i'}",
+                                               "data.verify=false", "data.cache=off"]).data)
+    assert len(i.train) == 30 and len(i.test) == 10 and i.data_shape == (3, 64, 64)
+    assert sorted(set(i.train_labels.tolist())) == list(range(10))      # 1-based on disk

@@ -234,7 +234,7 @@ def test_eval_classify_and_conditional_metrics(classes_npz, tmp_path, capsys):
     assert main(["eval", str(cond), "--metric", "classify"]) == 2
     assert "not a semi-supervised run" in capsys.readouterr().err
     assert main(["eval", str(ssl), "--metric", "conditional"]) == 2
-    assert "not a class-conditional run" in capsys.readouterr().err
+    assert "is not a conditional run" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("extra", [["model.semi_supervised=true", "data.labels=10"],

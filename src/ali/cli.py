@@ -361,12 +361,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "following it (linear lr decay, batch-norm freeze, gan_posthoc)")
     t.set_defaults(func=_cmd_train)
 
-    from .experiments.paper import EXPERIMENTS, PLANNED, SCALES
+    from .experiments.paper import EXPERIMENTS, SCALES
 
     x = sub.add_parser("experiment", help="run one of the paper's experiments end to end",
                        description="Train, evaluate with the paper's protocol and write "
                                    "results.json, table.md and the figures. Experiments: "
-                                   f"{', '.join(EXPERIMENTS)} (planned: {', '.join(PLANNED)}).")
+                                   f"{', '.join(EXPERIMENTS)}.")
     x.add_argument("name", help="experiment name")
     x.add_argument("--scale", choices=SCALES, default="smoke",
                    help="smoke: the same pipeline at tiny sizes (on synthetic data without "

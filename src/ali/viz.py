@@ -151,6 +151,45 @@ def condition_grid(model: GenerativeModel, condition: str = "all", vary: str | N
             f"one z, {len(on)} attribute rows x {len(cols) + 1} columns")
 
 
+FIGURE7_ROWS = ({"Male": 1, "Attractive": 1, "Young": 1}, {"Male": 1, "Attractive": 1, "Young": 0},
+                {"Male": 0, "Attractive": 1, "Young": 1}, {"Male": 0, "Attractive": 1, "Young": 0})
+"""Figure 7's rows I-IV: male, attractive, young / older; female, attractive, young / older."""
+FIGURE7_COLUMNS = (
+    (), ("Black_Hair",), ("Brown_Hair",), ("Blond_Hair",), ("Black_Hair", "Wavy_Hair"),
+    ("Blond_Hair", "Bangs"), ("Blond_Hair", "Receding_Hairline"), ("Blond_Hair", "Bald"),
+    ("Black_Hair", "Smiling"), ("Black_Hair", "Smiling", "Mouth_Slightly_Open"),
+    ("Black_Hair", "Smiling", "Mouth_Slightly_Open", "Eyeglasses"),
+    ("Black_Hair", "Smiling", "Mouth_Slightly_Open", "Eyeglasses", "Wearing_Hat"))
+"""Figure 7's columns: (a) the row's attributes alone, then (b)-(l) as the caption lists them."""
+
+
+def figure7_conditions(names: list[str]) -> Tensor:
+    """The attribute vectors of Figure 7, (rows x columns, K) 0/1, row-major; every attribute
+    the figure does not name is off."""
+    wanted = {a for r in FIGURE7_ROWS for a in r} | {a for c in FIGURE7_COLUMNS for a in c}
+    missing = sorted(wanted - set(names))
+    if missing:
+        raise AliError(f"Figure 7 needs CelebA's attributes; the data lacks {', '.join(missing)}")
+    y = torch.zeros(len(FIGURE7_ROWS), len(FIGURE7_COLUMNS), len(names))
+    for i, row in enumerate(FIGURE7_ROWS):
+        for j, col in enumerate(FIGURE7_COLUMNS):
+            for a, v in {**row, **dict.fromkeys(col, 1)}.items():
+                y[i, j, names.index(a)] = v
+    return y.flatten(0, 1)
+
+
+@torch.no_grad()
+def figure7_grid(model: GenerativeModel, names: list[str] | None) -> Tensor:
+    """Figure 7: ONE fixed z decoded under each of :func:`figure7_conditions` (4 rows of 12)."""
+    if not (model.conditional and model.attributes):
+        raise AliError("Figure 7 needs an attribute-conditional model (celeba_conditional)")
+    if not names or len(names) != model.label_dim:
+        raise AliError("Figure 7 needs the data's attribute names (CelebA's 40)")
+    y = figure7_conditions(names).to(next(model.parameters()).device)
+    z = model.sample_prior(1).expand(len(y), *model.latent_shape)
+    return model.decode(z, y)
+
+
 def grid_scale(images: Tensor) -> int:
     """Enlarge small images so a grid is comfortable to look at."""
     return max(1, 64 // images.shape[-1])

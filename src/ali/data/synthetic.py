@@ -78,8 +78,58 @@ def write_cifar10(root: Path, n_train: int = 600, n_test: int = 200, seed: int =
     return root
 
 
+CELEBA_ATTRIBUTES = (
+    "5_o_Clock_Shadow Arched_Eyebrows Attractive Bags_Under_Eyes Bald Bangs Big_Lips Big_Nose "
+    "Black_Hair Blond_Hair Blurry Brown_Hair Bushy_Eyebrows Chubby Double_Chin Eyeglasses "
+    "Goatee Gray_Hair Heavy_Makeup High_Cheekbones Male Mouth_Slightly_Open Mustache "
+    "Narrow_Eyes No_Beard Oval_Face Pale_Skin Pointy_Nose Receding_Hairline Rosy_Cheeks "
+    "Sideburns Smiling Straight_Hair Wavy_Hair Wearing_Earrings Wearing_Hat Wearing_Lipstick "
+    "Wearing_Necklace Wearing_Necktie Young").split()
+"""CelebA's 40 attribute names, in the order of its ``list_attr_celeba.txt``."""
+
+
+def write_celeba(root: Path, n_train: int = 600, n_test: int = 200, seed: int = 0) -> Path:
+    """Aligned CelebA: ``img_align_celeba/NNNNNN.jpg`` (178 x 218 JPEGs), ``list_attr_celeba.txt``
+    (the 40 attributes as -1 / 1) and ``list_eval_partition.txt`` (0 train, 1 valid, 2 test:
+    ``n_train``, then ``n_test`` each). Each attribute that is on adds its own coarse pattern."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    n = n_train + 2 * n_test
+    k = len(CELEBA_ATTRIBUTES)
+    attrs = rng.random((n, k)) < 0.3
+    patterns = rng.random((k, 14, 12, 3))
+    folder = root / "img_align_celeba"
+    folder.mkdir(parents=True, exist_ok=True)
+    names = [f"{i + 1:06d}.jpg" for i in range(n)]
+    for i, name in enumerate(names):
+        on = attrs[i]
+        small = patterns[on].mean(0) if on.any() else np.full((14, 12, 3), 0.5)
+        img = Image.fromarray((small * 255).astype(np.uint8)).resize((178, 218), Image.BILINEAR)
+        a = np.asarray(img, dtype=np.float64) + rng.normal(0.0, NOISE / 4, (218, 178, 3))
+        Image.fromarray(a.clip(0, 255).astype(np.uint8)).save(folder / name, quality=90)
+    rows = [f"{name} " + " ".join("1" if v else "-1" for v in a) for name, a in zip(names, attrs)]
+    (root / "list_attr_celeba.txt").write_text(
+        f"{n}\n{' '.join(CELEBA_ATTRIBUTES)}\n" + "\n".join(rows) + "\n")
+    part = [0] * n_train + [1] * n_test + [2] * n_test
+    (root / "list_eval_partition.txt").write_text(
+        "".join(f"{name} {p}\n" for name, p in zip(names, part)))
+    return root
+
+
+def write_imagenet64(root: Path, n_train: int = 600, n_test: int = 200, seed: int = 0) -> Path:
+    """Downsampled ImageNet 64 x 64: ``Imagenet64_train_part1.npz`` and ``val_data.npz``
+    (``data``: (N, 3 * 64 * 64) uint8, planes R, G, B; ``labels``: 1-based, here 1..10)."""
+    for i, (name, n) in enumerate((("Imagenet64_train_part1.npz", n_train),
+                                   ("val_data.npz", n_test))):
+        x, y = _images(n, (64, 64, 3), seed + i)
+        np.savez(root / name, data=x.transpose(0, 3, 1, 2).reshape(n, -1), labels=y + 1)
+    return root
+
+
 WRITERS: dict[str, Callable[..., Path]] = {
-    "mnist": write_mnist, "svhn": write_svhn, "cifar10": write_cifar10}
+    "mnist": write_mnist, "svhn": write_svhn, "cifar10": write_cifar10, "celeba": write_celeba,
+    "imagenet64": write_imagenet64}
 """The datasets this module can write, by ``data.name``."""
 
 

@@ -18,7 +18,8 @@ SMOKE_TRAIN = ("train.steps=4", "train.batch_size=16", "train.log_every=2",
                "train.checkpoint_every=4", "model.channel_scale=0.125")
 """Every stage at smoke scale: a few steps of small batches on the paper's networks with an
 eighth of their feature maps."""
-SMOKE_SIZES = {"mnist": (600, 600), "svhn": (600, 200), "cifar10": (600, 200)}
+SMOKE_SIZES = {"mnist": (600, 600), "svhn": (600, 200), "cifar10": (600, 200),
+               "celeba": (100, 50), "imagenet64": (100, 50)}
 """(training, held-out) images of each synthetic dataset written at smoke scale. MNIST's are
 all in its test file, which the experiment splits three ways as it splits the real one."""
 
@@ -86,15 +87,6 @@ class Experiment:
 
 
 EXPERIMENTS: dict[str, Experiment] = {}
-PLANNED = {
-    "figure3": "CelebA samples and reconstructions",
-    "figure5": "Tiny ImageNet samples and reconstructions",
-    "figure6": "CelebA latent interpolations",
-    "figure7": "conditional CelebA",
-}
-"""Experiments of the paper not yet available as ``ali experiment`` (issue #17)."""
-
-
 def register(e: Experiment) -> Experiment:
     EXPERIMENTS[e.name] = e
     return e
@@ -191,3 +183,41 @@ register(Experiment(
            "paper_draw); GAN + inverse mapping and GAN + post-hoc inference learn inference for "
            "each fully trained GAN run, its decoder frozen; the figures show each model's "
            "best-covering run",)))
+
+# CelebA and downsampled ImageNet: the paper shows figures of validation images.
+VALID = {"full": ("data.test_split=valid",), "smoke": ("data.test_split=valid",)}
+register(Experiment(
+    "figure3", "Figure 3: CelebA samples and reconstructions", "celeba",
+    stages=(Stage("celeba", "celeba"),), measures=_image_rows("celeba"),
+    figures=(("celeba", "samples"), ("celeba", "reconstructions")), data=VALID,
+    notes=("reconstructions and metrics on CelebA's validation split (list_eval_partition 1)",)))
+
+register(Experiment(
+    "figure5", "Figure 5: downsampled ImageNet (64 x 64) samples and reconstructions",
+    "imagenet64",
+    stages=(Stage("imagenet64", "imagenet64"),), measures=_image_rows("imagenet64"),
+    figures=(("imagenet64", "samples"), ("imagenet64", "reconstructions")),
+    notes=("the paper's 'Tiny ImageNet' is the 64 x 64 downsampled ImageNet of its "
+           "section 4 (Table 6); reconstructions of its validation images",)))
+
+register(Experiment(
+    "figure6", "Figure 6: latent interpolations between CelebA validation pairs", "celeba",
+    stages=(Stage("celeba", "celeba"),),
+    measures=(Measure("reconstruction MSE per pixel, validation images", "recon", "mse",
+                      "celeba", smoke=RECON_SMOKE),),
+    figures=(("celeba", "interpolations"),), data=VALID,
+    notes=("each row: x_1, the decoding of 8 codes interpolated linearly from z_1 = E(x_1) "
+           "(a draw from the encoder) to z_2 = E(x_2), and x_2",)))
+
+register(Experiment(
+    "figure7", "Figure 7: conditional CelebA, one fixed z, the paper's attribute sequence",
+    "celeba",
+    stages=(Stage("celeba_conditional", "celeba_conditional"),),
+    measures=(Measure("attributes of conditional samples found by the pixel classifier",
+                      "conditional", "accuracy", "celeba_conditional", smoke={"samples": 50}),),
+    figures=(("celeba_conditional", "attributes"),), data=VALID,
+    notes=("rows I-IV: male, attractive, young / male, attractive, older / female, "
+           "attractive, young / female, attractive, older; column (a) the row alone, (b)-(l) "
+           "the caption's sequence (black hair; brown hair; blond hair; black, wavy hair; "
+           "blond hair, bangs; blond hair, receding hairline; blond hair, balding; black "
+           "hair, smiling; ... mouth slightly open; ... eyeglasses; ... wearing hat)",)))
