@@ -1,5 +1,7 @@
 """Semi-supervised ALI (K+1 discriminator) and conditional ALI (Eq. 7)."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -245,3 +247,20 @@ def test_label_models_train_in_bf16_channels_last(classes_npz, extra):
     assert result.step == 4
     assert all(torch.isfinite(p).all() for p in result.model.parameters())
     assert all(np.isfinite(v) for r in result.history for v in r.values())
+
+
+@pytest.mark.parametrize("variant", [("model.semi_supervised=true", "data.labels=10"),
+                                     ("model.conditional=true",), ("attributes",)])
+def test_the_precision_probe_runs_on_labelled_models(variant, classes_npz, attributes_npz,
+                                                     tmp_path, monkeypatch):
+    # train.precision=auto's probe draws the labelled batch and y aside, as training does.
+    import ali.speed
+
+    monkeypatch.setattr(ali.speed, "probes_bf16", lambda device: True)
+    data, over = ((attributes_npz, ("model.conditional=true",)) if variant == ("attributes",)
+                  else (classes_npz, variant))
+    cfg = _tiny(data, *over, "train.precision_probe_min_ms=0", "train.bf16_min_speedup=1e-9",
+                "train.bf16_loss_tolerance=1")
+    train(cfg, run_dir=tmp_path, quiet=True)
+    run = json.loads((tmp_path / "config.json").read_text())["run"]
+    assert run["precision"] == "bf16" and run["precision_auto"]["bf16_ms"] > 0

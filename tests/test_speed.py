@@ -243,3 +243,17 @@ def test_auto_is_fp32_without_a_probe_on_a_cpu_lacking_bf16(monkeypatch):
     assert s.precision == "fp32" and "no bf16 instructions" in s.precision_auto["why"]
     monkeypatch.setattr(ali.speed, "cpu_has_bf16", lambda: None)       # unknown: measure
     assert resolve(get_config("svhn").train, CPU).precision == "auto"
+
+
+PICK_BF16 = ("train.precision_probe_min_ms=0", "train.bf16_min_speedup=1e-9",
+             "train.bf16_loss_tolerance=1")
+"""train.precision=auto made to take bf16 after a full probe, whatever this machine's speed."""
+
+
+@pytest.mark.parametrize("kind", ["ali", "gan", "gan_inverse", "gan_posthoc", "vae"])
+def test_the_probe_runs_on_every_model_kind(kind, tmp_path, monkeypatch):
+    _probe_on(monkeypatch)
+    over = [f"model.kind={kind}", *(["model.encoder=gaussian"] if kind == "vae" else [])]
+    train(tiny_toy(*over, *PICK_BF16), run_dir=tmp_path, quiet=True)
+    run = json.loads((tmp_path / "config.json").read_text())["run"]
+    assert run["precision"] == "bf16" and run["precision_auto"]["bf16_ms"] > 0
