@@ -15,7 +15,7 @@ from __future__ import annotations
 import statistics
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -26,15 +26,11 @@ from .distributed import resolve_device
 from .errors import ConfigError
 from .nets import family
 from .run import Run, build_run
+from .speed import time_chunk
 from .step import train_step
 
 SYNTHETIC_BATCHES = 4
 """The random dataset holds this many batches (drawn from on the device, as a real run)."""
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 # Class count of the synthetic labels when the config does not set model.label_dim.
@@ -114,16 +110,6 @@ def prepare(cfg: Config) -> StepUnderTest:
     device = resolve_device(t.device)
     return StepUnderTest(build_run(cfg, device, dataset=synthetic_dataset(cfg, t.batch_size,
                                                                           t.seed)))
-
-
-def time_chunk(step: Callable[[], None], device: torch.device, n: int) -> float:
-    """Seconds per call of ``step`` over ``n`` calls (the device synchronised around them)."""
-    _sync(device)
-    t0 = time.perf_counter()
-    for _ in range(n):
-        step()
-    _sync(device)
-    return (time.perf_counter() - t0) / n
 
 
 def bench(name: str | Config, steps: int = 20, batch_size: int | None = None,
@@ -244,9 +230,9 @@ def peak_gflops(device: str = "auto", precision: str = "fp32", n: int = 4096,
     a @ b
     times = []
     for _ in range(repeats):
-        _sync(dev)
+        speed.sync(dev)
         t0 = time.perf_counter()
         a @ b
-        _sync(dev)
+        speed.sync(dev)
         times.append(time.perf_counter() - t0)
     return 2 * n**3 / statistics.median(times) / 1e9

@@ -170,13 +170,7 @@ class Run:
         """The next training batch ``x ~ q(x)`` (B, *data), the prior draws ``z ~ p(z)``
         (B, *latent) and what else the model's losses take: a conditional model's ``y`` (the
         batch's labels), a semi-supervised model's ``labelled`` batch ``(x_l, y_l)``."""
-        inputs: dict[str, Any] = {}
-        x = self.sampler.next()
-        if isinstance(x, tuple):                        # conditional: (x, y) ~ q(x, y)
-            x, inputs["y"] = x
-        if self.labelled_sampler is not None:           # (x_l, y_l): (Bl, *data), (Bl,)
-            inputs["labelled"] = self.labelled_sampler.next()
-        return x, self.model.sample_prior(self.batch), inputs
+        return draw(self.model, self.sampler, self.labelled_sampler, self.batch)
 
     def learning_rates(self, step: int) -> dict[str, float]:
         """The learning rates of ``step`` (0-based): ``lr`` of the generator's optimiser and
@@ -242,33 +236,34 @@ class Run:
                 close()
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+def draw(model: Any, sampler: Any, labelled_sampler: Any,
+         batch: int) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+    """One training draw: see :meth:`Run.draw`."""
+    inputs: dict[str, Any] = {}
+    x = sampler.next()
+    if isinstance(x, tuple):                        # conditional: (x, y) ~ q(x, y)
+        x, inputs["y"] = x
+    if labelled_sampler is not None:                # (x_l, y_l): (Bl, *data), (Bl,)
+        inputs["labelled"] = labelled_sampler.next()
+    return x, model.sample_prior(batch), inputs
 
 
 def _draw_aside(model: Any, sampler: Any, labelled_sampler: Any,
                 batch: int) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
-    """One training draw (as :meth:`Run.draw`) that leaves both samplers where they were (the
-    caller forks the RNG that the prior draws use)."""
+    """One training draw that leaves both samplers where they were (the caller forks the RNG
+    that the prior draws use)."""
     states = [(s, s.state_dict()) for s in (sampler, labelled_sampler) if s is not None]
     try:
-        inputs: dict[str, Any] = {}
-        x = sampler.next()
-        if isinstance(x, tuple):
-            x, inputs["y"] = x
-        if labelled_sampler is not None:
-            inputs["labelled"] = labelled_sampler.next()
-        return x, model.sample_prior(batch), inputs
+        return draw(model, sampler, labelled_sampler, batch)
     finally:
         for s, state in states:
             s.load_state_dict(state)
 
 
-def probe_precision(model: Any, draw: Any, settings: speed.StepSettings, t: Any,
+def probe_precision(model: Any, draw_batch: Any, settings: speed.StepSettings, t: Any,
                     device: torch.device, ctx: distributed.Context) -> speed.StepSettings:
     """``train.precision=auto``: time the training step of copies of ``model`` in fp32 and
-    bf16 on one batch from ``draw()`` and decide by :func:`ali.speed.choose_precision`.
+    bf16 on one batch from ``draw_batch()`` and decide by :func:`ali.speed.choose_precision`.
 
     The model, its samplers and every RNG are left as they were, so a run that keeps fp32
     trains exactly as one with ``train.precision=fp32``. In a multi-process run rank 0 probes
@@ -276,13 +271,12 @@ def probe_precision(model: Any, draw: Any, settings: speed.StepSettings, t: Any,
     """
     import copy
     import statistics
-    import time
 
     rec: dict[str, Any] = {}
     if ctx.main:
         devices = [device] if device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
-            x, z, inputs = draw()
+            x, z, inputs = draw_batch()
             steppers, first, warm = {}, {}, {}
             for p in ("fp32", "bf16"):
                 m = copy.deepcopy(model)
@@ -292,20 +286,15 @@ def probe_precision(model: Any, draw: Any, settings: speed.StepSettings, t: Any,
                     make_optimizer(pg, t), pd, pg, device,
                     dataclasses.replace(settings, precision=p, compile=False))
                 torch.manual_seed(t.seed)       # the same dropout masks for both
-                _sync(device)
-                t0 = time.perf_counter()
-                out = steppers[p](x, z, **inputs)   # also the warm-up
-                first[p] = [float(v.detach()) for v in (out.d, out.g) if v is not None]
-                warm[p] = time.perf_counter() - t0
+                outs: list = []                 # the first step: also the warm-up
+                warm[p] = speed.time_chunk(
+                    lambda p=p, outs=outs: outs.append(steppers[p](x, z, **inputs)), device, 1)
+                first[p] = [float(v.detach()) for v in (outs[0].d, outs[0].g) if v is not None]
             diff = max(abs(b - f) / max(abs(f), 1e-12)
                        for f, b in zip(first["fp32"], first["bf16"]))
 
             def timed(p: str) -> float:
-                _sync(device)
-                t0 = time.perf_counter()
-                steppers[p](x, z, **inputs)
-                _sync(device)
-                return time.perf_counter() - t0
+                return speed.time_chunk(lambda: steppers[p](x, z, **inputs), device, 1)
 
             fp32_s = [timed("fp32")]
             if fp32_s[0] * 1e3 < t.precision_probe_min_ms:

@@ -6,8 +6,8 @@ settings of one device; :class:`Stepper` runs :func:`~ali.step.train_step` with 
 
 - precision: measured on the device at hand (:func:`choose_precision`): a short probe before
   training times the step in fp32 and in bf16 and takes bf16 only where it is clearly faster
-  and its losses agree with fp32's. On the 2-core CPUs of the README bf16 runs at about
-  0.7x fp32, so ``auto`` is fp32 there; on CPUs with fast bf16 and on GPUs it is bf16.
+  and its losses agree with fp32's. On the 2-core CPUs of the README bf16 ran at 0.7x (AVX-512)
+  and 0.1x (AVX2, emulated) of fp32, so ``auto`` is fp32 there.
 - channels-last: on, on either kind of device (oneDNN's transposed convolutions work in that
   format and made the svhn step about 1.3x faster on the CPU; tensor-core convolutions want it).
 - torch.compile: off (it made the CPU step slower).
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import shutil
+import time
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, ContextManager
 
@@ -139,6 +140,22 @@ def resolve(t: TrainConfig, device: torch.device, images: bool = True,
                           "on the PATH")
     cl = t.channels_last in ("on", "auto")        # auto: on, on either kind of device
     return StepSettings(precision, cl and images, t.compile, how)
+
+
+def sync(device: torch.device) -> None:
+    """Wait for ``device``'s queued work (a no-op on a CPU, whose work is synchronous)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_chunk(step: Callable[[], Any], device: torch.device, n: int) -> float:
+    """Seconds per call of ``step`` over ``n`` calls (the device synchronised around them)."""
+    sync(device)
+    t0 = time.perf_counter()
+    for _ in range(n):
+        step()
+    sync(device)
+    return (time.perf_counter() - t0) / n
 
 
 def autocast(device: torch.device, precision: str) -> Callable[[], ContextManager]:

@@ -273,6 +273,10 @@ def classify(ctx: EvalContext, o: argparse.Namespace) -> dict[str, Any]:
         option("--classifier", metavar="PATH",
                help=CLASSIFIER.kwargs["help"]))
 def conditional(ctx: EvalContext, o: argparse.Namespace) -> dict[str, Any]:
+    """Classes: ``--samples`` samples, the classes in turn. Attributes (Figure 7): samples for
+    the attribute vectors of held-out images (real combinations, in turn), each attribute
+    checked by the multi-label pixel classifier. ``classifier_accuracy`` is the classifier's
+    accuracy on real held-out images: the ceiling of ``accuracy``."""
     import torch
 
     model = ctx.model
@@ -280,47 +284,30 @@ def conditional(ctx: EvalContext, o: argparse.Namespace) -> dict[str, Any]:
         raise AliError(f"{ctx.run_dir} is not a conditional run (train with --set "
                        "model.conditional=true on a dataset with classes or attributes)")
     if model.attributes:
-        return _conditional_attributes(ctx, o)
-    if o.samples < model.label_dim:
-        raise AliError(f"--samples must be at least the {model.label_dim} classes")
+        _, labels = ctx.held_out()
+        if labels is None or len(labels) == 0:
+            raise AliError(f"{ctx.run_dir}: its held-out split has no attribute labels")
+        y = labels[torch.arange(o.samples) % len(labels)]                  # (N, K)
+    else:
+        if o.samples < model.label_dim:
+            raise AliError(f"--samples must be at least the {model.label_dim} classes")
+        y = torch.arange(o.samples) % model.label_dim                      # (N,)
     clf, meta = ctx.classifier(o.classifier)
     torch.manual_seed(ctx.seed)
-    y = torch.arange(o.samples) % model.label_dim
     hits = []
     with torch.no_grad():
         for i in range(0, o.samples, 500):
             yb = y[i:i + 500].to(ctx.device)
-            x = model.sample(len(yb), yb)
-            hits.append(clf.predict(x).cpu() == yb.cpu())
-    hit = torch.cat(hits).float()
-    per_class = [float(hit[y == k].mean()) for k in range(model.label_dim)]
-    return {"accuracy": float(hit.mean()), "per_class": per_class, "samples": o.samples,
-            "diversity": _diversity(ctx, model), "classifier_accuracy": meta.get("accuracy")}
-
-
-def _conditional_attributes(ctx: EvalContext, o: argparse.Namespace) -> dict[str, Any]:
-    """An attribute-conditional model (Figure 7): samples for the attribute vectors of
-    held-out images (real combinations, in turn), each attribute checked by the multi-label
-    pixel classifier. ``classifier_accuracy`` is its per-attribute accuracy on real held-out
-    images: the ceiling of ``accuracy``."""
-    import torch
-
-    clf, meta = ctx.classifier(o.classifier)
-    _, labels = ctx.held_out()
-    if labels is None or len(labels) == 0:
-        raise AliError(f"{ctx.run_dir}: its held-out split has no attribute labels")
-    torch.manual_seed(ctx.seed)
-    y = labels[torch.arange(o.samples) % len(labels)]                  # (N, K)
-    hits = []
-    with torch.no_grad():
-        for i in range(0, o.samples, 500):
-            yb = y[i:i + 500].to(ctx.device)
-            hits.append(clf.predict(ctx.model.sample(len(yb), yb)).cpu() == yb.cpu())
-    hit = torch.cat(hits).float()                                      # (N, K)
-    names = ctx.dataset.label_names or [str(k) for k in range(hit.shape[1])]
-    return {"accuracy": float(hit.mean()), "samples": o.samples,
-            "per_attribute": dict(zip(names, hit.mean(0).tolist())),
-            "classifier_accuracy": meta.get("accuracy")}
+            hits.append(clf.predict(model.sample(len(yb), yb)).cpu() == yb.cpu())
+    hit = torch.cat(hits).float()                                          # (N,) or (N, K)
+    out: dict[str, Any] = {"accuracy": float(hit.mean()), "samples": o.samples}
+    if model.attributes:
+        names = ctx.dataset.label_names or [str(k) for k in range(hit.shape[1])]
+        out["per_attribute"] = dict(zip(names, hit.mean(0).tolist()))
+    else:
+        out["per_class"] = [float(hit[y == k].mean()) for k in range(model.label_dim)]
+        out["diversity"] = _diversity(ctx, model)
+    return {**out, "classifier_accuracy": meta.get("accuracy")}
 
 
 def _diversity(ctx: EvalContext, model, per_class: int = 100) -> float | None:
