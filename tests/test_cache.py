@@ -321,3 +321,31 @@ def test_ctrl_c_during_a_parallel_build_stops_the_workers_and_leaves_nothing(tmp
     import multiprocessing
 
     assert multiprocessing.active_children() == []          # no worker left running
+
+
+def test_the_sampler_threads_never_parse_the_array_header(tmp_path, monkeypatch):
+    """np.load parses the .npy header with ast.literal_eval, which CPython 3.11 cannot run in
+    two threads at once (SystemError: AST constructor recursion depth mismatch, seen in CI):
+    the array is mapped in the caller's thread before the prefetch threads start."""
+    import ast
+    import threading
+
+    root = make_celeba_varied(tmp_path / "c", n=12)
+    d = load_dataset(cfg(root, tmp_path, "data.train_split=all", "data.test_split="))
+    threads = []
+    real = ast.literal_eval
+
+    def spy(*a, **k):
+        threads.append(threading.current_thread().name)
+        return real(*a, **k)
+
+    monkeypatch.setattr(ast, "literal_eval", spy)
+    d.train.base._a = None                      # as a fresh process would find it
+    s = make_sampler(d, 2, seed=0)
+    assert isinstance(s, CachedSampler) and s.threads >= 1
+    try:
+        for _ in range(4):
+            s.next()
+    finally:
+        s.close()
+    assert threads == [threading.main_thread().name]

@@ -446,6 +446,14 @@ def test_npz_file(tmp_path):
     with pytest.raises(DataError) as e:
         load_dataset(data_cfg("npz", p))
     one_line_error(e, "d.npz", "not an .npz file")
+    # A zip whose member is not a .npy array: np.load hands back its bytes, not an array.
+    import zipfile
+
+    with zipfile.ZipFile(p, "w") as z:
+        z.writestr("x_train.npy", b"not a numpy array")
+    with pytest.raises(DataError) as e:
+        load_dataset(data_cfg("npz", p))
+    one_line_error(e, "d.npz", "'x_train'", "not an array")
 
 
 # --------------------------------------------------------------------------- config

@@ -78,7 +78,11 @@ def test_damaged_files_give_only_one_line_errors(fmt, tmp_path_factory):
         (folder / rel).write_bytes(data.draw(damage(original)))
         try:
             ds = load_dataset(data_cfg(name, root, *split))
-            make_sampler(ds, 1, seed=0).next()
+            sampler = make_sampler(ds, 1, seed=0)
+            try:
+                sampler.next()
+            finally:
+                sampler.close()             # no prefetch threads left behind per example
         except AliError as e:
             assert "\n" not in str(e) and str(e)
 

@@ -189,9 +189,7 @@ def data_rate(cfg: Config, device: torch.device, batches: int = DATA_BATCHES, wa
         per_batch = statistics.median(time_chunk(sampler.next, device, batches)
                                       for _ in range(repeats))
     finally:
-        close = getattr(sampler, "close", None)
-        if close is not None:
-            close()
+        sampler.close()
     return {"data_images_per_s": t.batch_size * runs / per_batch, "data_path": path}
 
 

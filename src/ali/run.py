@@ -231,9 +231,8 @@ class Run:
     def close(self) -> None:
         """Release the samplers' resources (a streaming sampler's DataLoader workers)."""
         for sampler in (self.sampler, self.labelled_sampler):
-            close = getattr(sampler, "close", None)
-            if close is not None:
-                close()
+            if sampler is not None:
+                sampler.close()
 
 
 def draw(model: Any, sampler: Any, labelled_sampler: Any,

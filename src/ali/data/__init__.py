@@ -375,6 +375,10 @@ class TensorSampler:
         self.generator.set_state(state["generator"])
         self.perm, self.pos = state["perm"], state["pos"]
 
+    def close(self) -> None:
+        """Release what the sampler holds (nothing here; worker threads or processes in the
+        streaming samplers), so every sampler can be closed the same way."""
+
 
 class ImageSampler(TensorSampler):
     """:class:`TensorSampler` over uint8 images: a batch is float in [0, 1] on ``device``.
@@ -534,6 +538,11 @@ class CachedSampler(StreamSampler):
             x = self._make(pos)
         else:
             if self._pool is None:
+                # Map the array here, not in the workers: np.load parses the .npy header with
+                # ast.literal_eval, and CPython 3.11 keeps the AST constructor's recursion depth
+                # in interpreter-wide state, so two threads parsing at once can raise
+                # "SystemError: AST constructor recursion depth mismatch" (seen in CI, 3.11.7).
+                self.source.base.array  # noqa: B018
                 self._pool = concurrent.futures.ThreadPoolExecutor(
                     self.threads, thread_name_prefix="ali-cache")
             while len(self._ahead) < 2 * self.threads:      # in order: a FIFO of futures

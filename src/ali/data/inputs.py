@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from ..errors import DataError
-from .images import IMAGE_EXTENSIONS, convert, hwc, read_image
+from .images import IMAGE_EXTENSIONS, convert, hwc, one_line, read_image
 
 NPZ_KEYS = ("x", "x_test", "x_train")
 """The arrays an npz input is read from, in this order (or its only array)."""
@@ -62,19 +62,30 @@ def read_inputs(path: str | Path, data_shape: tuple[int, ...]) -> tuple[Tensor, 
     return t, [str(i) for i in range(len(t))]
 
 
-def _npz(path: Path) -> np.ndarray:
+def read_npz(path: Path) -> dict[str, np.ndarray]:
+    """Every array of the .npz file ``path``; a truncated or foreign file, or a member that is
+    not an array, is a one-line DataError."""
     try:
         with np.load(path, allow_pickle=False) as f:
-            keys = list(f.keys())
-            key = next((k for k in NPZ_KEYS if k in keys), keys[0] if len(keys) == 1 else None)
-            if key is None:
-                raise DataError(f"{path} holds {', '.join(keys) or 'no arrays'}; name the items "
-                                f"{' or '.join(NPZ_KEYS)}")
-            return f[key]
-    except DataError:
-        raise
+            arrays = {k: f[k] for k in f.files}
     except Exception as e:  # a truncated or foreign file
-        raise DataError(f"{path} is not a readable npz file ({type(e).__name__})") from None
+        raise DataError(f"{path} is truncated or not an .npz file ({one_line(e)})") from None
+    # np.load hands back the raw bytes of a member that is not a .npy array
+    bad = next((k for k, v in arrays.items() if not isinstance(v, np.ndarray)), None)
+    if bad is not None:
+        raise DataError(f"{path}: member {bad!r} is not an array (the file is damaged or not "
+                        "written by numpy)")
+    return arrays
+
+
+def _npz(path: Path) -> np.ndarray:
+    arrays = read_npz(path)
+    keys = list(arrays)
+    key = next((k for k in NPZ_KEYS if k in keys), keys[0] if len(keys) == 1 else None)
+    if key is None:
+        raise DataError(f"{path} holds {', '.join(keys) or 'no arrays'}; name the items "
+                        f"{' or '.join(NPZ_KEYS)}")
+    return arrays[key]
 
 
 def _csv(path: Path) -> np.ndarray:

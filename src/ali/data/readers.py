@@ -30,6 +30,7 @@ from ..config import DataConfig
 from ..errors import ConfigError, DataError
 from .images import (IMAGE_EXTENSIONS, ArrayImages, FileImages, ImageSource, hwc, image_info,
                      need, one_line, verify)
+from .inputs import read_csv_table, read_npz
 
 Part = tuple[Any, Tensor | None]
 
@@ -577,11 +578,7 @@ def _with(cfg: DataConfig, **changes: Any) -> DataConfig:
 def npz(cfg: DataConfig) -> Spec:
     path = _root(cfg)
     need(path)
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            arrays = {k: f[k] for k in f.files}
-    except Exception as e:
-        raise DataError(f"{path} is truncated or not an .npz file ({one_line(e)})") from None
+    arrays = read_npz(path)
 
     def split(name: str) -> Part:
         key = f"x_{name}"
@@ -620,7 +617,6 @@ TABLE_SPLITS = ("train", "valid", "test")
 
 def _table_arrays(cfg: DataConfig, path: Path) -> dict[str, tuple[np.ndarray, Any]]:
     """{split: (features (N, D) float64, labels: (N,) ints, N label names, or None)}."""
-    from .inputs import read_csv_table
 
     if path.is_dir():
         files = {n: path / f"{n}.csv" for n in TABLE_SPLITS if (path / f"{n}.csv").is_file()}
@@ -635,11 +631,7 @@ def _table_arrays(cfg: DataConfig, path: Path) -> dict[str, tuple[np.ndarray, An
     if cfg.label_column:
         raise ConfigError("data.label_column is for CSV tables; an npz table's labels are its "
                           "y, y_train, y_test arrays")
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            arrays = {k: f[k] for k in f.files}
-    except Exception as e:
-        raise DataError(f"{path} is truncated or not an .npz file ({one_line(e)})") from None
+    arrays = read_npz(path)
     names = {n: (f"x_{n}", f"y_{n}") for n in TABLE_SPLITS} if "x" not in arrays else {
         "all": ("x", "y")}
     out = {}
