@@ -277,3 +277,45 @@ def test_building_a_semi_supervised_model_leaves_the_family_tables_alone():
     assert family("tiny").FAMILY.disc_joint == table
     d = build_model(get_config("tiny")).discriminator
     assert blocks(d.d_xz)[-1].spec.maps == 1
+
+
+def _shuffle_norms_(module: nn.Module) -> None:
+    """Batch-norm statistics and affine parameters away from (0, 1), so folding them shows."""
+    g = torch.Generator().manual_seed(1)
+    for m in module.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            with torch.no_grad():
+                m.running_mean.copy_(torch.rand(m.running_mean.shape, generator=g) - 0.5)
+                m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
+                m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
+                m.bias.copy_(torch.rand(m.bias.shape, generator=g) - 0.5)
+
+
+@pytest.mark.parametrize("name", [*FAMILIES, "toy", "table"])
+def test_inference_copy_is_the_same_function_without_its_batch_norms(name):
+    """ali.nets.parts.inference_copy (anomaly scoring): batch norm folded into the layer before
+    it, activations in place, channels-last; the outputs of the evaluation-mode model up to
+    float rounding, the model and the input untouched."""
+    from ali.nets.parts import inference_copy
+
+    torch.manual_seed(0)
+    overrides = ["model.data_dim=5"] if name == "table" else []
+    m = build_model(get_config(name, overrides))
+    _shuffle_norms_(m)
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    fast = inference_copy(m)
+    assert m.training and all(torch.equal(v, before[k]) for k, v in m.state_dict().items())
+    kept = [mod for mod in fast.modules() if type(mod) in (nn.BatchNorm1d, nn.BatchNorm2d)]
+    folded = sum(type(mod) in (nn.BatchNorm1d, nn.BatchNorm2d) for mod in m.modules())
+    if name in FAMILIES:
+        assert folded > 0 and kept == []          # every conv's batch norm is folded
+    x = (torch.rand(3, *m.data_shape) if name in FAMILIES else torch.randn(3, *m.data_shape))
+    x0 = x.clone()
+    m.eval()
+    with torch.no_grad():
+        z = m.encode_mean(x)
+        torch.testing.assert_close(fast.encode_mean(x), z, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(fast.decode(z), m.decode(z), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(fast.discriminator(x, z), m.discriminator(x, z),
+                                   rtol=1e-4, atol=1e-4)
+    assert torch.equal(x, x0)                     # in-place activations never touch the input

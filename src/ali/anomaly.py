@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from .config import ANOMALY_SCORES
 from .errors import AliError, EncoderError
-from .nets.parts import JointDiscriminator, evaluating
+from .nets.parts import JointDiscriminator, inference_copy
 
 SCORES = ANOMALY_SCORES
 ALPHA = 0.9
@@ -127,9 +127,9 @@ def anomaly_score(model: Any, x: Any, kind: str = "egbad", y: Tensor | None = No
         pair_discriminator(model)
     x = model.as_input(x)
     device = next(model.parameters()).device
-    out = []
-    with evaluating(model):
-        for i in range(0, len(x), batch_size):
-            yb = None if y is None else torch.as_tensor(y)[i:i + batch_size].to(device)
-            out.append(_scores(model, x[i:i + batch_size].to(device), yb, kind, alpha).float())
+    fast = inference_copy(model)             # batch norm folded, channels-last on a CPU
+    out = [_scores(fast, x[i:i + batch_size].to(device),
+                   None if y is None else torch.as_tensor(y)[i:i + batch_size].to(device),
+                   kind, alpha).float()
+           for i in range(0, len(x), batch_size)]
     return torch.cat(out) if out else torch.empty(0, device=device)

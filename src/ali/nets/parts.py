@@ -225,3 +225,56 @@ def batch_stats_only(module: nn.Module) -> Iterator[nn.Module]:
     finally:
         for m in norms:
             m.track_running_stats = True
+
+
+_FOLDABLE = (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)
+
+
+def inference_copy(module: nn.Module) -> nn.Module:
+    """A copy of ``module`` in evaluation mode, made for fast forward passes: the same function
+    up to float rounding (about 1e-7 relative). Never train it.
+
+    - Each batch norm that follows a conv or linear layer in an ``nn.Sequential`` (evaluation-
+      mode dropout between them aside) is folded into that layer's weight and bias: in
+      evaluation mode it is a fixed affine map, so its pass over the activations goes.
+    - ReLU and LeakyReLU run in place (no gradient to keep their inputs for).
+    - On a CPU, image networks are channels-last, the layout oneDNN's convolutions are fastest
+      in (docs/anomaly.md, "Scoring speed").
+
+    Layers under a parametrisation (spectral normalisation) and batch norms without running
+    statistics are left as they are.
+    """
+    import copy
+
+    from torch.nn.utils import parametrize
+    from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
+
+    out = copy.deepcopy(module).eval()
+    for seq in [m for m in out.modules() if isinstance(m, nn.Sequential)]:
+        # the last child that computed something (dropout and folded norms pass x through)
+        last: tuple[str, nn.Module] | None = None
+        for name, child in list(seq.named_children()):
+            if isinstance(child, (nn.Dropout, nn.Identity)):
+                continue
+            if (last is not None and isinstance(last[1], _FOLDABLE)
+                    and type(child) in (nn.BatchNorm1d, nn.BatchNorm2d)
+                    and child.running_mean is not None
+                    and not parametrize.is_parametrized(last[1])):
+                layer = last[1]
+                fused = (fuse_linear_bn_eval(layer, child) if isinstance(layer, nn.Linear)
+                         else fuse_conv_bn_eval(layer, child,
+                                                transpose=isinstance(layer, nn.ConvTranspose2d)))
+                setattr(seq, last[0], fused)
+                setattr(seq, name, nn.Identity())
+                last = (last[0], fused)
+                continue
+            # in place only on a tensor this Sequential made, never on its own input
+            if isinstance(child, (nn.ReLU, nn.LeakyReLU)) and last is not None and isinstance(
+                    last[1], (*_FOLDABLE, nn.modules.batchnorm._BatchNorm)):
+                child.inplace = True
+            last = (name, child)
+    device = next(out.parameters(), torch.empty(0)).device
+    if device.type == "cpu" and any(isinstance(m, nn.Conv2d | nn.ConvTranspose2d)
+                                    for m in out.modules()):
+        out = out.to(memory_format=torch.channels_last)
+    return out
