@@ -82,17 +82,41 @@ def test_every_experiment_runs_at_smoke_scale(name, tmp_path, capsys):
         assert (log.out + log.err).count("finished earlier, reused") == len(exp.stages)
 
 
-def test_full_scale_estimate_times_each_run_and_scales_by_its_steps(monkeypatch):
+def test_full_scale_estimate_times_each_stage_once_and_counts_only_steps_left(monkeypatch):
     import ali.bench
     from ali.config import get_config
     timed = []
     monkeypatch.setattr(ali.bench, "bench", lambda cfg, **kw: timed.append(cfg.name) or {
         "step_ms": 10.0, "device": "cpu", "flops_per_image": 2e6})
     lines = []
-    total = runner.estimate([get_config("tiny", ["train.steps=1000"]),
-                             get_config("mnist", ["train.steps=2000"])], lines.append)
-    assert total == pytest.approx(0.01 * 1000 + 0.01 * 2000)
+    tiny, mnist = get_config("tiny"), get_config("mnist")
+    # stage a: two seeds, 1,000 and 400 steps left; stage b: 2,000; stage c: finished
+    total = runner.estimate([("a", tiny, 1000), ("a", tiny, 400), ("b", mnist, 2000),
+                             ("c", mnist, 0)], lines.append)
+    assert total == pytest.approx(0.01 * (1000 + 400 + 2000))
     assert timed == ["tiny", "mnist"] and "10 ms/step on cpu (2 MFLOP per image)" in lines[0]
+
+
+def test_full_scale_rerun_times_only_the_unfinished_stages(tmp_path, monkeypatch, capsys):
+    """An interrupted full-scale experiment, rerun: finished stages are neither timed nor
+    counted, a half-trained one counts its steps left."""
+    import ali.bench
+    exp = runner.get("mnist")
+    stages = [st.name for st in exp.stages]
+    done = {stages[0]: 10**9, stages[1]: 100}                # finished; resumable at 100
+    monkeypatch.setattr(runner, "_steps_done", lambda d: done.get(d.name.split("-seed")[0]))
+    timed = []
+    monkeypatch.setattr(ali.bench, "bench", lambda cfg, **kw: timed.append(cfg.name) or {
+        "step_ms": 1000.0, "device": "cpu", "flops_per_image": 2e6})
+    monkeypatch.setattr(runner, "_train", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt))
+    plan = {st.name: runner.stage_config(exp, st, "full", tmp_path, 0, "cpu", False)
+            for st in exp.stages}
+    with pytest.raises(KeyboardInterrupt):
+        runner.run("mnist", "full", data_root=tmp_path, out=tmp_path / "out", device="cpu")
+    out = capsys.readouterr().out
+    assert timed == [plan[s].name for s in stages[1:]]
+    left = (plan[stages[1]].train.steps - 100) + sum(plan[s].train.steps for s in stages[2:])
+    assert f"about {left / 3600:.1f} h of training left (1 of {len(stages)} runs finished)" in out
 
 
 def test_figure7_conditions_follow_the_caption():

@@ -95,12 +95,18 @@ def stage_config(exp: Experiment, stage: Stage, scale: str, root: Path, seed: in
     return get_config(stage.preset, over)
 
 
-def _finished(run_dir: Path, steps: int) -> bool | None:
-    """True: trained to ``steps``; False: a checkpoint to resume; None: nothing there."""
+def _steps_done(run_dir: Path) -> int | None:
+    """The step of ``run_dir``'s checkpoint; None: nothing (readable) there."""
     try:
-        return load_checkpoint(run_checkpoint_path(run_dir))["step"] >= steps
+        return int(load_checkpoint(run_checkpoint_path(run_dir))["step"])
     except CheckpointError:
         return None
+
+
+def _finished(run_dir: Path, steps: int) -> bool | None:
+    """True: trained to ``steps``; False: a checkpoint to resume; None: nothing there."""
+    done = _steps_done(run_dir)
+    return None if done is None else done >= steps
 
 
 def _train(cfg: Config, run_dir: Path, log: Callable[[str], None]) -> None:
@@ -115,17 +121,23 @@ def _train(cfg: Config, run_dir: Path, log: Callable[[str], None]) -> None:
     train(cfg, run_dir=run_dir, resume=state is False, quiet=True)
 
 
-def estimate(configs: list[Config], log: Callable[[str], None]) -> float:
-    """Seconds the runs of ``configs`` will take on this device: each config's step timed
-    with :func:`ali.bench.bench` (a few steps after a warm-up) times its ``train.steps``."""
+def estimate(work: list[tuple[str, Config, int]], log: Callable[[str], None]) -> float:
+    """Seconds that ``work``, (stage, config, steps still to train) triples, will take on this
+    device: each stage's step timed once with :func:`ali.bench.bench` (a few steps after a
+    warm-up) times the steps left; a stage with nothing left is not timed."""
     from ..bench import bench
 
+    step_s: dict[str, float] = {}
     total = 0.0
-    for cfg in configs:
-        r = bench(cfg, steps=ESTIMATE_STEPS, warmup=1, repeats=2)
-        total += r["step_ms"] / 1e3 * cfg.train.steps
-        log(f"  {cfg.name}: {r['step_ms']:.0f} ms/step on {r['device']} "
-            f"({r['flops_per_image'] / 1e6:.0f} MFLOP per image)")
+    for stage, cfg, steps in work:
+        if steps <= 0:
+            continue
+        if stage not in step_s:
+            r = bench(cfg, steps=ESTIMATE_STEPS, warmup=1, repeats=2)
+            step_s[stage] = r["step_ms"] / 1e3
+            log(f"  {cfg.name}: {r['step_ms']:.0f} ms/step on {r['device']} "
+                f"({r['flops_per_image'] / 1e6:.0f} MFLOP per image)")
+        total += step_s[stage] * steps
     return total
 
 
@@ -259,9 +271,15 @@ def run(name: str, scale: str = "smoke", data_root: str | Path | None = None,
     plan = {(st.name, s): stage_config(exp, st, scale, root.resolve(), s, device, is_synthetic)
             for st in exp.stages for s in range(seeds)}
     if scale == "full":
+        # only what is left: a rerun of an interrupted experiment times no finished stage
+        work = [(stage, cfg, cfg.train.steps - (_steps_done(out / "runs" / f"{stage}-seed{s}")
+                                                or 0))
+                for (stage, s), cfg in plan.items()]
         log(f"estimating the time on {device}:")
-        per_seed = estimate([plan[(st.name, 0)] for st in exp.stages], log)
-        log(f"about {per_seed * seeds / 3600:.1f} h of training in all")
+        seconds = estimate(work, log)
+        finished = sum(left <= 0 for *_, left in work)
+        log(f"about {seconds / 3600:.1f} h of training left ({finished} of {len(work)} runs "
+            "finished)")
     log(f"{exp.title}: {len(plan)} run(s) in {out / 'runs'}")
     for (stage, seed), cfg in plan.items():
         _train(cfg, out / "runs" / f"{stage}-seed{seed}", log)
