@@ -130,3 +130,26 @@ def test_two_processes_share_one_cache_built_once(tmp_path):
     parts = [make_sampler(cached, 16, seed=0, shard=(r, 2)) for r in range(2)]
     for _ in range(4):
         assert torch.equal(whole.next(), torch.cat([s.next() for s in parts]))
+
+
+def test_an_experiment_under_torchrun_trains_on_both_and_rank0_alone_reports(tmp_path):
+    """`torchrun -m ali experiment`: one process group for every stage (each run records a
+    world size of 2), rank 0 alone writes the synthetic data, evaluates and prints the table."""
+    out = tmp_path / "exp"
+    p = _torchrun("-m", "ali", "experiment", "figure6", "--out", str(out), "--device", "cpu")
+    assert p.returncode == 0, _failure(p)
+    assert p.stdout.count("# Figure 6") == 1 and p.stdout.count("writing synthetic") == 1
+    run = json.loads((out / "runs" / "celeba-seed0" / "config.json").read_text())["run"]
+    assert run["world_size"] == 2 and run["batch_per_process"] * 2 == 16
+    assert load_checkpoint(out / "runs" / "celeba-seed0" / "checkpoints" / "latest.pt")[
+        "step"] == 4
+    result = json.loads((out / "results.json").read_text())
+    assert result["experiment"] == "figure6" and result["rows"][0]["ours"] > 0
+
+
+def test_a_side_by_side_experiment_refuses_torchrun_in_one_line(monkeypatch, capsys):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    assert main(["experiment", "figure8", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "run it without torchrun" in err

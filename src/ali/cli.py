@@ -114,7 +114,8 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     out = Path(args.out or runner.default_out(args.name, args.scale))
-    runner.run(args.name, args.scale, args.data_root, out, args.seeds, args.device)
+    if not runner.run(args.name, args.scale, args.data_root, out, args.seeds, args.device):
+        return 0                # under torchrun, a rank other than 0: rank 0 reports
     print()
     print((out / "table.md").read_text())
     print(f"finished in {time.perf_counter() - t0:.0f} s")

@@ -121,6 +121,12 @@ def shutdown() -> None:
         _dist().destroy_process_group()
 
 
+def barrier() -> None:
+    """Wait until every process gets here (nothing to wait for outside a process group)."""
+    if active():
+        _dist().barrier()
+
+
 def local_batch(batch_size: int, ctx: Context) -> int:
     """Each process's share of the global batch ``train.batch_size``."""
     if batch_size % ctx.world_size:

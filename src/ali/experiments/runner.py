@@ -232,19 +232,42 @@ def run(name: str, scale: str = "smoke", data_root: str | Path | None = None,
     (``experiment``, ``scale``, ``seeds``, ``rows``, ``figures``, ``seconds``).
 
     Without ``data_root``, smoke scale first writes the experiment's synthetic dataset into
-    ``out/data``; full scale needs the dataset's official files."""
-    import time
+    ``out/data``; full scale needs the dataset's official files.
 
-    from ..data import synthetic
-    from ..distributed import resolve_device
+    Under ``torchrun`` every process trains every stage (one process group for all of them);
+    rank 0 alone writes the data, prints, evaluates and writes the results, and the other
+    ranks return ``{}``."""
+    from .. import distributed
 
     exp = get(name)
     if scale not in SCALES:
         raise AliError(f"--scale must be one of {', '.join(SCALES)}; got {scale!r}")
     if seeds < 1:
         raise AliError(f"--seeds must be >= 1; got {seeds}")
-    out = Path(out or default_out(name, scale))
-    device = str(resolve_device(device))
+    ctx = distributed.from_env()
+    if ctx.enabled and exp.protocol:
+        raise AliError(f"{name} trains its runs side by side in one process: run it without "
+                       "torchrun")
+    if distributed.active():
+        raise AliError("ali experiment starts its own process group under torchrun; call it "
+                       "before torch.distributed.init_process_group")
+    ctx, dev, own = distributed.init(device)
+    try:
+        return _run(exp, scale, data_root, Path(out or default_out(name, scale)), seeds,
+                    str(dev), log if ctx.main else (lambda line: None), ctx, own)
+    finally:
+        if own:
+            distributed.shutdown()
+
+
+def _run(exp: Experiment, scale: str, data_root: str | Path | None, out: Path, seeds: int,
+         device: str, log: Callable[[str], None], ctx: Any, own: bool) -> dict[str, Any]:
+    import time
+
+    from .. import distributed
+    from ..data import synthetic
+
+    name = exp.name
     t0 = time.perf_counter()
     if exp.protocol:
         if data_root is not None:
@@ -261,9 +284,10 @@ def run(name: str, scale: str = "smoke", data_root: str | Path | None = None,
             raise AliError(f"--scale full needs --data-root: the official {exp.dataset} files "
                            f"(ali data download {exp.dataset} --root DIR)")
         root = out / "data" / exp.dataset
-        if not root.is_dir():
+        if ctx.main and not root.is_dir():
             log(f"writing synthetic {exp.dataset} data into {root}")
             synthetic.write(exp.dataset, root, *SMOKE_SIZES[exp.dataset])
+        distributed.barrier()                    # the others read what rank 0 wrote
     else:
         root = Path(data_root)
         if not root.exists():
@@ -276,13 +300,19 @@ def run(name: str, scale: str = "smoke", data_root: str | Path | None = None,
                                                 or 0))
                 for (stage, s), cfg in plan.items()]
         log(f"estimating the time on {device}:")
-        seconds = estimate(work, log)
+        seconds = estimate(work, log)        # every rank times: the steps' collectives match
         finished = sum(left <= 0 for *_, left in work)
         log(f"about {seconds / 3600:.1f} h of training left ({finished} of {len(work)} runs "
             "finished)")
     log(f"{exp.title}: {len(plan)} run(s) in {out / 'runs'}")
     for (stage, seed), cfg in plan.items():
+        distributed.barrier()                    # every rank sees the same finished stages
         _train(cfg, out / "runs" / f"{stage}-seed{seed}", log)
+    distributed.barrier()                        # rank 0 has written every final checkpoint
+    if own:
+        distributed.shutdown()                   # rank 0 evaluates alone, with no group
+    if not ctx.main:
+        return {}
     data_over = [f"data.root={root.resolve()}"]
     rows = []
     for m in exp.measures:
