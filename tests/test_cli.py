@@ -102,6 +102,40 @@ def test_toy_set_applies_to_every_adversarial_run(tmp_path, monkeypatch):
     assert seen == {"ali": (2.5, 16, TOY_RECON), "gan": (2.5, 16, None), "vae": (None, 16, None)}
 
 
+def test_toy_long_protocol_trains_ali_and_gan_and_checks_the_targets(tmp_path, monkeypatch):
+    """`ali toy --protocol long`: ALI and the GAN by default, the long budget unless --steps,
+    PacGAN's ALI figures and the targets in results.json, the same schema otherwise."""
+    from ali.experiments import toy
+    steps = []
+    real = toy._train_and_score
+    monkeypatch.setattr(toy, "_train_and_score", lambda cfg, data, samplers: steps.append(
+        cfg.train.steps) or real(cfg, data, samplers))
+    monkeypatch.setattr(toy, "LONG_STEPS", 3)        # the protocol's own budget, made tiny
+    out = tmp_path / "long"
+    assert main(["toy", "--protocol", "long", "--dataset", "ring", "--runs", "2",
+                 "--out", str(out)]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["protocol"] == "long" and set(res["models"]) == {"ali", "gan"} and steps == [3, 3]
+    assert res["samples_per_run"] == 3 * 32 and res["pacgan_ali"] == toy.PACGAN_ALI["ring"]
+    assert set(res["targets"]) == {"ali", "gan"}
+    assert res["targets"]["ali"]["hq_target"] == 0.98 and res["targets"]["ali"]["met"] is False
+    assert "Targets" in (out / "table.md").read_text()
+
+
+def test_long_targets_need_every_mode_in_every_run_hq_and_the_budget():
+    from ali.experiments.toy import long_targets
+    good = {"modes_hq": [8, 8, 8], "hq": [0.99, 0.98, 0.975]}              # mean 0.9817
+    assert long_targets(good, "ring", 8, 4_800_000)["met"] is True
+    assert long_targets(good, "ring", 8, 12_000_000) == {
+        "every_run_every_mode": True, "hq": pytest.approx(0.98166, abs=1e-4),
+        "hq_target": 0.98, "within_budget": False, "met": False}
+    one_short = {"modes_hq": [8, 7, 8], "hq": [0.99, 0.99, 0.99]}
+    assert long_targets(one_short, "ring", 8, 1)["met"] is False
+    low = {"modes_hq": [25] * 10, "hq": [0.959] * 10}
+    assert long_targets(low, "grid", 25, 1)["met"] is False
+    assert long_targets({"modes_hq": [25] * 10, "hq": [0.96] * 10}, "grid", 25, 1)["met"]
+
+
 @pytest.mark.parametrize("name, label_dim", [
     ("mnist_conditional", 10), ("cifar10_ssl_1000", 10), ("svhn_conditional", 10),
     ("celeba_conditional", 40)])
