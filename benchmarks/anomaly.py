@@ -27,7 +27,8 @@ shows the fixed score above. Example (what the docs' table ran)::
 
 Writes ``results.json`` and, for the first digit, ``extremes-digitK.png``: the 16 held-out
 digits our ``ali`` model scores lowest (top rows) and the 16 it scores highest (bottom rows).
-Needs scikit-learn and PyOD (``pip install pyod``; it uses the installed torch).
+Needs scikit-learn and PyOD: ``pip install "ali[anomaly-bench]"`` (PyOD uses the installed
+torch).
 """
 
 from __future__ import annotations
