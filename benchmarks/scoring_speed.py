@@ -15,6 +15,7 @@ import time
 
 import torch
 
+from ali.anomaly import BATCH_SIZE
 from ali.build import build_model
 from ali.config import get_config
 
@@ -26,18 +27,21 @@ def main() -> None:
     p.add_argument("--n", type=int, default=10_000)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--batch-size", type=int, help="default: ali.anomaly.BATCH_SIZE")
     args = p.parse_args()
     torch.manual_seed(0)
     model = build_model(get_config(args.preset, [f"train.device={args.device}"])).eval()
     model.to(args.device)
     x = torch.randint(0, 256, (args.n, *model.data_shape), dtype=torch.uint8)
-    print(f"{args.preset} on {args.device} ({torch.get_num_threads()} threads), {args.n} images")
+    sized = {} if args.batch_size is None else {"batch_size": args.batch_size}
+    print(f"{args.preset} on {args.device} ({torch.get_num_threads()} threads), {args.n} images, "
+          f"batch {args.batch_size or BATCH_SIZE}")
     for kind in args.kinds.split(","):
-        model.anomaly_score(x[:500], kind)
+        model.anomaly_score(x[:500], kind, **sized)
         times = []
         for _ in range(args.repeats):
             t = time.perf_counter()
-            s = model.anomaly_score(x, kind)
+            s = model.anomaly_score(x, kind, **sized)
             s.sum().item()                      # wait for an accelerator
             times.append(time.perf_counter() - t)
         print(f"{kind:6s} " + " ".join(f"{v:.2f}" for v in times)

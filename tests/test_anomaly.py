@@ -67,6 +67,8 @@ def test_scores_refuse_what_the_model_cannot_do_in_one_line():
         _model().anomaly_score(torch.randn(3, 2), "l3")
     with pytest.raises(AliError, match=r"alpha must be in \[0, 1\]"):
         _model().anomaly_score(torch.randn(3, 2), alpha=2)
+    with pytest.raises(AliError, match="batch_size must be at least 1; got 0"):
+        _model().anomaly_score(torch.randn(3, 2), batch_size=0)
     with pytest.raises(AliError, match="run-batched"):
         _model("model.runs=2").anomaly_score(torch.randn(3, 2, 2))
 

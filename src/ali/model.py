@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from . import losses as L
 from .anomaly import ALPHA, anomaly_score
+from .anomaly import BATCH_SIZE as ANOMALY_BATCH
 from .errors import ConditionError, DataError, EncoderError
 from .nets import family
 from .nets.parts import (ConditionedNet, Conditioning, JointDiscriminator,  # noqa: F401
@@ -238,7 +239,7 @@ class GenerativeModel(nn.Module):
 
     def anomaly_score(self, x: Tensor | "np.ndarray", kind: str = "egbad",
                       y: Tensor | None = None, alpha: float = ALPHA,
-                      batch_size: int = 500) -> Tensor:
+                      batch_size: int = ANOMALY_BATCH) -> Tensor:
         """Anomaly scores (N,) of ``x``, higher for more anomalous: the reconstruction
         distance (``l1``, ``l2``), the discriminator-feature distance (``fm``), minus D's logit
         (``logit``) or EGBAD's ``alpha * l1 + (1 - alpha) * fm`` (``egbad``); see
