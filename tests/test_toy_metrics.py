@@ -3,6 +3,7 @@ import math
 import pytest
 import torch
 
+from ali.config import TOY_RECON, TOY_RING_RECON
 from ali.data import toy
 from ali.eval.toy import mode_metrics, recon_mode
 
@@ -130,3 +131,23 @@ def test_figure8_learns_inference_for_the_trained_gan_its_decoder_frozen(kind):
 def test_figure8_shows_the_best_covering_run():
     from ali.experiments.toy import best_run
     assert best_run({"modes": [20, 25, 25, 24], "hq": [0.9, 0.5, 0.7, 0.99]}) == 2
+
+
+@pytest.mark.parametrize("dataset, weight", [("grid", TOY_RECON), ("ring", TOY_RING_RECON)])
+def test_tuned_protocol_trains_each_datasets_preset(monkeypatch, dataset, weight):
+    """--protocol tuned: ALI trains the dataset's preset (the ring's lighter cycle term), the
+    baselines the same settings without the cycle term, all runs batched with train.seed 0."""
+    from ali.experiments import toy as experiment
+
+    seen = []
+    scores = {m: [1.0] for m in ("modes", "modes_hq", "hq", "recon_mode")}
+    monkeypatch.setattr(experiment, "_train_and_score",
+                        lambda cfg, data, samplers: (seen.append(cfg), (scores, {}))[1])
+    experiment.run(dataset=dataset, runs=3, steps=2, models=("ali", "gan"), device="cpu",
+                   log=lambda s: None)
+    ali, gan = seen
+    assert ali.name == experiment.TUNED_PRESETS[dataset] == gan.name
+    assert ali.data.name == gan.data.name == dataset
+    assert ali.model.cycle.weight == weight and gan.model.cycle is None
+    assert (ali.model.runs, ali.train.seed, ali.train.steps) == (3, 0, 2)
+    assert ali.model.r1 == gan.model.r1 is not None

@@ -6,7 +6,8 @@ Each is trained ``runs`` times and scored by :mod:`ali.eval.toy`.
 
 Three protocols:
 
-- ``tuned`` (default): our settings (the ``toy`` preset; its cycle term is ALI's alone),
+- ``tuned`` (default): our settings (the ``toy`` preset on the grid, ``toy_ring`` on the ring:
+  :data:`TUNED_PRESETS`; their cycle term is ALI's alone),
   train.seed 0; the N runs of a model train side by side as one batched computation
   (``model.runs = N``), each with its own parameters, data order and noise.
 - ``long``: the tuned settings for :data:`LONG_STEPS` steps per run (by default ALI and the
@@ -50,7 +51,10 @@ CHAIN_STEPS = 1
 PAPER_MODES = {"ali": {"mean": 13.4, "std": 5.8, "min": 8, "max": 25},
                "gan": {"mean": 10.4, "std": 9.2, "min": 1, "max": 22}}
 
-# The tuned protocol trains the registered ``toy`` preset (our settings); ``--quick`` shortens it.
+# The tuned protocol trains the registered preset of the dataset (our settings); ``--quick``
+# shortens it.
+TUNED_PRESETS = {"grid": "toy", "ring": "toy_ring"}
+"""Each dataset's tuned preset: the ring's ALI takes a lighter cycle term than the grid's."""
 # The paper protocol trains the ``toy_paper`` preset with per-run random draws.
 QUICK_STEPS = 1500
 PAPER_STEPS = 20_000
@@ -81,7 +85,8 @@ def model_overrides(kind: str) -> tuple[str, ...]:
 
 
 def tuned_overrides(kind: str, overrides: tuple[str, ...] = ()) -> tuple[str, ...]:
-    """The tuned protocol's config of model ``kind``: the ``toy`` preset (every adversarial model
+    """The tuned protocol's overrides of model ``kind`` on the dataset's preset
+    (:data:`TUNED_PRESETS`; every adversarial model
     trains with its learning rates and lazy R1 penalty; the GAN covers more modes with them too,
     README "2-D experiment"), the user's ``overrides`` (which apply to every model) and
     :func:`model_overrides`."""
@@ -179,7 +184,7 @@ def run(dataset: str = "grid", protocol: str = "tuned", runs: int = 10, quick: b
                     "train.seed=0"]
             if steps is not None or quick or protocol == "long":
                 over.append(f"train.steps={steps or (QUICK_STEPS if quick else LONG_STEPS)}")
-            cfg = get_config("toy", over)
+            cfg = get_config(TUNED_PRESETS[dataset], over)
             results["samples_per_run"] = cfg.train.steps * cfg.train.batch_size
             scores, fig = _train_and_score(cfg, data, samplers)
         else:
