@@ -37,6 +37,7 @@ def test_scores_are_the_documented_distances():
     fm = (f_x - f_rec).abs().sum(1)
     torch.testing.assert_close(m.anomaly_score(x, "l1"), l1)
     torch.testing.assert_close(m.anomaly_score(x, "l2"), (x - rec).norm(dim=1))
+    torch.testing.assert_close(m.anomaly_score(x, "latent"), z.pow(2).sum(1))
     torch.testing.assert_close(m.anomaly_score(x, "fm"), fm)
     torch.testing.assert_close(m.anomaly_score(x, "logit"), -logit)
     torch.testing.assert_close(m.anomaly_score(x, "egbad", alpha=0.3), 0.3 * l1 + 0.7 * fm)
@@ -69,8 +70,26 @@ def test_scores_refuse_what_the_model_cannot_do_in_one_line():
         _model().anomaly_score(torch.randn(3, 2), alpha=2)
     with pytest.raises(AliError, match="batch_size must be at least 1; got 0"):
         _model().anomaly_score(torch.randn(3, 2), batch_size=0)
-    with pytest.raises(AliError, match="run-batched"):
-        _model("model.runs=2").anomaly_score(torch.randn(3, 2, 2))
+    with pytest.raises(AliError, match="run-batched model .2 runs. scores as an ensemble with "
+                                       "l1, l2, latent only; got 'egbad'"):
+        _model("model.runs=2").anomaly_score(torch.randn(3, 2))
+    with pytest.raises(AliError, match=r"takes x of shape \(N, 2\); got \(3, 2, 2\)"):
+        _model("model.runs=2").anomaly_score(torch.randn(3, 2, 2), "l1")
+
+
+def test_a_run_batched_model_scores_as_the_mean_of_its_runs():
+    """model.runs=R: each item goes through every run; the score is the mean of the runs'."""
+    ens = _model("model.runs=3", "model.init_std=1")   # untrained runs far apart
+    x = torch.randn(6, 2)
+    with torch.no_grad():
+        xr = x.unsqueeze(1).expand(6, 3, 2)
+        z = ens.encode_mean(xr)                                 # (6, 3, latent)
+        d = xr - ens.decode(z)                                  # (6, 3, 2)
+    per_run = {"l1": d.abs().sum(2), "l2": d.norm(dim=2), "latent": z.pow(2).sum(2)}
+    for kind, want in per_run.items():
+        assert not torch.allclose(want[:, 0], want[:, 1])      # the runs differ
+        torch.testing.assert_close(ens.anomaly_score(x, kind), want.mean(1))
+        torch.testing.assert_close(ens.anomaly_score(x, kind, batch_size=4), want.mean(1))
 
 
 def test_normal_class_keeps_one_class_in_training_only():
@@ -168,3 +187,22 @@ def test_ali_score_on_a_folder_of_images_and_a_gan(tmp_path, capsys):
     assert main(["score", str(tmp_path / "g"), "--input", str(tmp_path / "imgs"), "--out",
                  str(tmp_path / "g.csv"), "--device", "cpu"]) == 2
     assert "has no encoder" in capsys.readouterr().err
+
+
+def test_ali_score_on_a_run_batched_model_scores_the_ensemble(tmp_path, capsys):
+    import csv
+    import numpy as np
+    model = _model("model.runs=3", "model.init_std=1")
+    model.save_pretrained(tmp_path / "ens")
+    x = np.random.default_rng(0).normal(size=(5, 2))
+    np.savetxt(tmp_path / "x.csv", x, delimiter=",")
+    out = tmp_path / "s.csv"
+    assert main(["score", str(tmp_path / "ens"), "--input", str(tmp_path / "x.csv"), "--out",
+                 str(out), "--score", "latent", "--device", "cpu"]) == 0
+    rows = list(csv.reader(open(out)))[1:]
+    want = model.anomaly_score(torch.tensor(x, dtype=torch.float32), "latent")
+    np.testing.assert_allclose([float(r[1]) for r in rows], want.numpy(), rtol=1e-5)
+    assert main(["score", str(tmp_path / "ens"), "--input", str(tmp_path / "x.csv"), "--out",
+                 str(out), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "scores as an ensemble with l1, l2, latent only" in err

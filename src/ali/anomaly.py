@@ -6,6 +6,10 @@ point estimate (its mean: scores are deterministic) and x' = G(z), HIGHER MEANS 
 for every score:
 
 - ``l1``, ``l2``: the reconstruction distance ``||x - x'||_1`` and ``||x - x'||_2``;
+- ``latent``: ``||z||_2^2``, the code's squared distance from the prior's centre (minus twice
+  the log prior density, up to a constant): a point the encoder sends where the prior puts
+  little mass is anomalous, which the reconstruction distances miss for points far out along
+  the data's own directions;
 - ``fm``: the discriminator-feature distance ``||f(x, z) - f(x', z)||_1``, f being the joint
   discriminator's last hidden features (the input of its last layer);
 - ``logit``: minus the joint discriminator's logit on (x, z): D calls data pairs real (a high
@@ -15,9 +19,14 @@ for every score:
   ``||f_xx(x, x) - f_xx(x, x')||_1``, f_xx being D_xx's last hidden features: how far the
   reconstruction pair is from the identity pair, in the cycle discriminator's eyes.
 
-``l1`` and ``l2`` work for every model with an encoder (the VAE included); ``fm``, ``logit``
-and ``egbad`` need a joint discriminator (ALI's, or gan_posthoc's second one); ``alad`` needs
-an ALAD model (``model.alad``). A feature-vector model scores in standardised units.
+``l1``, ``l2`` and ``latent`` work for every model with an encoder (the VAE included); ``fm``,
+``logit`` and ``egbad`` need a joint discriminator (ALI's, or gan_posthoc's second one);
+``alad`` needs an ALAD model (``model.alad``). A feature-vector model scores in standardised
+units.
+
+A run-batched model (``model.runs=N``, N > 1: N models trained side by side as one batched
+computation) scores as an ensemble: each item's score is the mean of its N runs' scores, for
+``l1``, ``l2`` and ``latent`` (the same units in every run: data units, and the shared prior's).
 """
 
 from __future__ import annotations
@@ -28,15 +37,24 @@ import torch
 from torch import Tensor, nn
 
 from .config import ANOMALY_SCORES
-from .errors import AliError, EncoderError
+from .errors import AliError, DataError, EncoderError
 from .nets.parts import JointDiscriminator, inference_copy
 
 SCORES = ANOMALY_SCORES
+ENSEMBLE_SCORES = ("l1", "l2", "latent")
+"""The scores a run-batched model averages over its runs."""
 ALPHA = 0.9
 """EGBAD's weight of the reconstruction term (their MNIST setting)."""
 BATCH_SIZE = 256
 """Examples per scoring forward: on a CPU a batch whose activations stay in cache is faster than
 a larger one (the scoring speed in docs/anomaly.md)."""
+
+
+def item_shape(model: Any) -> tuple[int, ...]:
+    """The shape of one item the model scores: its data shape, less a run-batched model's runs
+    dimension (each of its runs scores every item)."""
+    shape = tuple(model.data_shape)
+    return shape[1:] if model.runs > 1 else shape
 
 
 def joint_discriminator(model: Any) -> nn.Module:
@@ -80,11 +98,15 @@ def _hidden(disc: nn.Module, *args: Tensor) -> Tensor:
 @torch.no_grad()
 def _scores(model: Any, x: Tensor, y: Tensor | None, kind: str, alpha: float) -> Tensor:
     # x: (B, *data) float on the model's device
+    # x of a run-batched model: (B, R, D), every run scoring every item
     z = model.encode_mean(x, y)                                     # (B, *latent)
+    if kind == "latent":
+        return z.flatten(1).pow(2).sum(1) / model.runs
     x_rec = model.decode(z, y)                                      # (B, *data)
     if kind in ("l1", "l2"):
-        d = (x - x_rec).flatten(1)
-        return d.abs().sum(1) if kind == "l1" else d.pow(2).sum(1).sqrt()
+        d = (x - x_rec).reshape(x.shape[0], model.runs, -1)           # (B, R, D)
+        per_run = d.abs().sum(2) if kind == "l1" else d.pow(2).sum(2).sqrt()   # (B, R)
+        return per_run.mean(1)
     if kind == "logit":
         return -model.log_ratio(x, z, y)
     if kind == "alad":
@@ -124,12 +146,20 @@ def anomaly_score(model: Any, x: Any, kind: str = "egbad", y: Tensor | None = No
     if model.encoder is None:
         raise EncoderError(f"a {type(model).__name__} has no encoder: it cannot score "
                            "anomalies in one pass")
-    if model.runs != 1:
-        raise AliError(f"a run-batched model ({model.runs} runs) scores no single anomaly")
+    if model.runs > 1 and kind not in ENSEMBLE_SCORES:
+        raise AliError(f"a run-batched model ({model.runs} runs) scores as an ensemble with "
+                       f"{', '.join(ENSEMBLE_SCORES)} only; got {kind!r}")
     if kind in ("fm", "logit", "egbad"):
         joint_discriminator(model)
     if kind == "alad":
         pair_discriminator(model)
+    if model.runs > 1:
+        x = torch.as_tensor(x)
+        item = item_shape(model)
+        if tuple(x.shape[1:]) != item:
+            raise DataError(f"this model takes x of shape (N, {', '.join(map(str, item))}); "
+                            f"got {tuple(x.shape)}")
+        x = x.unsqueeze(1).expand(x.shape[0], model.runs, *item)     # (N, R, D)
     x = model.as_input(x)
     device = next(model.parameters()).device
     fast = inference_copy(model)             # batch norm folded, channels-last on a CPU

@@ -243,6 +243,7 @@ def _cmd_interpolate(args: argparse.Namespace) -> int:
 def _cmd_score(args: argparse.Namespace) -> int:
     import csv
 
+    from .anomaly import item_shape
     from .data.inputs import read_inputs
     from .distributed import resolve_device
     from .pretrained import load
@@ -251,7 +252,7 @@ def _cmd_score(args: argparse.Namespace) -> int:
     if model.conditional:
         raise AliError("ali score does not take labels: a conditional model cannot score "
                        "unlabelled items")
-    x, names = read_inputs(args.input, model.data_shape)
+    x, names = read_inputs(args.input, item_shape(model))
     sized = {} if args.batch_size is None else {"batch_size": args.batch_size}
     scores = model.anomaly_score(x, args.score, alpha=args.alpha, **sized).cpu().tolist()
     out = Path(args.out)

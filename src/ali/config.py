@@ -52,7 +52,7 @@ TABLE_LATENT = 8
 TABLE_WIDTH = 128
 TABLE_STEPS = 2_000
 ON_DIVERGENCE = ("stop", "rollback")
-ANOMALY_SCORES = ("l1", "l2", "fm", "logit", "egbad", "alad")
+ANOMALY_SCORES = ("l1", "l2", "latent", "fm", "logit", "egbad", "alad")
 """The anomaly scores of :mod:`ali.anomaly` (here, so the command line lists them without
 importing torch)."""
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
