@@ -15,6 +15,9 @@ the same seeds, on the same threads:
   term), score ``egbad`` (0.9 * L1 + 0.1 * D-feature distance);
 - ``alad``: the same plus ALAD's D_xx and D_zz and spectral normalisation of every
   discriminator (``model.alad=on``, ``model.spectral_norm=true``), score ``alad``;
+- ``ali_ens`` (breast cancer only): four ``table`` ALI runs trained as one batched model and
+  scored as an ensemble by ``latent``, settings chosen on validation folds of the training
+  half (``anomaly_select.py``);
 - PyOD's ``ALAD``, ``AutoEncoder``, ``DeepSVDD`` (default settings, trained until the budget
   runs out: a hook on their optimizer steps stops the fit, see :func:`fit_pyod`) and
   ``IForest`` (defaults; it needs far less than the budget);
@@ -43,21 +46,31 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 
+from ali.anomaly import ENSEMBLE_SCORES
 from ali.config import get_config
 from ali.data import load_dataset
 from ali.run import build_run
 
 ALAD_SETS = ("model.alad=on", "model.spectral_norm=true")
+ENSEMBLE_SETS = ("model.runs=4", "model.cycle=on", "model.cycle.weight=0.01",
+                 "train.steps=3000")
+"""``ali_ens``: four ALI runs trained side by side as one batched model, scored as an ensemble;
+its cycle weight, steps and score were chosen on breast cancer's validation folds
+(``anomaly_select.py``; docs, anomaly.md)."""
 OURS = {"ali": ("egbad", ()), "alad": ("alad", ALAD_SETS),
-        "ali_mlp": ("egbad", ()), "alad_mlp": ("alad", ALAD_SETS)}
+        "ali_mlp": ("egbad", ()), "alad_mlp": ("alad", ALAD_SETS),
+        "ali_ens": ("latent", ENSEMBLE_SETS)}
 """Our models: (the score the table shows, overrides); ``*_mlp`` are the ``table`` preset's MLPs
 on the digits' 784 pixels as feature vectors, the others the ``mnist`` preset's convnets (on
-breast cancer every one of ours is the table preset, so only ``ali`` and ``alad`` run there)."""
+breast cancer every one of ours is the table preset, so only ``ali``, ``alad`` and ``ali_ens``
+run there). ``ali_ens`` is the table preset's alone (run-batched models are MLPs only), so it
+runs on breast cancer only."""
 PYOD = ("pyod_alad", "pyod_ae", "pyod_deepsvdd", "iforest")
 BASELINE = "mean_l1"
 """No training: the L1 distance to the mean training item (pixels; standardised features on
 breast cancer), what a detector must beat to have learned anything."""
-TABULAR_MODELS = ("ali", "alad", *PYOD, BASELINE)
+TABULAR_MODELS = ("ali", "alad", "ali_ens", *PYOD, BASELINE)
+TABULAR_ONLY = ("ali_ens",)
 MNIST_SPLIT = ("data.train_split=test", "data.train_range=0:8000", "data.test_split=test",
                "data.test_range=9000:10000")
 EXTREMES = 16
@@ -83,7 +96,11 @@ def train_ours(cfg: Any, budget: float) -> tuple[Any, int, float]:
 
 
 def our_scores(model: Any, x: torch.Tensor) -> dict[str, np.ndarray]:
-    kinds = ["l1", "fm", "logit", "egbad"] + (["alad"] if model.d_xx is not None else [])
+    if model.runs > 1:
+        kinds = list(ENSEMBLE_SCORES)
+    else:
+        kinds = ["l1", "l2", "latent", "fm", "logit", "egbad"] + (
+            ["alad"] if model.d_xx is not None else [])
     return {k: model.anomaly_score(x, k).cpu().numpy() for k in kinds}
 
 
@@ -236,18 +253,23 @@ def scoring_speed(model: Any, test: torch.Tensor, args: argparse.Namespace,
                                                              for k, v in speed.items()))
 
 
-def breast_cancer(args: argparse.Namespace, models: list[str]) -> dict[str, Any]:
+def breast_cancer_split() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(features, malignant 0/1, the training half's indices, the test half's): a fixed random
+    half for training (its benign cases train; ``anomaly_select.py`` validates on the rest of
+    it), the other half only for the reported AUROC."""
     from sklearn.datasets import load_breast_cancer
 
     d = load_breast_cancer()
     malignant = (d.target == 0).astype(np.int64)       # sklearn: 0 = malignant
-    rng = np.random.default_rng(0)
-    order = rng.permutation(len(d.data))
+    order = np.random.default_rng(0).permutation(len(d.data))
     half = len(order) // 2
-    tr, te = order[:half], order[half:]
+    return d.data, malignant, order[:half], order[half:]
+
+
+def breast_cancer(args: argparse.Namespace, models: list[str]) -> dict[str, Any]:
+    x, malignant, tr, te = breast_cancer_split()
     path = args.out / "breast_cancer.npz"
-    np.savez(path, x_train=d.data[tr], y_train=malignant[tr], x_test=d.data[te],
-             y_test=malignant[te])
+    np.savez(path, x_train=x[tr], y_train=malignant[tr], x_test=x[te], y_test=malignant[te])
     base = [f"data.root={path}", "data.normal_class=0", "train.device=cpu",
             "train.progress=off", "train.steps=1000000"]
     data = load_dataset(get_config("table", base).data)
@@ -303,14 +325,15 @@ def main() -> None:
     start = time.perf_counter()
     results: dict[str, Any] = {"args": {k: str(v) for k, v in vars(args).items()}}
     if args.digits:
-        results["mnist"] = mnist(args, models)
+        results["mnist"] = mnist(args, [m for m in models if m not in TABULAR_ONLY])
     tabular = [m for m in models if m in TABULAR_MODELS]
     results["breast_cancer"] = breast_cancer(args, tabular)
     results["seconds"] = time.perf_counter() - start
     (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     speed = results.get("mnist", {}).pop("scoring_seconds_10k", None)
     if args.digits:
-        print("\nMNIST one-class AUROC (normal digit / seed)\n" + table(results["mnist"], models))
+        print("\nMNIST one-class AUROC (normal digit / seed)\n"
+              + table(results["mnist"], [m for m in models if m not in TABULAR_ONLY]))
         results["mnist"]["scoring_seconds_10k"] = speed
     print("\nbreast cancer AUROC (seed)\n" + table(results["breast_cancer"], tabular))
     print(f"\n{results['seconds']:.0f} s in all -> {args.out / 'results.json'}")
