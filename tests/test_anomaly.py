@@ -125,6 +125,27 @@ def test_eval_anomaly_on_a_one_class_run(tmp_path, capsys):
     assert capsys.readouterr().err.count("\n") == 1
 
 
+def test_eval_anomaly_measures_a_run_batched_run_as_an_ensemble(tmp_path, capsys):
+    """model.runs=3: ali eval --metric anomaly scores the held-out split with the mean of the
+    runs' score, the same AUROC as the model's own ensemble scores give."""
+    from sklearn.metrics import roc_auc_score
+
+    from ali.pretrained import load
+    run = tmp_path / "run"
+    cfg = tiny_toy("data.normal_class=0", "data.n_train=2000", "model.runs=3", "train.steps=20")
+    train(cfg, run_dir=run, quiet=True)
+    assert main(["eval", str(run), "--metric", "anomaly", "--score", "latent", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    data = load_dataset(cfg.data)
+    model = load(run, "cpu")
+    want = roc_auc_score((data.test_labels != 0).numpy(),
+                         model.anomaly_score(data.test, "latent").numpy())
+    assert res["score"] == "latent" and res["auroc"] == pytest.approx(want, abs=1e-9)
+    assert main(["eval", str(run), "--metric", "anomaly", "--score", "fm"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "scores as an ensemble with l1, l2, latent only" in err
+
+
 # ---------------------------------------------------------------------------- ali score
 
 @pytest.fixture(scope="module")

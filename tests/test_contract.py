@@ -158,7 +158,7 @@ API_WITHOUT_Y = ["sample", "encode", "encode_mean", "reconstruct", "interpolate"
 
 def expect(s: Setup, cmd: str) -> str:
     """"ok", or a word of the one-line refusal."""
-    if s.has("model.runs") and cmd.startswith("eval-"):
+    if s.has("model.runs") and cmd.startswith("eval-") and cmd != "eval-anomaly":
         return "side by side"
     image_only = {"sample", "sample-condition", "reconstruct", "interpolate", "eval-fid",
                   "eval-kid"}
@@ -185,6 +185,8 @@ def expect(s: Setup, cmd: str) -> str:
     if cmd == "eval-anomaly":
         if not s.encoder:
             return "no encoder"
+        if s.has("model.runs"):                      # its default score is not an ensemble's
+            return "scores as an ensemble"
         if s.kind not in ("ali", "gan_posthoc"):     # its default score needs D(x, z)
             return "no joint discriminator"
         if s.attributes:

@@ -341,11 +341,12 @@ def _diversity(ctx: EvalContext, model, per_class: int = 100) -> float | None:
                     "run's data.normal_class)"),
         option("--score", choices=ANOMALY_SCORES, default="egbad",
                help="higher is more anomalous (ali.anomaly): reconstruction distance l1/l2, "
-                    "discriminator features fm, minus D's logit, EGBAD's alpha*l1 + "
-                    "(1-alpha)*fm, or ALAD's D_xx feature distance alad"),
+                    "the code's squared norm latent, discriminator features fm, minus D's "
+                    "logit, EGBAD's alpha*l1 + (1-alpha)*fm, or ALAD's D_xx feature distance "
+                    "alad; a run-batched model: the mean of its runs' l1, l2 or latent"),
         option("--alpha", type=float, default=0.9, help="egbad's weight of l1"),
         option("--batch-size", type=int, default=500, help="items per forward pass"),
-        variant=lambda o: o.score)
+        variant=lambda o: o.score, ensembles=True)
 def anomaly(ctx: EvalContext, o: argparse.Namespace) -> dict[str, Any]:
     import numpy as np
     from sklearn.metrics import average_precision_score, roc_auc_score

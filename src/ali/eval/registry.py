@@ -62,16 +62,20 @@ class Metric:
     options: tuple[Option, ...] = ()
     variant: Callable[[argparse.Namespace], str | None] | None = None
     """The result file's suffix for these options (None: ``NAME.json``)."""
+    ensembles: bool = False
+    """Whether it measures a run-batched model (``model.runs`` > 1) as one ensemble; every
+    other metric refuses such a run."""
 
 
 METRICS: dict[str, Metric] = {}
 
 
 def metric(name: str, help: str, *options: Option,
-           variant: Callable[[argparse.Namespace], str | None] | None = None):
+           variant: Callable[[argparse.Namespace], str | None] | None = None,
+           ensembles: bool = False):
     """Register ``fn(ctx, opts) -> dict`` as the metric ``name``."""
     def deco(fn):
-        METRICS[name] = Metric(name, fn, help, tuple(options), variant)
+        METRICS[name] = Metric(name, fn, help, tuple(options), variant, ensembles)
         return fn
     return deco
 
@@ -207,7 +211,7 @@ def run_metric(ctx: EvalContext, name: str, opts: argparse.Namespace | None = No
     m = get(name)
     opts = resolve(m, opts or argparse.Namespace())
     runs = getattr(ctx.model, "runs", 1)  # a missing or broken run fails here, before any work
-    if runs > 1:
+    if runs > 1 and not m.ensembles:
         raise AliError(f"{ctx.run_dir} holds {runs} models trained side by side (model.runs); "
                        "ali eval scores one model (`ali train toy` prints each run's 2-D "
                        "metrics)")
