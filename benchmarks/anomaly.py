@@ -322,10 +322,11 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     models = args.models.split(",")
+    mnist_models = [m for m in models if m not in TABULAR_ONLY]
     start = time.perf_counter()
     results: dict[str, Any] = {"args": {k: str(v) for k, v in vars(args).items()}}
     if args.digits:
-        results["mnist"] = mnist(args, [m for m in models if m not in TABULAR_ONLY])
+        results["mnist"] = mnist(args, mnist_models)
     tabular = [m for m in models if m in TABULAR_MODELS]
     results["breast_cancer"] = breast_cancer(args, tabular)
     results["seconds"] = time.perf_counter() - start
@@ -333,7 +334,7 @@ def main() -> None:
     speed = results.get("mnist", {}).pop("scoring_seconds_10k", None)
     if args.digits:
         print("\nMNIST one-class AUROC (normal digit / seed)\n"
-              + table(results["mnist"], [m for m in models if m not in TABULAR_ONLY]))
+              + table(results["mnist"], mnist_models))
         results["mnist"]["scoring_seconds_10k"] = speed
     print("\nbreast cancer AUROC (seed)\n" + table(results["breast_cancer"], tabular))
     print(f"\n{results['seconds']:.0f} s in all -> {args.out / 'results.json'}")

@@ -20,12 +20,31 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from anomaly import breast_cancer_split
-from sklearn.metrics import roc_auc_score
-
 from ali.anomaly import ENSEMBLE_SCORES
 from ali.config import get_config
-from ali.run import build_run
+from ali.engine import Callback
+from ali.train import train
+from sklearn.metrics import roc_auc_score
+
+from anomaly import breast_cancer_split
+
+
+class Validate(Callback):
+    """At each checkpoint step, every ensemble score's AUROC on the run's held-out split."""
+
+    def __init__(self, checkpoints: list[int], auroc: dict[tuple[int, str], list[float]]) -> None:
+        self.checkpoints, self.auroc = set(checkpoints), auroc
+
+    def due(self, step: int, loop) -> bool:
+        return step in self.checkpoints
+
+    def __call__(self, step: int, loop) -> None:
+        model, data = loop.run.model.eval(), loop.run.dataset
+        for kind in ENSEMBLE_SCORES:
+            s = model.anomaly_score(data.test, kind).numpy()
+            self.auroc.setdefault((step, kind), []).append(
+                roc_auc_score(data.test_labels.numpy(), s))
+        model.train()
 
 
 def main() -> None:
@@ -58,19 +77,7 @@ def main() -> None:
                                        f"train.steps={a.checkpoints[-1]}",
                                        f"train.seed={a.seed}", f"model.runs={a.runs}",
                                        *a.overrides])
-            run = build_run(cfg, torch.device("cpu"))
-            xv, yv = run.dataset.test, run.dataset.test_labels.numpy()
-            for step in range(a.checkpoints[-1]):
-                run.model.schedule(step, run.total)
-                run.set_learning_rates(step)
-                xb, z, inputs = run.draw()
-                run.stepper(xb, z, **inputs)
-                if step + 1 in a.checkpoints:
-                    model = run.model.eval()
-                    for kind in ENSEMBLE_SCORES:
-                        s = model.anomaly_score(xv, kind).numpy()
-                        auroc.setdefault((step + 1, kind), []).append(roc_auc_score(yv, s))
-                    run.model.train()
+            train(cfg, quiet=True, callbacks=[Validate(a.checkpoints, auroc)])
     print(f"validation AUROC over {a.folds} folds, runs={a.runs} {' '.join(a.overrides)} "
           f"({time.perf_counter() - start:.0f} s)")
     rows = []

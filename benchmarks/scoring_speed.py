@@ -27,21 +27,20 @@ def main() -> None:
     p.add_argument("--n", type=int, default=10_000)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--batch-size", type=int, help="default: ali.anomaly.BATCH_SIZE")
+    p.add_argument("--batch-size", type=int, default=BATCH_SIZE)
     args = p.parse_args()
     torch.manual_seed(0)
     model = build_model(get_config(args.preset, [f"train.device={args.device}"])).eval()
     model.to(args.device)
     x = torch.randint(0, 256, (args.n, *model.data_shape), dtype=torch.uint8)
-    sized = {} if args.batch_size is None else {"batch_size": args.batch_size}
     print(f"{args.preset} on {args.device} ({torch.get_num_threads()} threads), {args.n} images, "
-          f"batch {args.batch_size or BATCH_SIZE}")
+          f"batch {args.batch_size}")
     for kind in args.kinds.split(","):
-        model.anomaly_score(x[:500], kind, **sized)
+        model.anomaly_score(x[:500], kind, batch_size=args.batch_size)
         times = []
         for _ in range(args.repeats):
             t = time.perf_counter()
-            s = model.anomaly_score(x, kind, **sized)
+            s = model.anomaly_score(x, kind, batch_size=args.batch_size)
             s.sum().item()                      # wait for an accelerator
             times.append(time.perf_counter() - t)
         print(f"{kind:6s} " + " ".join(f"{v:.2f}" for v in times)

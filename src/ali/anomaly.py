@@ -36,7 +36,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .config import ANOMALY_SCORES
+from .config import ANOMALY_BATCH_SIZE, ANOMALY_SCORES
 from .errors import AliError, DataError, EncoderError
 from .nets.parts import JointDiscriminator, inference_copy
 
@@ -45,9 +45,7 @@ ENSEMBLE_SCORES = ("l1", "l2", "latent")
 """The scores a run-batched model averages over its runs."""
 ALPHA = 0.9
 """EGBAD's weight of the reconstruction term (their MNIST setting)."""
-BATCH_SIZE = 256
-"""Examples per scoring forward: on a CPU a batch whose activations stay in cache is faster than
-a larger one (the scoring speed in docs/anomaly.md)."""
+BATCH_SIZE = ANOMALY_BATCH_SIZE
 
 
 def item_shape(model: Any) -> tuple[int, ...]:
@@ -95,16 +93,24 @@ def _hidden(disc: nn.Module, *args: Tensor) -> Tensor:
     return captured[0]
 
 
+def _batch(model: Any, x: Tensor) -> Tensor:
+    """A batch of items as the model takes them: a run-batched model's runs each get every item
+    (expanded per batch, so the N x R copy never exists whole)."""
+    if model.runs > 1:
+        x = x.unsqueeze(1).expand(len(x), model.runs, *x.shape[1:])  # (B, R, D)
+    return model.as_input(x)
+
+
 @torch.no_grad()
 def _scores(model: Any, x: Tensor, y: Tensor | None, kind: str, alpha: float) -> Tensor:
     # x: (B, *data) float on the model's device
     # x of a run-batched model: (B, R, D), every run scoring every item
     z = model.encode_mean(x, y)                                     # (B, *latent)
     if kind == "latent":
-        return z.flatten(1).pow(2).sum(1) / model.runs
+        return z.flatten(1).pow(2).sum(1) / model.runs              # the runs' mean
     x_rec = model.decode(z, y)                                      # (B, *data)
     if kind in ("l1", "l2"):
-        d = (x - x_rec).reshape(x.shape[0], model.runs, -1)           # (B, R, D)
+        d = (x - x_rec).reshape(len(x), model.runs, -1)              # (B, R, D)
         per_run = d.abs().sum(2) if kind == "l1" else d.pow(2).sum(2).sqrt()   # (B, R)
         return per_run.mean(1)
     if kind == "logit":
@@ -153,17 +159,13 @@ def anomaly_score(model: Any, x: Any, kind: str = "egbad", y: Tensor | None = No
         joint_discriminator(model)
     if kind == "alad":
         pair_discriminator(model)
-    if model.runs > 1:
-        x = torch.as_tensor(x)
-        item = item_shape(model)
-        if tuple(x.shape[1:]) != item:
-            raise DataError(f"this model takes x of shape (N, {', '.join(map(str, item))}); "
-                            f"got {tuple(x.shape)}")
-        x = x.unsqueeze(1).expand(x.shape[0], model.runs, *item)     # (N, R, D)
-    x = model.as_input(x)
+    x, item = torch.as_tensor(x), item_shape(model)
+    if model.runs > 1 and tuple(x.shape[1:]) != item:
+        raise DataError(f"this model takes x of shape (N, {', '.join(map(str, item))}); got "
+                        f"{tuple(x.shape)}")
     device = next(model.parameters()).device
     fast = inference_copy(model)             # batch norm folded, channels-last on a CPU
-    out = [_scores(fast, x[i:i + batch_size].to(device),
+    out = [_scores(fast, _batch(model, x[i:i + batch_size]).to(device),
                    None if y is None else torch.as_tensor(y)[i:i + batch_size].to(device),
                    kind, alpha).float()
            for i in range(0, len(x), batch_size)]

@@ -14,7 +14,8 @@ import time
 from pathlib import Path
 
 from . import __version__
-from .config import ANOMALY_SCORES, apply_overrides, config_names, get_config
+from .config import (ANOMALY_BATCH_SIZE, ANOMALY_SCORES, apply_overrides, config_names,
+                     get_config)
 from .errors import AliError, TrainingInterrupted, one_line
 
 EXIT_USER_ERROR = 2
@@ -253,8 +254,8 @@ def _cmd_score(args: argparse.Namespace) -> int:
         raise AliError("ali score does not take labels: a conditional model cannot score "
                        "unlabelled items")
     x, names = read_inputs(args.input, item_shape(model))
-    sized = {} if args.batch_size is None else {"batch_size": args.batch_size}
-    scores = model.anomaly_score(x, args.score, alpha=args.alpha, **sized).cpu().tolist()
+    scores = model.anomaly_score(x, args.score, alpha=args.alpha,
+                                 batch_size=args.batch_size).cpu().tolist()
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out, "w", newline="") as f:
@@ -446,8 +447,8 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--score", choices=ANOMALY_SCORES, default="egbad",
                     help="higher is more anomalous (ali.anomaly)")
     sc.add_argument("--alpha", type=float, default=0.9, help="egbad's weight of l1")
-    sc.add_argument("--batch-size", type=int,
-                    help="examples per forward (default: ali.anomaly.BATCH_SIZE)")
+    sc.add_argument("--batch-size", type=int, default=ANOMALY_BATCH_SIZE,
+                    help="examples per forward")
     sc.add_argument("--device", default="auto",
                     help="auto (cuda, else mps, else cpu) | cpu | cuda[:N] | mps")
     sc.set_defaults(func=_cmd_score)

@@ -23,8 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from . import losses as L
-from .anomaly import ALPHA, anomaly_score
-from .anomaly import BATCH_SIZE as ANOMALY_BATCH
+from .anomaly import ALPHA, BATCH_SIZE, anomaly_score
 from .errors import ConditionError, DataError, EncoderError
 from .nets import family
 from .nets.parts import (ConditionedNet, Conditioning, JointDiscriminator,  # noqa: F401
@@ -239,7 +238,7 @@ class GenerativeModel(nn.Module):
 
     def anomaly_score(self, x: Tensor | "np.ndarray", kind: str = "egbad",
                       y: Tensor | None = None, alpha: float = ALPHA,
-                      batch_size: int = ANOMALY_BATCH) -> Tensor:
+                      batch_size: int = BATCH_SIZE) -> Tensor:
         """Anomaly scores (N,) of ``x``, higher for more anomalous: the reconstruction
         distance (``l1``, ``l2``), the discriminator-feature distance (``fm``), minus D's logit
         (``logit``) or EGBAD's ``alpha * l1 + (1 - alpha) * fm`` (``egbad``); see
