@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ..config import ANOMALY_SCORES
+from ..config import ANOMALY_BATCH_SIZE, ANOMALY_SCORES
 from ..errors import AliError
 from . import FEATURE_KINDS
 from .registry import EvalContext, metric, option
@@ -345,7 +345,8 @@ def _diversity(ctx: EvalContext, model, per_class: int = 100) -> float | None:
                     "logit, EGBAD's alpha*l1 + (1-alpha)*fm, or ALAD's D_xx feature distance "
                     "alad; a run-batched model: the mean of its runs' l1, l2 or latent"),
         option("--alpha", type=float, default=0.9, help="egbad's weight of l1"),
-        option("--batch-size", type=int, default=500, help="items per forward pass"),
+        option("--batch-size", type=int, default=ANOMALY_BATCH_SIZE,
+               help="items per forward pass"),
         variant=lambda o: o.score, ensembles=True)
 def anomaly(ctx: EvalContext, o: argparse.Namespace) -> dict[str, Any]:
     import numpy as np
