@@ -3,8 +3,9 @@
 The MNIST experiment's three-way split of the real MNIST test set (../shared/data/mnist):
 train on test[0:8000], choose here on test[8000:9000], report (``ali experiment mnist``) on
 test[9000:10000], which this script never reads. The preset trains once to the last of
-``--checkpoints``, stopping at each one (exact resume) to measure the metric ``ali eval``
-reports for it, on the validation split:
+``--checkpoints``, stopping at each one (exact resume; with the presets' constant learning
+rate the model there is the one a run of that many steps trains) to measure the metric
+``ali eval`` reports for it, on the validation split:
 
 - a semi-supervised preset (``mnist_ssl_100``): ``classify`` (K+1 error, %);
 - a conditional preset (``mnist_conditional``): ``conditional`` (accuracy of the samples'
