@@ -169,7 +169,7 @@ register(Experiment(
                "training digits)",),
     notes=("full scale: trained on test[0:8000], reported on test[9000:10000]; "
            "test[8000:9000] is the validation split for choosing settings (mnist_ssl_100's "
-           "and mnist_conditional's steps were chosen there; the mnist preset's settings "
+           "and mnist_conditional's settings were chosen there; the mnist preset's settings "
            "were chosen earlier, on test[9000:10000]) (smoke scale: the same three-way cut "
            "of 600 synthetic digits)",),
     data=MNIST_SPLIT))
