@@ -28,11 +28,12 @@ from pathlib import Path
 
 import torch
 from ali.config import get_config
-from ali.eval.registry import EvalContext, get, resolve
+from ali.eval.registry import EvalContext, run_metric
+from ali.experiments.paper import MNIST_SPLIT
 from ali.train import train
 
-SPLIT = ("data.train_split=test", "data.train_range=0:8000", "data.test_split=test",
-         "data.test_range=8000:9000")
+SPLIT = (*MNIST_SPLIT["full"], "data.test_range=8000:9000")
+"""The experiment's training split; held out: the validation part instead of the report part."""
 DEFAULT_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
 
 
@@ -68,8 +69,7 @@ def main() -> None:
             ctx = EvalContext(Path(run_dir), quiet=True)
             row = {"steps": step, "seconds": round(time.perf_counter() - start)}
             for name, opts in metrics_for(cfg, a.repeats):
-                m = get(name)
-                res = m.func(ctx, resolve(m, argparse.Namespace(**opts)))
+                res, _ = run_metric(ctx, name, argparse.Namespace(**opts))
                 row.update({f"{name}.{k}": v for k, v in res.items()
                             if isinstance(v, (int, float)) and not isinstance(v, bool)})
             rows.append(row)
