@@ -168,10 +168,9 @@ register(Experiment(
     baselines=("Improved GAN (Salimans et al., 2016), 100 labels: 0.93 ± 0.065% (60k "
                "training digits)",),
     notes=("full scale: trained on test[0:8000], reported on test[9000:10000]; "
-           "test[8000:9000] is the validation split for choosing settings (mnist_ssl_100's "
-           "and mnist_conditional's settings were chosen there; the mnist preset's settings "
-           "were chosen earlier, on test[9000:10000]) (smoke scale: the same three-way cut "
-           "of 600 synthetic digits)",),
+           "the three presets' settings were chosen on the validation split test[8000:9000] "
+           "(benchmarks/mnist_select.py) (smoke scale: the same three-way cut of 600 "
+           "synthetic digits)",),
     data=MNIST_SPLIT))
 
 register(Experiment(
