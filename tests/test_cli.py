@@ -102,9 +102,11 @@ def test_toy_set_applies_to_every_adversarial_run(tmp_path, monkeypatch):
     assert seen == {"ali": (2.5, 16, TOY_RECON), "gan": (2.5, 16, None), "vae": (None, 16, None)}
 
 
-def test_toy_long_protocol_trains_ali_and_gan_and_checks_the_targets(tmp_path, monkeypatch):
+def test_toy_long_protocol_trains_ali_and_gan_and_checks_the_targets(tmp_path, monkeypatch,
+                                                                    capsys):
     """`ali toy --protocol long`: ALI and the GAN by default, the long budget unless --steps,
-    PacGAN's ALI figures and the targets in results.json, the same schema otherwise."""
+    an estimate of the training time before it starts, PacGAN's ALI figures and the targets in
+    results.json, the same schema otherwise."""
     from ali.experiments import toy
     steps = []
     real = toy._train_and_score
@@ -120,6 +122,26 @@ def test_toy_long_protocol_trains_ali_and_gan_and_checks_the_targets(tmp_path, m
     assert set(res["targets"]) == {"ali", "gan"}
     assert res["targets"]["ali"]["hq_target"] == 0.98 and res["targets"]["ali"]["met"] is False
     assert "Targets" in (out / "table.md").read_text()
+    printed = capsys.readouterr().out
+    assert printed.index("estimated training time") < printed.index("ali   ")
+    assert "ms per step of 2 batched runs" in printed
+
+
+def test_long_protocol_estimate_is_each_models_timed_step_times_its_steps(monkeypatch):
+    import ali.bench
+    from ali.config import TOY_R1_EVERY, get_config
+    from ali.experiments import toy
+
+    timed = []
+    monkeypatch.setattr(ali.bench, "bench", lambda cfg, steps, warmup, repeats: timed.append(
+        steps) or {"step_ms": 20.0 if cfg.model.kind == "ali" else 10.0, "device": "cpu"})
+    cfgs = [get_config("toy", ["train.steps=150000"]),
+            get_config("toy", ["model.kind=gan", "model.cycle=off", "train.steps=1000"])]
+    lines = []
+    assert toy.estimate(cfgs, lines.append) == pytest.approx(0.020 * 150_000 + 0.010 * 1_000)
+    assert timed == [toy.ESTIMATE_STEPS] * 2
+    assert toy.ESTIMATE_STEPS % TOY_R1_EVERY == 0      # the lazy penalty's share is timed
+    assert lines[0].endswith("about 50 min") and lines[-1] == "estimated training time: 50 min"
 
 
 def test_long_targets_need_every_mode_in_every_run_hq_and_the_budget():

@@ -387,7 +387,7 @@ def build_parser() -> argparse.ArgumentParser:
     y.add_argument("--protocol", choices=("tuned", "paper", "long"), default="tuned",
                    help="tuned: our settings (default); paper: the paper's per-run draws; "
                         "long: our settings for 150,000 steps per run, against PacGAN's ALI "
-                        "(default models ali,gan)")
+                        "(default models ali,gan; prints its estimated time first)")
     y.add_argument("--runs", type=int, help="runs per model (default 10; 2 with --quick)")
     y.add_argument("--quick", action="store_true", help="the small, fast version")
     y.add_argument("--steps", type=int, help="override the protocol's steps per run")

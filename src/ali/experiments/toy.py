@@ -64,6 +64,8 @@ LONG_STEPS = 150_000
 """Steps per run of the long protocol: at the preset's batch of 32, 4.8M samples, under the
 10M (a quarter of PacGAN's 40M) that :data:`LONG_MAX_SAMPLES` allows."""
 LONG_MAX_SAMPLES = 10_000_000
+ESTIMATE_STEPS = 32
+"""Steps timed per model for the long protocol's estimate, printed before it trains."""
 LONG_MODELS = ("ali", "gan")
 """The long protocol's default models: ALI, and the GAN with the same budget beside it."""
 PACGAN_ALI = {"grid": {"modes": 24.1, "modes_std": 0.4, "hq": 0.957},
@@ -177,14 +179,19 @@ def run(dataset: str = "grid", protocol: str = "tuned", runs: int = 10, quick: b
     results: dict[str, Any] = {"dataset": dataset, "protocol": protocol, "runs": runs,
                                "models": {}}
     figures: dict[str, dict] = {}
+
+    def tuned(kind: str) -> Config:
+        over = [*base, *tuned_overrides(kind, overrides), f"model.runs={runs}", "train.seed=0"]
+        if steps is not None or quick or protocol == "long":
+            over.append(f"train.steps={steps or (QUICK_STEPS if quick else LONG_STEPS)}")
+        return get_config(TUNED_PRESETS[dataset], over)
+
+    if protocol == "long":   # hours on a CPU: say so before the first run starts
+        estimate([tuned(kind) for kind in models], log)
     for kind in models:
         t0 = time.perf_counter()
         if protocol in ("tuned", "long"):
-            over = [*base, *tuned_overrides(kind, overrides), f"model.runs={runs}",
-                    "train.seed=0"]
-            if steps is not None or quick or protocol == "long":
-                over.append(f"train.steps={steps or (QUICK_STEPS if quick else LONG_STEPS)}")
-            cfg = get_config(TUNED_PRESETS[dataset], over)
+            cfg = tuned(kind)
             results["samples_per_run"] = cfg.train.steps * cfg.train.batch_size
             scores, fig = _train_and_score(cfg, data, samplers)
         else:
@@ -207,6 +214,28 @@ def run(dataset: str = "grid", protocol: str = "tuned", runs: int = 10, quick: b
                                                  results["samples_per_run"])
                               for kind, s in results["models"].items()}
     return results, figures
+
+
+def estimate(cfgs: list[Config], log: Callable[[str], None] = print) -> float:
+    """Seconds that training ``cfgs`` (each model's runs, batched) will take on this device:
+    each one's step timed with :func:`ali.bench.bench` over :data:`ESTIMATE_STEPS` steps (a
+    multiple of the lazy R1 interval, so the penalty's share is counted) times its steps;
+    logged per model and in total."""
+    from ..bench import bench
+
+    total = 0.0
+    for cfg in cfgs:
+        r = bench(cfg, steps=ESTIMATE_STEPS, warmup=1, repeats=1)
+        seconds = r["step_ms"] / 1e3 * cfg.train.steps
+        total += seconds
+        log(f"  {cfg.model.kind}: {r['step_ms']:.1f} ms per step of {cfg.model.runs} batched "
+            f"runs on {r['device']}, {cfg.train.steps:,} steps: about {_duration(seconds)}")
+    log(f"estimated training time: {_duration(total)}")
+    return total
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds / 3600:.1f} h" if seconds >= 5400 else f"{seconds / 60:.0f} min"
 
 
 def long_targets(scores: dict[str, Any], dataset: str, n_modes: int,
