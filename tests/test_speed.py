@@ -257,3 +257,14 @@ def test_the_probe_runs_on_every_model_kind(kind, tmp_path, monkeypatch):
     train(tiny_toy(*over, *PICK_BF16), run_dir=tmp_path, quiet=True)
     run = json.loads((tmp_path / "config.json").read_text())["run"]
     assert run["precision"] == "bf16" and run["precision_auto"]["bf16_ms"] > 0
+
+
+def test_bench_times_whole_lazy_r1_intervals():
+    """With the R1 penalty on one step in 3, every timed chunk spans whole intervals (so each
+    carries the penalty's share): 2 steps in 2 chunks become 2 chunks of 3."""
+    from ali.bench import bench
+
+    r = bench("toy", steps=2, warmup=0, repeats=2, overrides=["model.r1.every=3"])
+    assert r["steps"] == 6
+    assert bench("toy", steps=2, warmup=0, repeats=2,
+                 overrides=["model.r1=off"])["steps"] == 2

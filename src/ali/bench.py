@@ -136,7 +136,10 @@ def bench(name: str | Config, steps: int = 20, batch_size: int | None = None,
     s = prepare(apply_overrides(cfg, extra))
     for _ in range(warmup):
         s.step()
-    chunk = max(1, steps // repeats)
+    # A lazy R1 penalty runs on one step in r1.every: chunks of whole intervals each carry its
+    # share, where the median of shorter chunks would drop it (or count it in full).
+    every = s.cfg.model.r1.every if s.cfg.model.r1 else 1
+    chunk = -(-max(1, steps // repeats) // every) * every
     step_s = statistics.median(time_chunk(s.step, s.device, chunk) for _ in range(repeats))
     b = s.cfg.train.batch_size
     x, z, inputs = s.run.draw()

@@ -218,9 +218,10 @@ def run(dataset: str = "grid", protocol: str = "tuned", runs: int = 10, quick: b
 
 def estimate(cfgs: list[Config], log: Callable[[str], None] = print) -> float:
     """Seconds that training ``cfgs`` (each model's runs, batched) will take on this device:
-    each one's step timed with :func:`ali.bench.bench` over :data:`ESTIMATE_STEPS` steps (a
-    multiple of the lazy R1 interval, so the penalty's share is counted) times its steps;
-    logged per model and in total."""
+    each one's step timed with :func:`ali.bench.bench` over :data:`ESTIMATE_STEPS` steps
+    (whole lazy-R1 intervals, as ``bench`` times them) times its steps; logged per model and
+    in total. The same timing as the full-scale experiments' estimate
+    (:func:`ali.experiments.runner.estimate`), with one line per batched model."""
     from ..bench import bench
 
     total = 0.0
