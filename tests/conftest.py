@@ -20,11 +20,8 @@ from ali.config import get_config
 
 
 @pytest.fixture(autouse=True)
-def _deterministic(monkeypatch):
+def _deterministic():
     torch.manual_seed(0)
-    # train.precision=auto times bf16 against fp32 on the machine at hand; the tests' numbers
-    # must not depend on its bf16 speed, so auto is fp32 here unless a test turns the probe on.
-    monkeypatch.setattr("ali.speed.probes_bf16", lambda device: False)
     yield
 
 

@@ -234,15 +234,21 @@ def test_auto_gives_up_on_bf16_whose_first_step_is_far_slower():
     assert rec["chose"] == "fp32" and rec["speedup"] == 0.1 and "not timed further" in rec["why"]
 
 
-def test_auto_is_fp32_without_a_probe_on_a_cpu_lacking_bf16(monkeypatch):
-    import ali.speed
+def test_auto_is_fp32_without_a_probe_on_a_cpu(tmp_path, monkeypatch):
+    # A timed choice follows the machine's load: on a CPU auto never probes, so one command
+    # and seed train one model (the probe's own tests turn it on with _probe_on).
+    import ali.run
 
-    monkeypatch.undo()                                    # the real probes_bf16
-    monkeypatch.setattr(ali.speed, "cpu_has_bf16", lambda: False)
+    monkeypatch.setattr(ali.run, "probe_precision", lambda *a, **k: pytest.fail("probed"))
     s = resolve(get_config("svhn").train, CPU)
-    assert s.precision == "fp32" and "no bf16 instructions" in s.precision_auto["why"]
-    monkeypatch.setattr(ali.speed, "cpu_has_bf16", lambda: None)       # unknown: measure
-    assert resolve(get_config("svhn").train, CPU).precision == "auto"
+    assert s.precision == "fp32" and "reproducible" in s.precision_auto["why"]
+    cfg = tiny_toy("train.precision_probe_min_ms=0", "train.bf16_min_speedup=1e-9")
+    first = train(cfg, run_dir=tmp_path, quiet=True)
+    run = json.loads((tmp_path / "config.json").read_text())["run"]
+    assert run["precision"] == "fp32" and "reproducible" in run["precision_auto"]["why"]
+    again = train(cfg, quiet=True)
+    for (k, a), b in zip(first.model.state_dict().items(), again.model.state_dict().values()):
+        assert torch.equal(a, b), k
 
 
 PICK_BF16 = ("train.precision_probe_min_ms=0", "train.bf16_min_speedup=1e-9",

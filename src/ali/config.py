@@ -500,10 +500,11 @@ class TrainConfig:
     ones); 0 = train.batch_size, or all the labelled examples when there are fewer."""
     precision: str = "auto"
     """Arithmetic of the forward pass (autocast; losses, weights and optimiser stay fp32):
-    fp32 | bf16 (CPU and GPU) | fp16 (GPU only, with loss scaling) | auto: a short probe before
-    training times the step in fp32 and bf16 on the device at hand and takes bf16 only where it
-    is train.bf16_min_speedup times faster and its losses agree with fp32's; the choice and the
-    timings are recorded in config.json's ``run`` section, and a resumed run keeps it."""
+    fp32 | bf16 (CPU and GPU) | fp16 (GPU only, with loss scaling) | auto: fp32 on a CPU (so that
+    a run is reproducible); on a GPU with bf16, a short probe before training times the step in
+    fp32 and bf16 and takes bf16 only where it is train.bf16_min_speedup times faster and its
+    losses agree with fp32's; the choice and the timings are recorded in config.json's ``run``
+    section, and a resumed run keeps it."""
     bf16_min_speedup: float = 1.1
     """precision=auto: how much faster (fp32 step time / bf16 step time) bf16 must be to be
     chosen; a margin, so that timing noise does not flip the choice."""
