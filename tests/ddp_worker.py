@@ -20,7 +20,8 @@ from ali.train import train
 torch.set_num_threads(1)
 run_dir, out_dir, overrides = sys.argv[1], sys.argv[2], sys.argv[3:]
 # What train.precision=auto settled on in this process (every rank must take rank 0's choice);
-# the probe runs whatever this CPU's bf16 instructions (the test's overrides decide).
+# the probe, which auto runs on GPUs only, is made to run on this CPU (the test's overrides
+# decide what it picks).
 ali.speed.probes_bf16 = lambda device: True
 seen = {}
 probe = ali.run.probe_precision
