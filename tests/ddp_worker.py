@@ -4,11 +4,12 @@
         RUN_DIR OUT_DIR KEY=VALUE...
 
 Trains config ``tiny`` with the overrides into RUN_DIR and saves this rank's final state dict
-to OUT_DIR/rank<RANK>.pt.
+to OUT_DIR/rank<RANK>.pt, with the native threads still running once training has returned.
 """
 
 import os
 import sys
+from pathlib import Path
 
 import torch
 
@@ -35,5 +36,10 @@ def spy(*args, **kwargs):
 
 ali.run.probe_precision = spy
 result = train(get_config("tiny", overrides), run_dir=run_dir, quiet=True)
-torch.save({"state": result.model.state_dict(), "run_dir": result.run_dir, **seen},
+# Linux names each native thread in /proc; gloo's threads live as long as the process group.
+tasks = "/proc/self/task"
+threads = ([Path(tasks, t, "comm").read_text().strip() for t in os.listdir(tasks)]
+           if os.path.isdir(tasks) else None)
+torch.save({"state": result.model.state_dict(), "run_dir": result.run_dir, "threads": threads,
+            **seen},
            os.path.join(out_dir, f"rank{os.environ['RANK']}.pt"))

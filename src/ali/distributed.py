@@ -28,6 +28,7 @@ Only rank 0 writes the run folder; the logged losses are averages over the proce
 from __future__ import annotations
 
 import hashlib
+import importlib
 import os
 from dataclasses import dataclass
 
@@ -109,6 +110,14 @@ def init(device: str) -> tuple[Context, torch.device, bool]:
     if active():
         return ctx, dev, False
     dist = _dist()
+    # torch.distributed.nn.functional binds the default group into its functions' default
+    # arguments when it is imported, and torch imports it lazily (the optimisers' first
+    # add_param_group imports torch._dynamo, which imports it). Imported after the group
+    # exists, it would keep the group alive past destroy_process_group: the gloo threads then
+    # outlive the run, and one freeing its last work while the interpreter shuts down aborts
+    # the process ("terminate called without an active exception", now and then, after a
+    # finished run). Imported first, its defaults hold no group.
+    importlib.import_module("torch.distributed.nn.functional")
     backend = "nccl" if dev.type == "cuda" else "gloo"
     kwargs = {"device_id": dev} if dev.type == "cuda" else {}
     dist.init_process_group(backend=backend, **kwargs)
