@@ -4,11 +4,12 @@
         RUN_DIR OUT_DIR KEY=VALUE...
 
 Trains config ``tiny`` with the overrides into RUN_DIR and saves this rank's final state dict
-to OUT_DIR/rank<RANK>.pt, with the native threads still running once training has returned.
+to OUT_DIR/rank<RANK>.pt, with the gloo threads still running after training has returned.
 """
 
 import os
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -34,12 +35,28 @@ def spy(*args, **kwargs):
     return settings
 
 
+def gloo_threads() -> list[str] | None:
+    """The gloo threads this process runs, by the names Linux gives them in /proc (None
+    elsewhere): they live as long as the process group."""
+    tasks = "/proc/self/task"
+    if not os.path.isdir(tasks):
+        return None
+    names = []
+    for t in os.listdir(tasks):
+        try:
+            names.append(Path(tasks, t, "comm").read_text().strip())
+        except OSError:                 # a thread that ended while this looked
+            pass
+    return [n for n in names if "gloo" in n]
+
+
 ali.run.probe_precision = spy
 result = train(get_config("tiny", overrides), run_dir=run_dir, quiet=True)
-# Linux names each native thread in /proc; gloo's threads live as long as the process group.
-tasks = "/proc/self/task"
-threads = ([Path(tasks, t, "comm").read_text().strip() for t in os.listdir(tasks)]
-           if os.path.isdir(tasks) else None)
+# A thread can stay listed for a moment after it is joined (the kernel reaps its task after it
+# wakes the join): CI, loaded, once saw gloo's tcp loop so. One listed for seconds is alive.
+deadline = time.monotonic() + 5
+while (threads := gloo_threads()) and time.monotonic() < deadline:
+    time.sleep(0.01)
 torch.save({"state": result.model.state_dict(), "run_dir": result.run_dir, "threads": threads,
             **seen},
            os.path.join(out_dir, f"rank{os.environ['RANK']}.pt"))
