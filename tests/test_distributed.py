@@ -35,8 +35,9 @@ def _torchrun(*args: str) -> subprocess.CompletedProcess:
 
 
 def _failure(p: subprocess.CompletedProcess) -> str:
-    """A failed torchrun's stderr without its launcher's traceback: the ranks' own messages
-    (a rank once died of SIGABRT under heavy load, and the launcher's summary hid why)."""
+    """A failed torchrun's stdout, then its stderr without the launcher's traceback: the ranks'
+    own messages (a rank once died of SIGABRT under heavy load, and the launcher's summary hid
+    why)."""
     own = p.stderr.rpartition("Traceback (most recent call last)")[0] or p.stderr
     return p.stdout[-1500:] + "\n...\n" + own[-6000:] + "\n...\n" + p.stderr[-1500:]
 
