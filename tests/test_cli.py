@@ -51,6 +51,68 @@ def test_user_errors_are_one_line(args, message, capsys):
     assert message in err and err.count("\n") == 1 and "Traceback" not in err
 
 
+@pytest.fixture(scope="module")
+def image_run(tmp_path_factory):
+    """A finished tiny image run (random 8x8 colour images) and a save_pretrained copy."""
+    import numpy as np
+
+    import ali
+    root = tmp_path_factory.mktemp("images")
+    np.savez(root / "x.npz", x_train=np.random.default_rng(0).integers(
+        0, 255, (64, 8, 8, 3), dtype=np.uint8))
+    run = root / "run"
+    assert main(["train", "tiny", *TINY, "--set", f"data.root={root / 'x.npz'}",
+                 "--out", str(run)]) == 0
+    ali.load(run).save_pretrained(root / "saved")
+    (root / "a_file").write_text("")
+    (root / "a_folder").mkdir()
+    return root
+
+
+@pytest.mark.parametrize("args, message", [
+    (["sample", "{run}", "--out", "{root}/a_folder"], "is a folder; give a file path"),
+    (["sample", "{run}", "--out", "{root}/grid.txt"], "not an image format Pillow writes (.txt)"),
+    (["reconstruct", "{run}", "--out", "{root}/grid"], "not an image format Pillow writes (no"),
+    (["interpolate", "{run}", "--out", "{root}/a_folder"], "is a folder"),
+    (["report", "{run}", "--out", "{root}/a_folder"], "is a folder"),
+    (["eval", "{run}", "--metric", "knn", "--out", "{root}/a_folder"], "is a folder"),
+    (["score", "{run}", "--input", "{root}/x.npz", "--out", "{root}/a_folder"], "is a folder"),
+    # a parent that is a file cannot be made: the system's reason, in one line
+    (["sample", "{run}", "--out", "{root}/a_file/grid.png"], "a_file"),
+    (["sample", "{run}", "--device", "foo"], "unknown device 'foo'"),
+    (["sample", "{run}", "--device", "cuda:0"], "no CUDA device is available"),
+    (["reconstruct", "{run}", "--device", "xpu"], "unknown device 'xpu'"),
+    (["eval", "{run}", "--metric", "knn", "--device", "foo"], "unknown device 'foo'"),
+    (["score", "{run}", "--input", "{root}/x.npz", "--out", "{root}/s.csv", "--device", "foo"],
+     "unknown device 'foo'"),
+    (["experiment", "mnist", "--scale", "smoke", "--device", "foo"], "unknown device 'foo'"),
+    (["reconstruct", "{run}", "--set", "train.steps=3"], "--set train.steps: only data.*"),
+    (["eval", "{run}", "--metric", "knn", "--set", "model.kind=gan"], "--set model.kind: only"),
+    (["reconstruct", "{root}/saved"], "is a saved model (save_pretrained), not a run folder"),
+    (["interpolate", "{root}/saved"], "is a saved model (save_pretrained), not a run folder"),
+])
+def test_commands_on_a_run_refuse_bad_paths_devices_and_settings_in_one_line(
+        image_run, capsys, args, message):
+    if "cuda:0" in args:
+        import torch
+        if torch.cuda.is_available():
+            pytest.skip("a CUDA device is visible")
+    args = [a.format(run=image_run / "run", root=image_run) for a in args]
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err, err
+
+
+def test_load_refuses_a_device_it_cannot_use_in_one_line(image_run):
+    import ali
+    from ali.errors import ConfigError
+    with pytest.raises(ConfigError, match="unknown device 'foo'"):
+        ali.load(image_run / "saved", device="foo")
+    model = ali.load(image_run / "saved", device="auto")    # the best available
+    assert next(model.parameters()).device.type in ("cpu", "cuda", "mps")
+
+
 def test_toy_writes_results_figure_and_table(tmp_path):
     out = tmp_path / "toy"
     # A real subprocess through the console entry point, as a user runs it.

@@ -87,7 +87,7 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
             finally:
                 os.close(dir_fd)
     except OSError as e:
-        raise CheckpointError(f"cannot write checkpoint {path}: {one_line(e)}") from e
+        raise CheckpointError(f"cannot write {path}: {one_line(e)}") from e
 
 
 def atomic_save(obj: Any, path: Path | str) -> None:
@@ -186,8 +186,14 @@ def run_checkpoint_path(run_dir: Path | str) -> Path:
     if not path.is_file():
         if not run_dir.is_dir():
             raise CheckpointError(f"no run folder at {run_dir}")
+        from .model import PRETRAINED_WEIGHTS
+
+        if (run_dir / PRETRAINED_WEIGHTS).is_file():
+            raise CheckpointError(f"{run_dir} is a saved model (save_pretrained), not a run "
+                                  "folder: this needs a run's checkpoint and data (ali sample "
+                                  "and ali score take a saved model)")
         raise CheckpointError(f"{run_dir} is not an ali run folder (it has no "
-                              f"checkpoints/{LATEST}); --resume needs the --out of an earlier run")
+                              f"checkpoints/{LATEST})")
     return path
 
 

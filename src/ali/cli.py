@@ -146,7 +146,7 @@ def _run_and_held_out(args: argparse.Namespace, n: int, what: str):
     if model.encoder is None:
         raise AliError(f"{args.run_dir} is a {cfg.model.kind} run: it has no encoder to "
                        f"{what} with")
-    data = load_dataset(apply_overrides(cfg, args.overrides).data)
+    data = load_dataset(apply_overrides(cfg, _data_overrides(args.overrides)).data)
     x = held_out(data, n).to(device)
     y = held_out_labels(data, n).to(device) if model.conditional else None
     torch.manual_seed(args.seed)
@@ -174,6 +174,34 @@ def _load_for_sampling(path: str, device):
     return model, cfg.model, step, cfg
 
 
+def _data_overrides(overrides: list[str]) -> list[str]:
+    """``--set`` of a command that reads a trained run: its data may be pointed elsewhere, but
+    its model and training settings are those it was trained with, so any other key is refused
+    rather than silently ignored."""
+    for item in overrides:
+        key = item.split("=", 1)[0].strip()
+        if not key.startswith("data."):
+            raise AliError(f"--set {key}: only data.* settings can be overridden here (a trained "
+                           "run's model and training settings are fixed)")
+    return overrides
+
+
+def _out_file(arg: str | None, default: Path, image: bool = False) -> Path:
+    """``--out`` (or ``default``) as a file to write, checked before any work is done: not a
+    folder, and for a picture a format Pillow writes (it would otherwise fail at the end)."""
+    out = Path(arg) if arg else default
+    if out.is_dir():
+        raise AliError(f"--out {out} is a folder; give a file path")
+    if image:
+        from PIL import Image
+
+        fmt = Image.registered_extensions().get(out.suffix.lower())
+        if fmt not in Image.SAVE:
+            raise AliError(f"--out {out}: not an image format Pillow writes "
+                           f"({out.suffix or 'no extension'}); use .png")
+    return out
+
+
 def _default_png(args: argparse.Namespace, command: str) -> Path:
     """Where ``ali sample`` / ``ali reconstruct`` write without ``--out``: a name of their own
     with the seed (``RUN_DIR/sample-seed0.png``), never training's ``samples.png`` and
@@ -186,6 +214,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
 
     from .viz import condition_grid, grid_scale, save_grid
 
+    out = _out_file(args.out, _default_png(args, "sample"), image=True)
     model, model_cfg, step, cfg = _load_for_sampling(args.run_dir, _device(args))
     torch.manual_seed(args.seed)
     if not model_cfg.images:
@@ -209,7 +238,6 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         imgs, nrow = model.sample(args.n), args.nrow
         what = (f"{args.n} samples" + (", classes 0..K-1 along each row"
                                         if model.conditional else ""))
-    out = Path(args.out or _default_png(args, "sample"))
     save_grid(imgs, out, nrow, grid_scale(imgs))
     at = "" if step is None else f" at step {step}"
     print(f"{what} of {cfg.name if cfg else args.run_dir}{at} -> {out}")
@@ -219,9 +247,9 @@ def _cmd_sample(args: argparse.Namespace) -> int:
 def _cmd_reconstruct(args: argparse.Namespace) -> int:
     from .viz import grid_scale, reconstruction_grid, save_grid
 
+    out = _out_file(args.out, _default_png(args, "reconstruct"), image=True)
     model, x, y = _run_and_held_out(args, args.n, "reconstruct")
     imgs = reconstruction_grid(model, x, y)
-    out = Path(args.out or _default_png(args, "reconstruct"))
     save_grid(imgs, out, args.nrow, grid_scale(imgs))
     print(f"{len(x)} held-out images (odd columns) and reconstructions (even columns) -> {out}")
     return 0
@@ -230,12 +258,12 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
 def _cmd_interpolate(args: argparse.Namespace) -> int:
     from .viz import grid_scale, interpolation_grid, save_grid
 
+    out = _out_file(args.out, Path(args.run_dir) / "interpolations.png", image=True)
     model, x, y = _run_and_held_out(args, 2 * args.pairs, "interpolate")
     if len(x) < 2 * args.pairs:
         raise AliError(f"only {len(x)} held-out images; need {2 * args.pairs} for --pairs")
     y1, y2 = (None, None) if y is None else (y[0::2], y[1::2])
     imgs = interpolation_grid(model, x[0::2], x[1::2], args.steps, y1, y2)
-    out = Path(args.out or Path(args.run_dir) / "interpolations.png")
     save_grid(imgs, out, args.steps + 2, grid_scale(imgs))
     print(f"{args.pairs} interpolations (first/last columns: the held-out pair) -> {out}")
     return 0
@@ -249,6 +277,7 @@ def _cmd_score(args: argparse.Namespace) -> int:
     from .distributed import resolve_device
     from .pretrained import load
 
+    out = _out_file(args.out, Path(args.out))
     model = load(args.run_dir, resolve_device(args.device, mps=True))
     if model.conditional:
         raise AliError("ali score does not take labels: a conditional model cannot score "
@@ -256,7 +285,6 @@ def _cmd_score(args: argparse.Namespace) -> int:
     x, names = read_inputs(args.input, item_shape(model))
     scores = model.anomaly_score(x, args.score, alpha=args.alpha,
                                  batch_size=args.batch_size).cpu().tolist()
-    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out, "w", newline="") as f:
         w = csv.writer(f)
@@ -287,7 +315,10 @@ def _cmd_arch(args: argparse.Namespace) -> int:
 def _cmd_eval(args: argparse.Namespace) -> int:
     from .eval.registry import EvalContext, run_metric
 
-    overrides = [*args.overrides, *([f"data.root={args.root}"] if args.root else [])]
+    if args.out:
+        _out_file(args.out, Path(args.out))
+    overrides = [*_data_overrides(args.overrides),
+                 *([f"data.root={args.root}"] if args.root else [])]
     ctx = EvalContext(Path(args.run_dir), overrides, str(_device(args)), args.seed,
                       quiet=args.json)
     result, path = run_metric(ctx, args.metric, args, args.out)
@@ -305,7 +336,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 def _cmd_report(args: argparse.Namespace) -> int:
     from .report import write_report
 
-    out = write_report(Path(args.run_dir), Path(args.out) if args.out else None)
+    out = write_report(Path(args.run_dir),
+                       _out_file(args.out, Path(args.out)) if args.out else None)
     print(f"report of {args.run_dir} -> {out}")
     return 0
 
@@ -539,6 +571,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ali: {one_line(e, limit=None)}", file=sys.stderr)
         return EXIT_SIGNAL_BASE + e.signum
     except AliError as e:
+        print(f"ali: error: {one_line(e, limit=None)}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except OSError as e:
+        # A path the user gave that cannot be read or written (a read-only place, a missing
+        # parent that cannot be made): the system's reason and the path say it all.
         print(f"ali: error: {one_line(e, limit=None)}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:

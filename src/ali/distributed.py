@@ -78,20 +78,35 @@ def active() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
-def resolve_device(name: str, mps: bool = False) -> torch.device:
-    """The device ``train.device`` (or a command's ``--device``) names: ``auto`` is cuda when
-    available, else (with ``mps``: the commands that only run a trained model) Apple's mps,
-    else cpu. Training leaves mps out of ``auto``: some of its operations are missing there."""
+def resolve_device(name: str | torch.device, mps: bool = False) -> torch.device:
+    """The device ``train.device`` (or a command's ``--device``, or ``ali.load``'s ``device``)
+    names: ``auto`` is cuda when available, else (with ``mps``: the commands that only run a
+    trained model) Apple's mps, else cpu. Training leaves mps out of ``auto``: some of its
+    operations are missing there. A device this process cannot use is a one-line
+    :class:`~ali.errors.ConfigError` here, not torch's error at the first tensor moved."""
+    name = str(name)
+    backend = getattr(torch.backends, "mps", None)
+    has_mps = backend is not None and backend.is_available()
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
-        backend = getattr(torch.backends, "mps", None)
-        if mps and backend is not None and backend.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"train.device={name} but no CUDA device is available")
-    return torch.device(name)
+        return torch.device("mps" if mps and has_mps else "cpu")
+    known = "auto, cpu, cuda, cuda:N" + (", mps" if mps else "")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"unknown device {name!r} (known: {known})") from None
+    if dev.type not in ("cpu", "cuda", *(("mps",) if mps else ())):
+        raise ConfigError(f"unknown device {name!r} (known: {known})")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {name} but no CUDA device is available")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ConfigError(f"device {name} but only {torch.cuda.device_count()} CUDA "
+                              "device(s) are visible")
+    if dev.type == "mps" and not has_mps:
+        raise ConfigError(f"device {name} but this PyTorch has no usable mps backend")
+    return dev
 
 
 def init(device: str) -> tuple[Context, torch.device, bool]:

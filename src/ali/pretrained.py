@@ -34,7 +34,9 @@ def load(path: str | Path, device: str = "cpu") -> Any:
         path: a folder written by ``model.save_pretrained`` (``model.safetensors`` +
             ``config.json``) or a run folder written by ``ali train`` (its
             ``checkpoints/latest.pt``).
-        device: where to put the model (``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...).
+        device: where to put the model (``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``, or
+            ``"auto"``: the best available); one this process cannot use is a one-line
+            :class:`~ali.errors.ConfigError`.
 
     Returns:
         GenerativeModel: the model (an ``ALI``, ``GAN``, ``GANInverse``, ``GANPostHoc`` or
@@ -44,6 +46,9 @@ def load(path: str | Path, device: str = "cpu") -> Any:
         CheckpointError: (one line) nothing at ``path``; a folder that is neither kind; a
             missing, truncated or corrupted file; a config or weights of another model.
     """
+    from .distributed import resolve_device
+
+    device = resolve_device(device, mps=True)
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"no saved model or run folder at {path}")

@@ -123,7 +123,10 @@ def _read_checkpoint(read_dir: Path | None) -> tuple[dict[str, Any], Path]:
     """The run folder's latest checkpoint, to resume from, and its path."""
     if read_dir is None:
         raise CheckpointError("--resume needs a run folder")
-    path = run_checkpoint_path(read_dir)
+    try:
+        path = run_checkpoint_path(read_dir)
+    except CheckpointError as e:
+        raise CheckpointError(f"{e}; --resume needs the --out of an earlier run") from None
     return load_checkpoint(path), path
 
 
