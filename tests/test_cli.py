@@ -64,6 +64,7 @@ def image_run(tmp_path_factory):
     assert main(["train", "tiny", *TINY, "--set", f"data.root={root / 'x.npz'}",
                  "--out", str(run)]) == 0
     ali.load(run).save_pretrained(root / "saved")
+    np.savez(root / "none.npz", x=np.zeros((0, 8, 8, 3), dtype=np.uint8))
     (root / "a_file").write_text("")
     (root / "a_folder").mkdir()
     return root
@@ -88,6 +89,7 @@ def image_run(tmp_path_factory):
     (["experiment", "mnist", "--scale", "smoke", "--device", "foo"], "unknown device 'foo'"),
     (["reconstruct", "{run}", "--set", "train.steps=3"], "--set train.steps: only data.*"),
     (["eval", "{run}", "--metric", "knn", "--set", "model.kind=gan"], "--set model.kind: only"),
+    (["score", "{run}", "--input", "{root}/none.npz", "--out", "{root}/s.csv"], "holds no items"),
     (["reconstruct", "{root}/saved"], "is a saved model (save_pretrained), not a run folder"),
     (["interpolate", "{root}/saved"], "is a saved model (save_pretrained), not a run folder"),
 ])

@@ -22,8 +22,8 @@ def read_inputs(path: str | Path, data_shape: tuple[int, ...]) -> tuple[Tensor, 
     (C, H, W) as uint8, resized where a folder's images differ; feature vectors (D,) as
     float32), and a name per item (the file name for a folder, else the row number).
 
-    A one-line :class:`~ali.errors.DataError` for a missing or unreadable input, a text or
-    missing value in a CSV, or items of another width or shape.
+    A one-line :class:`~ali.errors.DataError` for a missing or unreadable input, no items, a
+    text or missing value in a CSV, or items of another width or shape.
     """
     path = Path(path)
     if not path.exists():
@@ -56,6 +56,8 @@ def read_inputs(path: str | Path, data_shape: tuple[int, ...]) -> tuple[Tensor, 
         t = _vectors(_csv(path), path)
     else:
         raise DataError(f"{path}: give an .npz file, a .csv file or a folder of images")
+    if len(t) == 0:
+        raise DataError(f"{path} holds no items")
     if tuple(t.shape[1:]) != tuple(data_shape):
         raise DataError(f"{path}: items of shape {list(t.shape[1:])}, but the model takes "
                         f"{list(data_shape)}")
