@@ -187,6 +187,25 @@ def test_a_longer_run_that_stretches_the_schedule_is_refused_unless_extended(
     assert load_checkpoint(tmp_path / "checkpoints" / "latest.pt")["step"] == 6
 
 
+def test_resume_refuses_to_shorten_a_run_and_extend_needs_resume(tmp_path, capsys):
+    from ali.cli import main
+    from test_cli import TINY
+
+    assert main(["train", "toy", *TINY, "--out", str(tmp_path)]) == 0      # at step 4
+    capsys.readouterr()
+    for extra in ([], ["--extend"]):
+        assert main(["train", "toy", "--out", str(tmp_path), "--resume", "--set",
+                     "train.steps=2", *extra]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "a run cannot be shortened" in err, err
+    assert json.loads((tmp_path / "config.json").read_text())["train"]["steps"] == 4
+    assert main(["train", "toy", *TINY, "--out", str(tmp_path / "new"), "--extend"]) == 2
+    assert "--extend goes with --resume" in capsys.readouterr().err
+    # --until at or before the run's step trains nothing, and says why
+    assert main(["train", "toy", "--out", str(tmp_path), "--resume", "--until", "2"]) == 0
+    assert "nothing to train: until=2 is not past it" in capsys.readouterr().out
+
+
 def test_until_is_one_line_when_not_positive(capsys):
     from ali.cli import main
     assert main(["train", "toy", "--until", "0"]) == 2

@@ -296,11 +296,14 @@ def check_resumable(ckpt: dict[str, Any], cfg: Config, path: Path | str,
     if diff:
         raise CheckpointError(f"{path} was written by a different config "
                               f"({diff[0]}); resume with the run's own settings")
+    if cfg.train.steps < ckpt["step"]:
+        raise CheckpointError(f"train.steps={cfg.train.steps} is below the step {path} is at "
+                              f"({ckpt['step']}): a run cannot be shortened")
     saved_steps = (ckpt["config"].get("train") or {}).get("steps")
     follows = schedule_follows_steps(cfg)
     if saved_steps != cfg.train.steps and follows and not extend:
         raise CheckpointError(
-            f"train.steps {saved_steps} -> {cfg.train.steps} would stretch the schedule, which "
+            f"train.steps {saved_steps} -> {cfg.train.steps} would reshape the schedule, which "
             f"follows train.steps here ({', '.join(follows)}), so the run would not continue "
             f"as trained; pass --extend (extend=True) to accept that, or keep train.steps and "
             f"stop early with --until")

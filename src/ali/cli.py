@@ -35,6 +35,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     cfg = get_config(args.name, args.overrides)
     if args.resume and args.out is None:
         raise AliError("--resume needs --out RUN_DIR (the folder of the run to continue)")
+    if args.extend and not args.resume:
+        raise AliError("--extend goes with --resume (it accepts a resumed run's new train.steps)")
     if args.until is not None and args.until < 1:
         raise AliError(f"--until must be >= 1; got {args.until}")
     out = Path(args.out) if args.out else _default_out(cfg.name)

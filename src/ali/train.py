@@ -173,6 +173,8 @@ def _train_owned(cfg: Config, ctx: distributed.Context, device: Any, run_dir: Pa
         end = t.steps if until is None else min(until, t.steps)
         if resume and not quiet:
             more = (f"training {end - start} more steps (to step {end})" if end > start
+                    else f"nothing to train: until={until} is not past it" if until is not None
+                    and until <= start and until < t.steps
                     else "nothing left to train (a larger train.steps, with --extend where "
                          "the schedule follows it, trains further)")
             print(f"resumed at step {start}; {more}", flush=True)
