@@ -94,6 +94,9 @@ def _cmd_toy(args: argparse.Namespace) -> int:
     unknown = [m for m in models if m not in toy.MODELS]
     if unknown:
         raise AliError(f"unknown model {unknown[0]!r} in --models (known: {', '.join(toy.MODELS)})")
+    twice = sorted({m for m in models if models.count(m) > 1})
+    if twice:
+        raise AliError(f"--models names {twice[0]!r} more than once")
     out = Path(args.out) if args.out else Path("runs") / (
         f"toy-{args.dataset}-{args.protocol}{'-quick' if args.quick else ''}")
     print(f"2-D experiment: {args.dataset}, protocol {args.protocol}, {runs} runs x "

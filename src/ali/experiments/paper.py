@@ -99,9 +99,11 @@ def _svm(stage: str, paper: float | None, paper_std: float | None, **options) ->
 
 
 def _image_rows(stage: str) -> tuple[Measure, ...]:
-    """FID, KID and reconstruction error of a run (none in the paper: it shows figures)."""
-    return (Measure("FID of samples (InceptionV3)", "fid", "fid", stage, smoke=FID_SMOKE),
-            Measure("KID of samples (InceptionV3)", "kid", "kid_mean", stage,
+    """FID, KID and reconstruction error of a run (none in the paper: it shows figures); the
+    table names the feature network each FID and KID was measured in (InceptionV3, or the pixel
+    classifier at smoke scale)."""
+    return (Measure("FID of samples", "fid", "fid", stage, smoke=FID_SMOKE),
+            Measure("KID of samples", "kid", "kid_mean", stage,
                     smoke={**FID_SMOKE, "subsets": 10, "subset_size": 50}),
             Measure("reconstruction MSE per pixel, held-out images", "recon", "mse", stage,
                     smoke=RECON_SMOKE))

@@ -22,6 +22,8 @@ from .paper import (EXPERIMENTS, SCALES, SMOKE_SIZES, SMOKE_TRAIN, Experiment,
                     Measure, Stage)
 
 FIGURE_IMAGES = 100
+FEATURE_NETS = {"inception": "InceptionV3", "classifier": "pixel classifier"}
+"""How the table names ``ali eval``'s ``--feature-net`` values (any other: a custom network)."""
 """Images in each figure grid (10 x 10)."""
 ESTIMATE_STEPS = 6
 """Steps timed per stage for the estimate printed before a full-scale experiment."""
@@ -163,7 +165,10 @@ def row(m: Measure, results: list[dict[str, Any]]) -> dict[str, Any]:
         std = float(results[0][m.std_key]) * m.std_times
     else:
         std = None
-    return {"setting": m.setting, "metric": f"{m.metric}.{m.key}",
+    # a feature-space metric says which space: smoke scale measures in another than full scale
+    net = results[0].get("feature_net")
+    setting = f"{m.setting} ({FEATURE_NETS.get(net, 'custom')} features)" if net else m.setting
+    return {"setting": setting, "metric": f"{m.metric}.{m.key}",
             "ours": float(statistics.mean(values)),
             "ours_std": std, "paper": m.paper, "paper_std": m.paper_std, "seeds": len(values),
             "std_times": m.std_times}
