@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from ali.baselines import GAN
+from ali.errors import DiscriminatorError
 from ali.model import ALI
 from ali.objectives import KPlusOneGame, Objective
 from ali.build import build_model
@@ -71,8 +72,10 @@ def test_resampling_a_trained_shape_model_and_the_models_without_a_discriminator
         z = model.sample_prior(5)
         assert model.log_ratio(model.decode(z), z).shape == (5, 3)
     vae = build_model(tiny_toy("model.kind=vae", "model.encoder=gaussian")).eval()
-    with pytest.raises(TypeError, match="VAE has no discriminator"):
+    # An AliError (one line), still a TypeError for code written against the old error.
+    with pytest.raises(DiscriminatorError, match="^VAE has no discriminator$"):
         vae.sample_resampled(4)
+    assert issubclass(DiscriminatorError, TypeError)
 
 
 def test_log_ratio_is_the_joint_logit_and_logsumexp_for_k_plus_one():

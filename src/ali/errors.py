@@ -25,6 +25,10 @@ class EncoderError(AliError, TypeError):
     """Inference asked of a model that has no encoder (a GAN)."""
 
 
+class DiscriminatorError(AliError, TypeError):
+    """Asked of a model that has no discriminator (a VAE), or not the kind the call needs."""
+
+
 class DataError(AliError):
     """A dataset that is missing, truncated or malformed."""
 

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from . import losses as L
 from .anomaly import ALPHA, BATCH_SIZE, anomaly_score
-from .errors import ConditionError, DataError, EncoderError
+from .errors import ConditionError, DataError, DiscriminatorError, EncoderError
 from .nets import family
 from .nets.parts import (ConditionedNet, Conditioning, JointDiscriminator,  # noqa: F401
                          MarginalDiscriminator, Standardize, StochasticEncoder,
@@ -325,7 +325,7 @@ class GenerativeModel(nn.Module):
         "real" to the "fake" side, log q(x, z) / p(x, z) for ALI (log p_data(x) / p(x) for a
         GAN, whose discriminator ignores z). Shape (B,), or (B, runs) for run-batched models."""
         if self.discriminator is None:
-            raise TypeError(f"{type(self).__name__} has no discriminator")
+            raise DiscriminatorError(f"{type(self).__name__} has no discriminator")
         s = self.discriminator(x, z)                                # (B, runs)
         return s.squeeze(1) if self.runs == 1 else s
 
