@@ -177,7 +177,7 @@ def expect(s: Setup, cmd: str) -> str:
     if cmd == "sample-condition" and not s.conditional:
         return "not a conditional run"
     if cmd == "eval-classify" and not s.semi_supervised:
-        return "not a semi-supervised run"
+        return "is not semi-supervised"
     if cmd == "eval-conditional" and not s.conditional:
         return "not a conditional run"
     if cmd in ("eval-svm", "eval-knn") and s.attributes:

@@ -11,7 +11,7 @@ from ali import losses as L
 from ali.cli import main
 from ali.config import get_config
 from ali.data import load_dataset
-from ali.errors import ConfigError
+from ali.errors import ConfigError, DiscriminatorError
 from ali.eval.semi_supervised import classification_error
 from ali.model import condition_vector
 from ali.build import build_model
@@ -102,6 +102,18 @@ def test_semi_supervised_discriminator_has_k_logits_and_losses_move_the_right_pl
     model.eval()
     assert model.classify(x).shape == (6, 2)
 
+
+@pytest.mark.parametrize("kind", ["ali", "vae"])
+def test_classify_of_a_model_that_is_not_semi_supervised_is_refused_in_one_line(kind):
+    # ALI raised a bare TypeError, the VAE an AttributeError (it had no classify at all).
+    model = build_model(get_config("tiny", [f"model.kind={kind}", "model.encoder=gaussian",
+                                            "model.cycle=off"])).eval()
+    assert not model.semi_supervised
+    with pytest.raises(DiscriminatorError, match=f"^this {type(model).__name__} is not "
+                                                 "semi-supervised .*model.semi_supervised=true"):
+        model.classify(torch.rand(2, 3, 8, 8))
+    with pytest.raises(DiscriminatorError, match="not semi-supervised"):
+        classification_error(model, torch.rand(2, 3, 8, 8), torch.tensor([0, 1]))
 
 def test_semi_supervised_run_learns_to_classify_and_reloads(classes_npz, tmp_path):
     cfg = _tiny(classes_npz, "model.semi_supervised=true", "data.labels=10", "train.steps=60",
@@ -234,7 +246,7 @@ def test_eval_classify_and_conditional_metrics(classes_npz, tmp_path, capsys):
     assert out["diversity"] is not None and out["diversity"] >= 0
     # Each metric refuses the other kind of run in one line.
     assert main(["eval", str(cond), "--metric", "classify"]) == 2
-    assert "not a semi-supervised run" in capsys.readouterr().err
+    assert "is not semi-supervised" in capsys.readouterr().err
     assert main(["eval", str(ssl), "--metric", "conditional"]) == 2
     assert "is not a conditional run" in capsys.readouterr().err
 

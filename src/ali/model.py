@@ -245,6 +245,28 @@ class GenerativeModel(nn.Module):
         :mod:`ali.anomaly`."""
         return anomaly_score(self, x, kind, y, alpha, batch_size)
 
+    # ------------------------------------------------------------------ classification
+    @property
+    def semi_supervised(self) -> bool:
+        """Whether D is a K+1 discriminator (K class logits per pair)."""
+        return any(isinstance(t, KPlusOneGame) for t in self.objective.terms)
+
+    def _need_classifier(self, who: str = "") -> None:
+        """A one-line :class:`~ali.errors.DiscriminatorError` unless the model classifies;
+        ``who`` names it in the message (``ali eval`` names the run folder)."""
+        if not self.semi_supervised:
+            raise DiscriminatorError(f"{who or 'this ' + type(self).__name__} is not "
+                                     "semi-supervised (train with --set "
+                                     "model.semi_supervised=true): only a K+1 discriminator "
+                                     "classifies")
+
+    @torch.no_grad()
+    def classify(self, x: Tensor) -> Tensor:
+        """Class logits (B, K) of a semi-supervised model: its K+1 discriminator on the pair
+        (x, mu(x)), the encoder's mean standing in for the sampled z_hat."""
+        self._need_classifier()
+        return self.discriminator(x, self.encode_mean(x))
+
     # ------------------------------------------------------------------ saving
     def save_pretrained(self, directory: str | Path) -> Path:
         """Write ``model.safetensors`` (the weights) and ``config.json`` (the model's own
@@ -448,11 +470,6 @@ class ALI(GenerativeModel):
                          discriminator=discriminator, embed=embed, runs=runs)
         self.d_xx, self.d_zz = d_xx, d_zz
 
-    @property
-    def semi_supervised(self) -> bool:
-        """Whether D is a K+1 discriminator (K class logits per pair)."""
-        return any(isinstance(t, KPlusOneGame) for t in self.objective.terms)
-
     def log_ratio(self, x: Tensor, z: Tensor, y: Tensor | None = None) -> Tensor:
         """D's logit on pairs (x, z), its estimate of log q(x, z) / p(x, z): for a K+1
         discriminator logsumexp of the class logits (the fake logit is fixed at 0); for a
@@ -462,11 +479,3 @@ class ALI(GenerativeModel):
         if self.semi_supervised:                                    # s: (B, K)
             return s.logsumexp(1)
         return s.squeeze(1) if self.runs == 1 else s
-
-    @torch.no_grad()
-    def classify(self, x: Tensor) -> Tensor:
-        """Class logits (B, K) of a semi-supervised model: its K+1 discriminator on the pair
-        (x, mu(x)), the encoder's mean standing in for the sampled z_hat."""
-        if not self.semi_supervised:
-            raise TypeError("only a semi-supervised model (model.semi_supervised=true) classifies")
-        return self.discriminator(x, self.encode_mean(x))

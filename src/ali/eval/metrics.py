@@ -257,9 +257,7 @@ def kid(ctx: EvalContext, o: argparse.Namespace) -> dict[str, Any]:
 def classify(ctx: EvalContext, o: argparse.Namespace) -> dict[str, Any]:
     from .semi_supervised import classification_error
 
-    if not ctx.cfg.model.semi_supervised:
-        raise AliError(f"{ctx.run_dir} is not a semi-supervised run "
-                       "(train with --set model.semi_supervised=true)")
+    ctx.model._need_classifier(str(ctx.run_dir))
     d = ctx.dataset
     if d.test is None or d.test_labels is None or d.test_labels.ndim != 1:
         raise AliError("classify needs a held-out split with class labels (data.test_split)")

@@ -12,8 +12,7 @@ from ..model import GenerativeModel, evaluating
 def predict(model: GenerativeModel, x: Tensor, batch_size: int = 500) -> Tensor:
     """Predicted classes (N,) of images ``x`` (uint8 or float in [0, 1], or streamed): argmax of
     the discriminator's K logits on (x, mu(x)), in evaluation mode."""
-    if not getattr(model, "semi_supervised", False):
-        raise TypeError("only a semi-supervised run (model.semi_supervised=true) classifies")
+    model._need_classifier()
     from .features import batches
 
     device = next(model.parameters()).device
