@@ -11,7 +11,7 @@ from ali import losses as L
 from ali.cli import main
 from ali.config import get_config
 from ali.data import load_dataset
-from ali.errors import ConfigError, DiscriminatorError
+from ali.errors import ConditionError, ConfigError, DiscriminatorError
 from ali.eval.semi_supervised import classification_error
 from ali.model import condition_vector
 from ali.build import build_model
@@ -199,6 +199,49 @@ def test_conditional_run_trains_reloads_and_samples_a_class_grid(classes_npz, tm
     w, h = Image.open(out).size
     assert w > h                                          # 2 class columns, 1 row
     assert "classes" in capsys.readouterr().out
+
+
+_CONDITIONAL = {"classes": ("model.label_dim=3",),
+                "attributes": ("model.label_dim=4", "model.attributes=true")}
+_TAKES_Y = {
+    "sample": lambda m, x, y: m.sample(3, y),
+    "sample_resampled": lambda m, x, y: m.sample_resampled(3, y, oversample=2),
+    "sample_chain": lambda m, x, y: m.sample_chain(3, 1, y),
+    "decode": lambda m, x, y: m.decode(m.sample_prior(3), y),
+    "encode": lambda m, x, y: m.encode(x, y),
+    "encode_mean": lambda m, x, y: m.encode_mean(x, y),
+    "reconstruct": lambda m, x, y: m.reconstruct(x, y),
+    "interpolate": lambda m, x, y: m.interpolate(x, x, 2, y, y),
+    "log_ratio": lambda m, x, y: m.log_ratio(x, m.sample_prior(3), y),
+    "features": lambda m, x, y: m.features(x, y),
+    "anomaly_score": lambda m, x, y: m.anomaly_score(x, "l1", y=y),
+}
+_NAN = float("nan")
+
+
+@pytest.mark.parametrize("call", _TAKES_Y)
+@pytest.mark.parametrize("kind, y, message", [
+    ("classes", [11, 2, 1], (r"^class labels y must be in 0\.\.2 \(3 classes\); got values "
+                             r"in \[1, 11\]$")),
+    ("classes", [0, -1, 2], r"in 0\.\.2 .*\[-1, 2\]"),
+    ("classes", [0., 1., 2.], "must be integers"),
+    ("classes", [0, 1], "^y holds 2 labels for 3 examples$"),
+    ("classes", [[0, 1, 0, 0]] * 3, r"class indices \(B,\) in 0\.\.2 or \(B, 3\).*\(3, 4\)"),
+    ("attributes", [0, 1, 2], r"^this model takes y as \(B, 4\) 0/1 attributes; got shape \(3,\)"),
+    ("attributes", [[0, 2, 0, 1]] * 3, r"must be in \[0, 1\].*\[0, 2\]"),
+    ("attributes", [[0, _NAN, 0, 1]] * 3, r"must be in \[0, 1\]"),
+    ("attributes", [[0, 1, 0, 1]] * 4, "4 labels for 3 examples"),
+])
+def test_every_method_that_takes_y_refuses_a_bad_one_in_one_line(call, kind, y, message):
+    # Out-of-range class labels raised "RuntimeError: index 11 is out of bounds" (or were
+    # embedded as they were: attributes of 2, NaN, an attribute model given class indices).
+    model = build_model(get_config("tiny", ["model.dropout=false", "model.conditional=true",
+                                            *_CONDITIONAL[kind]])).eval()
+    x = torch.rand(3, 3, 8, 8)
+    good = torch.tensor([[0, 1, 1, 0]] * 3) if kind == "attributes" else torch.tensor([2, 0, 1])
+    _TAKES_Y[call](model, x, good)
+    with pytest.raises(ConditionError, match=message):
+        _TAKES_Y[call](model, x, torch.tensor(y))
 
 
 def test_conditional_with_dropped_labels_is_refused(classes_npz):

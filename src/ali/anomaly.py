@@ -163,6 +163,7 @@ def anomaly_score(model: Any, x: Any, kind: str = "egbad", y: Tensor | None = No
     if model.runs > 1 and tuple(x.shape[1:]) != item:
         raise DataError(f"this model takes x of shape (N, {', '.join(map(str, item))}); got "
                         f"{tuple(x.shape)}")
+    y = model.check_condition(y, len(x))
     device = next(model.parameters()).device
     fast = inference_copy(model)             # batch norm folded, channels-last on a CPU
     out = [_scores(fast, _batch(model, x[i:i + batch_size]).to(device),

@@ -118,8 +118,16 @@ class GenerativeModel(nn.Module):
                                  "0/1 attributes (B, K))")
         return (self.embed.embed(v, len(self.latent_shape) - 1),)
 
-    def _cond(self, y: Tensor | None) -> tuple[Tensor, ...]:
-        """The embedded condition of y (class indices (B,) or attributes (B, K)), or ()."""
+    def check_condition(self, y: Tensor | None, n: int | None = None) -> Tensor | None:
+        """A conditional model's ``y`` for ``n`` examples as a tensor on the model's device, or
+        a one-line :class:`~ali.errors.ConditionError` (see
+        :meth:`~ali.nets.parts.Conditioning.check`); any other y as it is."""
+        return y if y is None or self.embed is None else self.embed.check(y, n)
+
+    def _cond(self, y: Tensor | None, n: int | None = None) -> tuple[Tensor, ...]:
+        """The embedded condition of y (class indices (B,) or attributes (B, K)) for ``n``
+        examples, or ()."""
+        y = self.check_condition(y, n)
         if y is not None and self.embed is not None:
             y = self.embed.vector(y)
         return self.embedded(y)
@@ -216,6 +224,8 @@ class GenerativeModel(nn.Module):
             raise DataError(f"unknown features {kind!r} (known: {', '.join(FEATURE_KINDS)})")
         self._need_encoder()
         x = self.as_input(x)
+        # checked whole: the batches alone would miss a y longer than x by a whole batch
+        y = self.check_condition(y, len(x))
         device = next(self.parameters()).device
         layers = self.feature_layers() if kind == "svm" else []
         out = []
@@ -332,7 +342,7 @@ class GenerativeModel(nn.Module):
 
     def decode(self, z: Tensor, y: Tensor | None = None) -> Tensor:
         """x_tilde = G(z), or G(z, y) for a conditional model."""
-        return self.decoder(z, *self._cond(y))
+        return self.decoder(z, *self._cond(y, len(z)))
 
     @torch.no_grad()
     def sample(self, n: int, y: Tensor | None = None) -> Tensor:
@@ -363,8 +373,7 @@ class GenerativeModel(nn.Module):
         candidates are decoded ``chunk * oversample`` at a time."""
         if oversample < 1 or chunk < 1:
             raise ValueError(f"oversample and chunk must be >= 1; got {oversample}, {chunk}")
-        if y is None:
-            y = self.default_condition(n)
+        y = self.default_condition(n) if y is None else self.check_condition(y, n)
         if n > chunk:
             return torch.cat([self.sample_resampled(min(chunk, n - i),
                                                     None if y is None else y[i:i + chunk],
@@ -406,7 +415,7 @@ class GenerativeModel(nn.Module):
     def encode(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         """z_hat ~ q(z | x) (q(z | x, y) when conditional), reparametrised so gradients reach
         the encoder."""
-        return self._need_encoder()(x, *self._cond(y))
+        return self._need_encoder()(x, *self._cond(y, len(x)))
 
     def encode_mean(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         """A point estimate of z given x (mu for a Gaussian encoder), (B, *latent_shape).
@@ -419,7 +428,7 @@ class GenerativeModel(nn.Module):
                 and tuple(x.shape[1:]) != tuple(want)):
             raise DataError(f"this model takes x of shape (N, {', '.join(map(str, want))}); "
                             f"got {tuple(x.shape)}")
-        return self._need_encoder().mean(x, *self._cond(y))
+        return self._need_encoder().mean(x, *self._cond(y, len(x)))
 
     @torch.no_grad()
     def reconstruct(self, x: Tensor, y: Tensor | None = None) -> Tensor:
@@ -439,6 +448,7 @@ class GenerativeModel(nn.Module):
         if self.conditional and (y1 is None or y2 is None):
             raise ConditionError("a conditional model interpolates between (x1, y1) and "
                                  "(x2, y2): give y1 and y2")
+        y1, y2 = self.check_condition(y1, len(x1)), self.check_condition(y2, len(x2))
         z1, z2 = self.encode(x1, y1), self.encode(x2, y2)
         t = torch.linspace(0, 1, steps, device=z1.device, dtype=z1.dtype)
         z = torch.lerp(z1, z2, t.view(steps, *([1] * z1.dim())))           # (steps, B, *latent)
@@ -474,6 +484,7 @@ class ALI(GenerativeModel):
         """D's logit on pairs (x, z), its estimate of log q(x, z) / p(x, z): for a K+1
         discriminator logsumexp of the class logits (the fake logit is fixed at 0); for a
         conditional model, of the pairs under condition y."""
+        y = self.check_condition(y, len(x))
         v = self.embed.vector(y) if y is not None and self.embed is not None else y
         s = L.fp32(self.discriminator(x, z) if v is None else self.discriminator(x, z, v))
         if self.semi_supervised:                                    # s: (B, K)

@@ -10,12 +10,12 @@ leaf: the model code imports it, never the reverse.
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from typing import Any, Iterator
 
 import torch
 from torch import Tensor, nn
 
-from ..errors import ConditionError
+from ..errors import ConditionError, one_line
 
 
 class StochasticEncoder(nn.Module):
@@ -147,6 +147,40 @@ class Conditioning(nn.Linear):
     def __init__(self, label_dim: int, embed_dim: int, attributes: bool = False) -> None:
         super().__init__(label_dim, embed_dim)
         self.label_dim, self.attributes = label_dim, attributes
+
+    def check(self, y: Any, n: int | None = None) -> Tensor:
+        """``y`` as a tensor on the embedding's device, or a one-line
+        :class:`~ali.errors.ConditionError`: class indices (n,) in 0..K-1 (class-conditional
+        models only) or (n, K) vectors in [0, 1] (0/1 attributes, one-hot classes, or the
+        blends :meth:`~ali.model.GenerativeModel.interpolate` decodes).
+
+        For the public methods only: the range check waits for the device, and :meth:`vector`
+        would otherwise index out of bounds, or embed any number, without a word."""
+        try:
+            y = torch.as_tensor(y, device=self.weight.device)
+        except (TypeError, ValueError, RuntimeError) as e:
+            raise ConditionError(f"y must be a tensor of labels; {one_line(e)}") from None
+        k = self.label_dim
+        if y.dim() == 1 and not self.attributes:
+            if y.is_floating_point() or y.is_complex():
+                raise ConditionError(f"class labels y must be integers; got {y.dtype}")
+            if len(y) and not (int(y.min()) >= 0 and int(y.max()) < k):
+                raise ConditionError(f"class labels y must be in 0..{k - 1} ({k} classes); "
+                                     f"got values in [{int(y.min())}, {int(y.max())}]")
+        elif y.dim() == 2 and y.shape[1] == k and not y.is_complex():
+            # written so that NaN fails too
+            if len(y) and not (float(y.min()) >= 0 and float(y.max()) <= 1):
+                raise ConditionError(f"y's {k} entries per example must be in [0, 1] (0/1 "
+                                     f"attributes); got values in [{float(y.min()):.4g}, "
+                                     f"{float(y.max()):.4g}]")
+        else:
+            form = "" if self.attributes else f"class indices (B,) in 0..{k - 1} or "
+            raise ConditionError(f"this model takes y as {form}(B, {k}) 0/1 "
+                                 f"{'attributes' if self.attributes else 'vectors'}; got shape "
+                                 f"{tuple(y.shape)} ({y.dtype})")
+        if n is not None and len(y) != n:
+            raise ConditionError(f"y holds {len(y)} labels for {n} examples")
+        return y
 
     def vector(self, y: Tensor) -> Tensor:
         """y as a float (B, K) vector (see :func:`condition_vector`)."""
