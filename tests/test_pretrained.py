@@ -219,12 +219,24 @@ def test_features_are_flat_detached_and_take_uint8_or_unit_floats():
     (torch.rand(2, 8, 8, 3), r"channels first: x.permute\(0, 3, 1, 2\)"),
     (torch.rand(2, 3, 8, 8) * 255, r"pixels must be uint8 or floats in \[0, 1\].*divide by 255"),
     (torch.zeros(2, 3, 8, 8, dtype=torch.int64), "must be uint8 or floating point"),
+    # NaN passed the range check and came out as NaN features
+    (torch.rand(2, 3, 8, 8).index_put_((torch.tensor(1),), torch.tensor(float("nan"))),
+     "^x holds 192 NaN or infinite values$"),
+    (torch.rand(2, 3, 8, 8).index_put_((torch.tensor(0), torch.tensor(2)),
+                                       torch.tensor(float("-inf"))),
+     "^x holds 64 NaN or infinite values$"),
 ])
 def test_features_refuse_a_mismatch_in_one_line(x, message):
     from ali.errors import DataError
     with pytest.raises(DataError, match=message) as e:
         _mnist_like().features(x)
     assert "\n" not in str(e.value)
+
+
+def test_anomaly_scores_refuse_nan_feature_vectors():
+    model = build_model(tiny_toy()).eval()
+    with pytest.raises(DataError, match="^x holds 1 NaN or infinite values$"):
+        model.anomaly_score(torch.tensor([[0.5, float("nan")], [0.1, 0.2]]), "l1")
 
 
 def test_features_of_a_model_without_encoder_or_without_y():

@@ -172,8 +172,8 @@ class GenerativeModel(nn.Module):
 
     def as_input(self, x: Tensor | "np.ndarray") -> Tensor:
         """``x`` checked against the networks' data shape and range and made float: uint8
-        images become [0, 1]; float images must already be in [0, 1]. One-line
-        :class:`~ali.errors.DataError` on a mismatch."""
+        images become [0, 1]; float images must already be in [0, 1]; floats must be finite.
+        One-line :class:`~ali.errors.DataError` on a mismatch."""
         x = torch.as_tensor(x)
         want = self.data_shape
         if want is not None and tuple(x.shape[1:]) != want:
@@ -186,6 +186,10 @@ class GenerativeModel(nn.Module):
             return x.float() / 255 if images else self.standardized(x.float())
         if not x.is_floating_point():
             raise DataError(f"x must be uint8 or floating point; got {x.dtype}")
+        # NaN passes any comparison with the range's ends, and the encoder maps it to NaN codes
+        bad = int((~torch.isfinite(x)).sum())
+        if bad:
+            raise DataError(f"x holds {bad} NaN or infinite values")
         if images and len(x) and (float(x.min()) < 0 or float(x.max()) > 1):
             raise DataError(f"image pixels must be uint8 or floats in [0, 1]; got values in "
                             f"[{float(x.min()):.4g}, {float(x.max()):.4g}] (divide by 255?)")
