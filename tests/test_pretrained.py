@@ -233,6 +233,13 @@ def test_features_refuse_a_mismatch_in_one_line(x, message):
     assert "\n" not in str(e.value)
 
 
+def test_features_of_no_images_have_the_features_width():
+    # They were (0, 0), which no classifier fitted on (N, D) features takes.
+    model = _mnist_like()
+    assert model.features(torch.rand(0, 3, 8, 8)).shape == (0, 4)
+    assert model.features(torch.rand(0, 3, 8, 8), kind="svm").shape == (0, 4 + 8 * 3 * 3 + 16)
+
+
 def test_anomaly_scores_refuse_nan_feature_vectors():
     model = build_model(tiny_toy()).eval()
     with pytest.raises(DataError, match="^x holds 1 NaN or infinite values$"):

@@ -234,7 +234,8 @@ class GenerativeModel(nn.Module):
         layers = self.feature_layers() if kind == "svm" else []
         out = []
         with evaluating(self):
-            for i in range(0, len(x), batch_size):
+            # no x still passes through once, for the width of its (0, D) features
+            for i in range(0, len(x), batch_size) or range(1):
                 xb = x[i:i + batch_size].to(device)
                 yb = None if y is None else torch.as_tensor(y)[i:i + batch_size].to(device)
                 captured: list[Tensor] = []
@@ -246,8 +247,6 @@ class GenerativeModel(nn.Module):
                     for h in handles:
                         h.remove()
                 out.append(torch.cat([mu, *captured], dim=1).float())   # (B, D)
-        if not out:
-            return torch.empty(0, 0, device=device)
         return torch.cat(out)
 
     def anomaly_score(self, x: Tensor | "np.ndarray", kind: str = "egbad",
