@@ -4,6 +4,7 @@ import torch.nn.functional as F
 
 from ali import losses as L
 from ali.baselines import GAN, VAE, GANInverse, GANPostHoc
+from ali.errors import ArgumentError
 from ali.model import ALI
 from ali.build import build_model
 from ali.train import make_optimizer, train_step
@@ -76,6 +77,8 @@ def test_interpolate_endpoints():
     assert path.shape == (5, 3, 2)
     assert torch.allclose(path[0], m.decode(m.encode(x1)), atol=1e-6)
     assert torch.allclose(path[-1], m.decode(m.encode(x2)), atol=1e-6)
+    with pytest.raises(ArgumentError, match=r"^interpolate needs steps >= 2; got 1$"):
+        m.interpolate(x1, x2, 1)
 
 
 def test_losses_match_algorithm_1():

@@ -240,6 +240,14 @@ def test_features_of_no_images_have_the_features_width():
     assert model.features(torch.rand(0, 3, 8, 8), kind="svm").shape == (0, 4 + 8 * 3 * 3 + 16)
 
 
+@pytest.mark.parametrize("batch_size", [0, -2])
+def test_features_refuse_a_batch_size_below_one(batch_size):
+    # 0 raised range()'s ValueError; -2 dropped the last two examples without a word
+    from ali.errors import ArgumentError
+    with pytest.raises(ArgumentError, match=f"^batch_size must be >= 1; got {batch_size}$"):
+        _mnist_like().features(torch.rand(4, 3, 8, 8), batch_size=batch_size)
+
+
 def test_anomaly_scores_refuse_nan_feature_vectors():
     model = build_model(tiny_toy()).eval()
     with pytest.raises(DataError, match="^x holds 1 NaN or infinite values$"):

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from ali.baselines import GAN
-from ali.errors import DiscriminatorError
+from ali.errors import ArgumentError, DiscriminatorError
 from ali.model import ALI
 from ali.objectives import KPlusOneGame, Objective
 from ali.build import build_model
@@ -59,10 +59,12 @@ def test_resampling_drops_what_the_discriminator_rejects_in_each_run_alone():
     assert (chunked[:, 0, 0] > 0).all() and (chunked[:, 1, 0] < 0).all()
     one = model.sample_resampled(500, oversample=1)            # one candidate: no choice
     assert (one[:, 0, 0] <= 0).any() and (one[:, 1, 0] >= 0).any()
-    with pytest.raises(ValueError, match="oversample and chunk must be >= 1"):
+    # AliErrors (they were bare ValueErrors), still ValueErrors
+    with pytest.raises(ArgumentError, match="oversample and chunk must be >= 1"):
         model.sample_resampled(5, oversample=0)
-    with pytest.raises(ValueError, match="oversample and chunk must be >= 1"):
+    with pytest.raises(ArgumentError, match="oversample and chunk must be >= 1"):
         model.sample_resampled(5, chunk=0)
+    assert issubclass(ArgumentError, ValueError)
 
 
 def test_resampling_a_trained_shape_model_and_the_models_without_a_discriminator():
@@ -98,7 +100,7 @@ def test_chain_applies_decode_encode_steps_times(monkeypatch):
     for steps in (0, 3):
         torch.manual_seed(0)
         assert torch.allclose(model.sample_chain(5, steps), start + steps)
-    with pytest.raises(ValueError, match="steps must be >= 0"):
+    with pytest.raises(ArgumentError, match="steps must be >= 0"):
         model.sample_chain(5, -1)
     gan = build_model(tiny_toy("model.kind=gan")).eval()
     with pytest.raises(TypeError, match="GAN has no encoder"):

@@ -29,6 +29,10 @@ class DiscriminatorError(AliError, TypeError):
     """Asked of a model that has no discriminator (a VAE), or not the kind the call needs."""
 
 
+class ArgumentError(AliError, ValueError):
+    """A model method called with an impossible argument (a count below its least)."""
+
+
 class DataError(AliError):
     """A dataset that is missing, truncated or malformed."""
 

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from . import losses as L
 from .anomaly import ALPHA, BATCH_SIZE, anomaly_score
-from .errors import ConditionError, DataError, DiscriminatorError, EncoderError
+from .errors import ArgumentError, ConditionError, DataError, DiscriminatorError, EncoderError
 from .nets import family
 from .nets.parts import (ConditionedNet, Conditioning, JointDiscriminator,  # noqa: F401
                          MarginalDiscriminator, Standardize, StochasticEncoder,
@@ -226,6 +226,9 @@ class GenerativeModel(nn.Module):
         """
         if kind not in FEATURE_KINDS:
             raise DataError(f"unknown features {kind!r} (known: {', '.join(FEATURE_KINDS)})")
+        if batch_size < 1:
+            # a negative one would slice off the last examples without a word
+            raise ArgumentError(f"batch_size must be >= 1; got {batch_size}")
         self._need_encoder()
         x = self.as_input(x)
         # checked whole: the batches alone would miss a y longer than x by a whole batch
@@ -375,7 +378,7 @@ class GenerativeModel(nn.Module):
         resampling exact. Runs of a run-batched model are resampled independently. The
         candidates are decoded ``chunk * oversample`` at a time."""
         if oversample < 1 or chunk < 1:
-            raise ValueError(f"oversample and chunk must be >= 1; got {oversample}, {chunk}")
+            raise ArgumentError(f"oversample and chunk must be >= 1; got {oversample}, {chunk}")
         y = self.default_condition(n) if y is None else self.check_condition(y, n)
         if n > chunk:
             return torch.cat([self.sample_resampled(min(chunk, n - i),
@@ -401,7 +404,7 @@ class GenerativeModel(nn.Module):
         latent distribution, which the decoder was trained on. It inherits the reconstructions'
         biases: with ALICE's cycle term they are narrower than the data, and so are its modes."""
         if steps < 0:
-            raise ValueError(f"steps must be >= 0; got {steps}")
+            raise ArgumentError(f"steps must be >= 0; got {steps}")
         if y is None:
             y = self.default_condition(n)
         x = self.sample(n, y)
@@ -447,7 +450,7 @@ class GenerativeModel(nn.Module):
         Returns shape (steps, *x1.shape): ``out[0]`` decodes z_hat(x1), ``out[-1]`` z_hat(x2).
         """
         if steps < 2:
-            raise ValueError("interpolate needs steps >= 2")
+            raise ArgumentError(f"interpolate needs steps >= 2; got {steps}")
         if self.conditional and (y1 is None or y2 is None):
             raise ConditionError("a conditional model interpolates between (x1, y1) and "
                                  "(x2, y2): give y1 and y2")
