@@ -334,6 +334,25 @@ def test_report_embeds_metrics_curves_and_images(tiny_run, capsys):
     assert "no run folder" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("n_test", [3, 1])
+def test_report_renders_interpolations_from_an_odd_or_single_held_out_set(tmp_path, n_test):
+    # Interpolations pair held-out images: an odd one out is dropped, and one image alone
+    # gives a note in place of the panel, never a crash.
+    x = np.random.default_rng(0).integers(0, 255, (20 + n_test, 8, 8, 3), dtype=np.uint8)
+    path = tmp_path / "tiny.npz"
+    np.savez(path, x_train=x[:20], x_test=x[20:])
+    run = tmp_path / "run"
+    assert main(["train", "tiny", "--set", f"data.root={path}", "--set", "train.steps=1",
+                 "--set", "train.batch_size=4", "--set", "train.progress=off",
+                 "--out", str(run)]) == 0
+    assert main(["report", str(run)]) == 0
+    page = (run / "report.html").read_text()
+    rendered = (run / "interpolations.png").is_file()
+    assert rendered == (n_test > 1)
+    assert ("an interpolation needs two held-out images and the run data holds 1" in page) \
+        == (n_test == 1)
+
+
 def test_tensorboard_hook_sends_scalars_and_images(tiny_run):
     calls = []
 

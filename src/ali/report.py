@@ -27,6 +27,8 @@ from .errors import AliError
 CURVES = (("losses", ("loss_d", "loss_g")), ("discriminator accuracy", ("acc_q", "acc_p")))
 COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
 IMAGE_ORDER = ("samples", "reconstructions", "interpolations")
+INTERPOLATION_PAIRS = 8
+"""Rows of the interpolations a report renders where training wrote none."""
 TB_DIR = "tensorboard"
 
 
@@ -128,8 +130,14 @@ def render_interpolations(run_dir: Path) -> str | None:
         if not cfg.model.images or model.encoder is None:
             return None
         data = load_dataset(cfg.data)
-        x = held_out(data, 16)
-        y = held_out_labels(data, 16) if model.conditional else None
+        x = held_out(data, 2 * INTERPOLATION_PAIRS)
+        # Each row interpolates between two images, so an odd last image has no partner.
+        pairs = len(x) // 2
+        if not pairs:
+            return ("interpolations not rendered: an interpolation needs two held-out images "
+                    f"and the run data holds {len(x)}")
+        x = x[:2 * pairs]
+        y = held_out_labels(data, 2 * pairs) if model.conditional else None
         torch.manual_seed(0)
         imgs = interpolation_grid(model, x[0::2], x[1::2], 8, *((y[0::2], y[1::2]) if
                                                                  y is not None else ()))
