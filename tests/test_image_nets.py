@@ -4,6 +4,7 @@ and ``ali arch``. Models are built once per family and only run forward on a bat
 import functools
 import json
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -191,8 +192,9 @@ def test_deterministic_encoder_on_images():
 def test_arch_json(capsys):
     assert main(["arch", "cifar10", "--json"]) == 0
     d = json.loads(capsys.readouterr().out)
-    assert set(d) == {"name", "latent_dim", "image_shape", "networks"}
-    assert (d["name"], d["latent_dim"], d["image_shape"]) == ("cifar10", 64, [3, 32, 32])
+    assert set(d) == {"name", "kind", "latent_dim", "image_shape", "params", "networks"}
+    assert (d["name"], d["kind"], d["latent_dim"], d["image_shape"]) == \
+        ("cifar10", "ali", 64, [3, 32, 32])
     nets = d["networks"]
     assert list(nets) == ["encoder", "decoder", "disc_x", "disc_z", "disc_joint"]
     shapes = {k: (v["in_shape"], v["out_shape"]) for k, v in nets.items()}
@@ -228,6 +230,50 @@ def test_arch_text(capsys):
         assert title in text
     assert main(["arch", "toy"]) == 0
     assert "linear" in capsys.readouterr().out
+
+
+KIND_NETWORKS = {
+    "ali": ["encoder", "decoder", "disc_x", "disc_z", "disc_joint"],
+    "gan": ["decoder", "disc_marginal"],
+    "gan_inverse": ["encoder", "decoder", "disc_marginal"],
+    "gan_posthoc": ["encoder", "decoder", "disc_marginal", "disc_x", "disc_z", "disc_joint"],
+    "vae": ["encoder", "decoder"],
+}
+
+
+@pytest.mark.parametrize("preset, overrides, networks", [
+    *[("tiny", [f"model.kind={k}"], nets) for k, nets in KIND_NETWORKS.items()],
+    ("tiny", ["model.alad=on"], [*KIND_NETWORKS["ali"], "disc_xx", "disc_zz"]),
+    ("tiny", ["model.conditional=on"], KIND_NETWORKS["ali"]),
+    ("toy", ["model.cycle=off", "model.r1=off", "model.encoder=gaussian", "model.kind=vae"],
+     KIND_NETWORKS["vae"]),
+], ids=lambda v: "-".join(v) if isinstance(v, list) else v)
+def test_arch_describes_the_model_training_builds(tmp_path, capsys, preset, overrides,
+                                                  networks):
+    # ali arch follows model.kind: its networks and parameter count are those of the model
+    # that ali train builds from the same config.
+    from ali.checkpoint import load_run
+
+    x = torch.randint(0, 255, (8, 8, 8, 3), dtype=torch.uint8).numpy()
+    y = torch.arange(8).numpy() % 2
+    np.savez(tmp_path / "tiny.npz", x_train=x, y_train=y)
+    sets = [a for kv in overrides for a in ("--set", kv)]
+    data = ["--set", f"data.root={tmp_path / 'tiny.npz'}"] if preset == "tiny" else []
+    assert main(["train", preset, *sets, *data, "--set", "train.steps=1", "--set",
+                 "train.batch_size=4", "--set", "train.progress=off",
+                 "--out", str(tmp_path / "run")]) == 0
+    trained, _, _ = load_run(tmp_path / "run")
+    capsys.readouterr()
+    label_dim = ["--set", "model.label_dim=2"] if "model.conditional=on" in overrides else []
+    assert main(["arch", preset, *sets, *label_dim, "--json"]) == 0
+    desc = json.loads(capsys.readouterr().out)
+    assert list(desc["networks"]) == networks
+    assert desc["params"]["generator"] + desc["params"]["discriminator"] == \
+        sum(p.numel() for p in trained.parameters())
+    assert desc["params"]["discriminator"] == sum(p.numel() for p in trained.parameters_d())
+    assert main(["arch", preset, *sets, *label_dim]) == 0
+    total = f"total {sum(p.numel() for p in trained.parameters()):,} parameters"
+    assert total in capsys.readouterr().out
 
 
 def test_arch_unknown_name(capsys):

@@ -1,8 +1,11 @@
-"""Describe a config's five networks as tables like the paper's (``ali arch NAME``).
+"""Describe the networks of the model a config builds as tables like the paper's
+(``ali arch NAME``).
 
-Every shape here comes from an actual forward pass (forward hooks on a batch of 2 in
-evaluation mode), never from the tables themselves: a table and the network it builds cannot
-drift apart unnoticed.
+The model is built by :func:`ali.build.build_model`, as training builds it, so the tables
+follow ``model.kind``: a GAN has no encoder and a D(x) of its own, a VAE no discriminator,
+ALAD two more discriminators. Every shape here comes from an actual forward pass (forward
+hooks on a batch of 2 in evaluation mode), never from the tables themselves: a table and the
+network it builds cannot drift apart unnoticed.
 
 A network is described layer by layer. A layer starts at each conv, transposed conv or linear
 module; a dropout just before it is its input dropout, and an output dropout
@@ -17,13 +20,20 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .build import build_model
 from .config import Config
+from .model import GenerativeModel
 from .nets import family
 from .nets.layers import Maxout, OutputDropout, RunBatchNorm, RunLinear
+from .nets.parts import MarginalDiscriminator
 
-NETWORKS = ("encoder", "decoder", "disc_x", "disc_z", "disc_joint")
+NETWORKS = ("encoder", "decoder", "disc_marginal", "disc_x", "disc_z", "disc_joint", "disc_xx",
+            "disc_zz")
+"""Every network a model may have, in the order they are printed (a model has a subset)."""
 TITLES = {"encoder": "G_z(x), encoder", "decoder": "G_x(z), decoder", "disc_x": "D(x)",
-          "disc_z": "D(z)", "disc_joint": "D(x, z)"}
+          "disc_z": "D(z)", "disc_joint": "D(x, z)",
+          "disc_marginal": "D(x), the GAN's discriminator", "disc_xx": "D(x, x'), ALAD",
+          "disc_zz": "D(z, z'), ALAD"}
 _ACTS = {nn.LeakyReLU: "lrelu", nn.ReLU: "relu", Maxout: "maxout", nn.Sigmoid: "sigmoid"}
 
 
@@ -75,28 +85,60 @@ def _shape(t: Tensor) -> list[int]:
     return list(t.shape[1:])
 
 
+def _networks(model: GenerativeModel) -> dict[str, nn.Module]:
+    """The networks of ``model`` by their key in :data:`NETWORKS` (a joint D as its three
+    parts, as the paper's tables give it)."""
+    nets: dict[str, nn.Module] = {}
+    if model.encoder is not None:
+        nets["encoder"] = model.encoder.net
+    nets["decoder"] = model.decoder
+    for attr in ("discriminator", "joint_discriminator"):
+        d = getattr(model, attr, None)
+        if isinstance(d, MarginalDiscriminator):
+            nets["disc_marginal"] = d
+        elif d is not None:
+            nets.update(disc_x=d.d_x, disc_z=d.d_z, disc_joint=d.d_xz)
+    for attr in ("d_xx", "d_zz"):
+        if getattr(model, attr, None) is not None:
+            nets[f"disc_{attr[2:]}"] = getattr(model, attr)
+    return {k: nets[k] for k in NETWORKS if k in nets}
+
+
+def _forward(model: GenerativeModel, x: Tensor, z: Tensor) -> None:
+    """Run each network of ``model`` once, as training calls it."""
+    # A conditional model's networks take the embedded condition too (Eq. 7): a batch of
+    # class 0 (or of no attribute) is enough to trace their shapes.
+    cond, v = (), None
+    if model.embed is not None:
+        y = torch.zeros(len(x), model.embed.label_dim, dtype=torch.long) \
+            if model.embed.attributes else torch.zeros(len(x), dtype=torch.long)
+        v = model.embed.vector(y)
+        cond = (model.embed.embed(v, z.dim() - 2),)
+    if model.encoder is not None:
+        model.encoder(x, *cond)
+    model.decoder(z, *cond)
+    for attr in ("discriminator", "joint_discriminator"):
+        d = getattr(model, attr, None)
+        if isinstance(d, MarginalDiscriminator):
+            d(x)
+        elif d is not None:
+            d(x, z) if v is None else d(x, z, v)
+    for attr, a in (("d_xx", x), ("d_zz", z)):
+        if getattr(model, attr, None) is not None:
+            getattr(model, attr)(a, a)
+
+
 def describe(cfg: Config) -> dict[str, Any]:
-    """The JSON description of ``cfg``'s networks (see ``ali arch --help``).
+    """The JSON description of the networks of the model ``cfg`` builds (see ``ali arch
+    --help``).
 
     Each layer dict also carries two private keys for the text table: ``_out`` (its output
     shape) and ``_params``; :func:`to_json` drops them.
     """
     m = cfg.model
     fam = family(m.nets)
-    enc, dec, disc = fam.encoder(m), fam.decoder(m), fam.discriminator(m, joint=True)
-    # A conditional model's networks take the embedded condition too (Eq. 7): a batch of
-    # class 0 (or of no attribute) is enough to trace their shapes.
-    cond, v = (), None
-    if m.conditional:
-        from .nets.conv import condition_embedding
-
-        y = torch.zeros(2, m.label_dim, dtype=torch.long) if m.attributes else \
-            torch.zeros(2, dtype=torch.long)
-        conditioning = condition_embedding(m)
-        v = conditioning.vector(y)
-        cond = (conditioning.embed(v, len(fam.latent_shape(m)) - 1),)
-    nets = {"encoder": enc.net, "decoder": dec, "disc_x": disc.d_x, "disc_z": disc.d_z,
-            "disc_joint": disc.d_xz}
+    model = build_model(cfg)
+    nets = _networks(model)
     info: dict[str, dict[str, Any]] = {}
     hooks = []
     for name, net in nets.items():
@@ -115,23 +157,24 @@ def describe(cfg: Config) -> dict[str, Any]:
 
             hooks.append(row["_modules"][-1].register_forward_hook(layer))
     data_shape, latent_shape = fam.data_shape(m), fam.latent_shape(m)
-    for net in (enc, dec, disc):
-        net.eval()
+    model.eval()
     try:
         with torch.no_grad():
-            x, z = torch.rand(2, *data_shape), torch.randn(2, *latent_shape)
-            enc(x, *cond)
-            dec(z, *cond)
-            disc(x, z) if v is None else disc(x, z, v)
+            _forward(model, torch.rand(2, *data_shape), torch.randn(2, *latent_shape))
     finally:
         for h in hooks:
             h.remove()
     for row in (r for v in info.values() for r in v["layers"]):
         del row["_modules"]
-    return {"name": cfg.name, "latent_dim": m.latent_dim, "image_shape": list(data_shape),
-            "networks": {k: {"params": info[k]["params"], "in_shape": info[k]["in_shape"],
-                             "out_shape": info[k]["out_shape"], "layers": info[k]["layers"]}
-                         for k in NETWORKS},
+    # The totals are the model's own: they include what no table shows (the condition
+    # embeddings, a Gaussian VAE's output scale).
+    params = {"generator": sum(p.numel() for p in model.parameters_g()),
+              "discriminator": sum(p.numel() for p in model.parameters_d())}
+    return {"name": cfg.name, "kind": m.kind, "latent_dim": m.latent_dim,
+            "image_shape": list(data_shape), "params": params,
+            "networks": {k: {"params": v["params"], "in_shape": v["in_shape"],
+                             "out_shape": v["out_shape"], "layers": v["layers"]}
+                         for k, v in info.items()},
             "_notes": list(getattr(fam, "NOTES", ()))}
 
 
@@ -159,8 +202,7 @@ def to_text(desc: dict[str, Any]) -> str:
     lines = [f"{desc['name']}: latent {desc['latent_dim']}, data {_dims(desc['image_shape'])}"]
     head = ("operation", "kernel", "stride", "maps", "BN", "dropout", "nonlinearity", "output",
             "params")
-    for key in NETWORKS:
-        n = nets[key]
+    for key, n in nets.items():
         lines += ["", f"{TITLES[key]}: {_dims(n['in_shape'])} -> {_dims(n['out_shape'])}, "
                       f"{n['params']:,} parameters"]
         rows = [head]
@@ -177,9 +219,10 @@ def to_text(desc: dict[str, Any]) -> str:
         widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
         lines += ["  " + "  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip()
                   for row in rows]
-    g = nets["encoder"]["params"] + nets["decoder"]["params"]
-    d = sum(nets[k]["params"] for k in ("disc_x", "disc_z", "disc_joint"))
-    lines += ["", f"total {g + d:,} parameters: encoder + decoder {g:,}, discriminator {d:,}"]
+    g, d = desc["params"]["generator"], desc["params"]["discriminator"]
+    parts = [f"{'encoder + decoder' if 'encoder' in nets else 'decoder'} {g:,}"]
+    parts += [f"discriminator {d:,}"] if d else []
+    lines += ["", f"total {g + d:,} parameters ({desc['kind']}): {', '.join(parts)}"]
     if desc.get("_notes"):
         lines += ["", "Notes:"]
         lines += [f"  - {note}" for note in desc["_notes"]]

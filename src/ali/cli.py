@@ -503,9 +503,11 @@ def build_parser() -> argparse.ArgumentParser:
     dl.set_defaults(func=_cmd_data_download)
 
     a = sub.add_parser("arch", help="print a config's networks as tables like the paper's",
-                       description="Print the encoder, decoder, D(x), D(z) and D(x, z) of a "
-                                   "named config, layer by layer, with output shapes (from a "
-                                   "forward pass) and parameter counts.")
+                       description="Print the networks of the model a named config builds "
+                                   "(as ali train builds it: ALI's encoder, decoder, D(x), "
+                                   "D(z) and D(x, z); model.kind's own for the baselines), "
+                                   "layer by layer, with output shapes (from a forward pass) "
+                                   "and parameter counts.")
     a.add_argument("name", help="config name")
     a.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field, e.g. --set model.latent_dim=128")
