@@ -3,6 +3,7 @@
 import gzip
 import os
 import pickle
+import re
 from pathlib import Path
 
 import numpy as np
@@ -52,7 +53,7 @@ def make_mnist(root, n_train=12, n_test=10, train=True):
 
 def make_cifar(root, per_batch=10):
     d = root / "cifar-10-batches-py"
-    d.mkdir(parents=True)
+    d.mkdir(parents=True, exist_ok=True)
     for i, name in enumerate([f"data_batch_{k}" for k in range(1, 6)] + ["test_batch"]):
         x = np.zeros((per_batch, 3072), np.uint8)
         x[:, :1024], x[:, 1024:2048], x[:, 2048:] = 10, 20, 30     # R, G, B planes
@@ -225,6 +226,24 @@ def test_cifar10_bad_files(tmp_path):
     with pytest.raises(DataError) as e:
         load_dataset(data_cfg("cifar10", root))
     one_line_error(e, "missing file", "data_batch_3")
+
+
+@pytest.mark.parametrize("name, make, inner", [
+    ("cifar10", make_cifar, ""), ("cifar10", make_cifar, "cifar-10-batches-py"),
+    ("mnist", make_mnist, ""), ("svhn", make_svhn, "")])
+def test_a_missing_file_hint_downloads_where_data_root_reads(tmp_path, name, make, inner):
+    # The hint's --root is where `ali data download` puts the files (make writes the same
+    # layout): with them there, the same data.root loads.
+    if name == "svhn":
+        pytest.importorskip("scipy")
+    root = tmp_path / "data" / inner
+    root.mkdir(parents=True)
+    with pytest.raises(DataError) as e:
+        load_dataset(data_cfg(name, root))
+    one_line_error(e, "missing file", f"ali data download {name} --root")
+    into = Path(re.search(r"--root (\S+)\)", str(e.value)).group(1))
+    make(into)
+    assert len(load_dataset(data_cfg(name, root)).train) > 0
 
 
 # --------------------------------------------------------------------------- SVHN

@@ -160,7 +160,10 @@ class _SafeUnpickler(pickle.Unpickler):
 
 def read_cifar_batch(path: Path, check: bool) -> tuple[np.ndarray, np.ndarray]:
     """One CIFAR-10 python batch: uint8 (N, 3, 32, 32) images and int64 labels."""
-    need(path, f"download it with: ali data download cifar10 --root {path.parent.parent}")
+    # The download extracts into ROOT/cifar-10-batches-py, which the reader finds from
+    # data.root=ROOT and reads from a data.root that names that folder itself.
+    into = path.parent.parent if path.parent.name == CIFAR10_DIR else path.parent
+    need(path, f"download it with: ali data download cifar10 --root {into}")
     verify(path, CIFAR10_MD5.get(path.name), check)
     try:
         with open(path, "rb") as f:
