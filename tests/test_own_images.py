@@ -4,6 +4,7 @@ size, and the standard presets on a folder without split overrides (issue 21).""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from ali.data import load_dataset, split_order
 from ali.errors import ConfigError
 
 PER_CLASS = 12
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def digits_folder(root, per=PER_CLASS, side=16):
@@ -110,6 +112,31 @@ def test_ali_train_folder_needs_no_override(tmp_path, capsys, kind, nets, shape)
     assert (run / "samples.png").is_file() and (run / "reconstructions.png").is_file()
     assert main(["eval", str(run), "--metric", "knn"]) == 0, capsys.readouterr().err
     assert "knn" in capsys.readouterr().out
+
+
+def test_non_square_folder_images_need_data_image_size_as_the_docs_say(tmp_path, capsys):
+    # The docs once said the folder preset resizes any images; the reader refuses images that
+    # are not square until data.image_size is set, which then picks the family.
+    from PIL import Image
+
+    root = tmp_path / "img"
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(PER_CLASS):
+        Image.fromarray(rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(root / f"{i}.png")
+    args = ["folder", "--set", f"data.root={root}", "--set", "train.steps=1", "--set",
+            "train.batch_size=4", "--set", "train.progress=off"]
+    assert main(["train", *args, "--out", str(tmp_path / "refused")]) == 2
+    err = capsys.readouterr().err
+    assert "is 50x40, not square; set data.image_size" in err and err.count("\n") == 1
+    run = tmp_path / "run"
+    _train(capsys, *args, "--set", "data.image_size=40", "--out", str(run))
+    saved = json.loads((run / "config.json").read_text())
+    assert (saved["model"]["nets"], saved["data"]["image_size"]) == ("cifar10", 32)
+    for doc in ("README.md", "docs/data.md"):
+        text = " ".join((ROOT / doc).read_text().split())
+        assert "not square are refused until `--set data.image_size" in text or \
+            "not square need `data.image_size`" in text, doc
 
 
 def test_standard_presets_on_a_folder(tmp_path, capsys):
