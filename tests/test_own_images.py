@@ -281,3 +281,20 @@ def test_a_valid_subfolder_is_the_held_out_split_and_other_names_are_not_replace
         load_dataset(get_config("folder", [f"data.root={plain}",
                                            "data.test_split=valid"]).data)
     assert "no split 'valid'" in str(e.value) and "data.test_split=test" in str(e.value)
+
+
+def test_16_bit_greyscale_images_read_as_their_8_bit_selves(tmp_path):
+    # Pillow's convert("L") clips 16-bit pixels at 255: every non-black pixel came out white
+    import numpy as np
+    from PIL import Image
+
+    from ali.data.images import read_image
+    a = np.arange(64, dtype=np.uint8).reshape(8, 8) * 4                 # 0 .. 252
+    Image.fromarray(a, "L").save(tmp_path / "eight.png")
+    Image.fromarray(a.astype(np.uint16) * 257).save(tmp_path / "sixteen.png")
+    assert Image.open(tmp_path / "sixteen.png").mode.startswith("I")
+    for channels in (1, 3):
+        want = read_image(tmp_path / "eight.png", 0, channels)
+        assert torch.equal(read_image(tmp_path / "sixteen.png", 0, channels), want)
+        assert torch.equal(read_image(tmp_path / "sixteen.png", 4, channels),
+                           read_image(tmp_path / "eight.png", 4, channels))

@@ -135,6 +135,16 @@ def pil_tensor(img: Any, channels: int) -> Tensor:
     return torch.from_numpy(a.transpose(2, 0, 1).copy())
 
 
+def eight_bit(img: Any) -> Any:
+    """A 16-bit greyscale image as 8-bit ("L"): Pillow's ``convert`` clips such pixels at 255
+    (every non-black pixel would turn white) instead of scaling them; other images unchanged."""
+    if img.mode not in ("I;16", "I;16L", "I;16B", "I"):
+        return img
+    Image = _pil()
+    a = np.asarray(img, dtype=np.float64) / 257               # 65535 -> 255
+    return Image.fromarray(np.clip(a.round(), 0, 255).astype(np.uint8), "L")
+
+
 def read_image(path: Path, size: int, channels: int, crop: str = "fit") -> Tensor:
     """One image file as a uint8 (C, H, W) tensor; a DataError naming the file if unreadable."""
     Image = _pil()
@@ -142,6 +152,7 @@ def read_image(path: Path, size: int, channels: int, crop: str = "fit") -> Tenso
     try:
         with Image.open(path) as img:
             img.load()
+            img = eight_bit(img)
             if crop == "celeba":
                 img = celeba_crop(img, size or 64)
             elif size:
