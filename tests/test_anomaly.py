@@ -60,7 +60,7 @@ def test_scores_refuse_what_the_model_cannot_do_in_one_line():
         _model("model.kind=gan").anomaly_score(torch.randn(3, 2), "l1")
     vae = _model("model.kind=vae", "model.encoder=gaussian")
     assert vae.anomaly_score(torch.randn(3, 2), "l2").shape == (3,)
-    with pytest.raises(AliError, match="no joint discriminator: use --score l1 or l2"):
+    with pytest.raises(AliError, match="no joint discriminator: use --score l1, l2 or latent"):
         vae.anomaly_score(torch.randn(3, 2), "fm")
     posthoc = _model("model.kind=gan_posthoc")                  # its second, joint D
     assert posthoc.anomaly_score(torch.randn(3, 2), "egbad").shape == (3,)

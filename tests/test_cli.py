@@ -44,6 +44,10 @@ def test_train_toy_with_a_small_held_out_set(tmp_path, capsys):
     (["toy", "--runs", "0"], "--runs must be >= 1"),
     (["toy", "--models", "ali,wgan"], "unknown model 'wgan'"),
     (["toy", "--models", "ali,gan,ali"], "--models names 'ali' more than once"),
+    # argparse's own refusals: one line too, not its usage block
+    (["sampel"], "invalid choice: 'sampel'"),
+    (["train"], "the following arguments are required: name"),
+    (["sample", "run", "--seed", "x"], "argument --seed: invalid int value: 'x'"),
     (["toy", "--set", "model.r1_wieght=1"], "did you mean 'model.r1_weight'"),
 ])
 def test_user_errors_are_one_line(args, message, capsys):

@@ -181,11 +181,24 @@ def test_eval_and_score_a_table_run(table_run, tmp_path, capsys):
     # a CSV of another width, or with a text column: one line, exit 2
     _write_csv(tmp_path / "narrow.csv", x[:5, :3])
     _write_csv(tmp_path / "text.csv", x[:5], ["a"] * 5)
+    np.savez(tmp_path / "text.npz", x=np.full((2, WIDTH), "1.5"))
+    np.savez(tmp_path / "complex.npz", x=np.ones((2, WIDTH), np.complex64))
+    np.savez(tmp_path / "none.npz", x=np.zeros((0, WIDTH), np.float32))
     for bad, needle in (("narrow.csv", "items of shape [3], but the model takes [5]"),
-                        ("text.csv", "non-numeric value 'a'")):
+                        ("text.csv", "non-numeric value 'a'"),
+                        ("text.npz", "feature vectors must be numbers of shape (N, D); got <U3"),
+                        ("complex.npz", "must be numbers of shape (N, D); got complex64"),
+                        ("none.npz", "holds no items")):
         capsys.readouterr()
         assert main(["score", str(run), "--input", str(tmp_path / bad), "--out",
                      str(tmp_path / "b.csv"), "--device", "cpu"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and needle in err, err
+    # and eval's options, in one line too
+    for args, needle in ((["--batch-size", "0"], "--batch-size: must be >= 1; got 0"),
+                         (["--normal-class=-3"], "--normal-class must be a class index"),
+                         (["--normal-class", "abc"], "invalid int value: 'abc'")):
+        assert main(["eval", str(run), "--metric", "anomaly", *args]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and needle in err, err
 

@@ -61,7 +61,7 @@ def joint_discriminator(model: Any) -> nn.Module:
         d = getattr(model, name, None)
         if isinstance(d, JointDiscriminator):
             return d
-    raise AliError(f"a {type(model).__name__} has no joint discriminator: use --score l1 or l2")
+    raise AliError(f"a {type(model).__name__} has no joint discriminator: use --score l1, l2 or latent")
 
 
 def pair_discriminator(model: Any) -> nn.Module:

@@ -380,8 +380,16 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error: the usage block it prints first buries the reason (the
+    project's rule for bad input: one line, a non-zero exit); ``--help`` still shows it."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="ali", description="Adversarially Learned Inference (Dumoulin et al., 2016).")
     p.add_argument("--version", action="version", version=f"ali {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -567,7 +575,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``ali`` console script."""
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:     # --help, --version, or a bad argument (one line, above)
+        return e.code if isinstance(e.code, int) else EXIT_USER_ERROR
     try:
         for key in ("n", "nrow", "pairs", "steps"):
             if args.command in ("sample", "reconstruct", "interpolate") and \

@@ -49,6 +49,11 @@ def read_inputs(path: str | Path, data_shape: tuple[int, ...]) -> tuple[Tensor, 
             if tuple(t.shape[1:]) != tuple(data_shape):
                 t = convert(t, data_shape[1], data_shape[0])
         else:
+            # as training reads them: strings (even of digits) and complex numbers are refused
+            if not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)
+                    or x.dtype == np.bool_):
+                raise DataError(f"{path}: feature vectors must be numbers of shape (N, D); got "
+                                f"{x.dtype} {list(x.shape)}")
             t = _vectors(x.astype(np.float64, copy=False), path)
     elif path.suffix == ".csv":
         if images:

@@ -8,7 +8,7 @@ from typing import Any
 from ..config import ANOMALY_BATCH_SIZE, ANOMALY_SCORES
 from ..errors import AliError
 from . import FEATURE_KINDS
-from .registry import EvalContext, metric, option
+from .registry import EvalContext, count, metric, option
 
 # numpy, torch and the metric modules are imported inside the functions: building the command
 # line's parser registers the metrics, and must stay quick.
@@ -19,14 +19,14 @@ FEATURES = option("--features", choices=FEATURE_KINDS,
 CLASSIFIER = option("--classifier", metavar="PATH",
                     help="pixel classifier file (default RUN_DIR/eval/classifier.pt, trained "
                          "there on the run's labelled training images if missing)")
-N_ITEMS = option("--n", type=int, help="held-out images used (default: all, at most 10,000)")
+N_ITEMS = option("--n", type=count, help="held-out images used (default: all, at most 10,000)")
 FEATURE_NET = option("--feature-net", default="inception", metavar="NET",
                      help="inception (pytorch-fid's InceptionV3 pool3, weights downloaded once), "
                           "classifier (the pixel classifier's penultimate layer) or the path of "
                           "a TorchScript or torch.export (.pt2) file mapping images in [0, 1] "
                           "to features")
 LABELS_HELP = "labelled training examples, class-balanced (svm: per SVM; knn: 0 = all)"
-BATCH = option("--batch-size", type=int, default=200, help="images per forward pass")
+BATCH = option("--batch-size", type=count, default=200, help="images per forward pass")
 
 
 def _class_labels(ctx: EvalContext, what: str):
@@ -53,14 +53,14 @@ def _features(ctx: EvalContext, kind: str, data: Any, labels: Any, idx=None):
 
 @metric("svm", "the paper's L2-SVM protocol on encoder features (error %, mean/std)",
         option("--features", default="encoder", **FEATURES.kwargs),
-        option("--labels", type=int, default=1000, help=LABELS_HELP),
-        option("--repeats", type=int, default=100, help="SVMs, each on a fresh subset"),
+        option("--labels", type=count, default=1000, help=LABELS_HELP),
+        option("--repeats", type=count, default=100, help="SVMs, each on a fresh subset"),
         option("--val-size", type=int,
                help="validation split for C (default 10,000 or a third of the training split)"),
         option("--c-grid", default="-20:20:50", metavar="LO:HI:N",
                help="C from exp(linspace(LO, HI, N)); write --c-grid=-20:20:50 (with =) "
                     "when LO is negative"),
-        option("--max-iter", type=int, default=1000, help="LinearSVC max_iter"),
+        option("--max-iter", type=count, default=1000, help="LinearSVC max_iter"),
         option("--protocol", choices=("auto", "balanced", "svhn"), default="auto",
                help="where the labelled subsets and the validation split come from: svhn "
                     "(the authors' Table 1 script: random draws from SVHN train[0:63257], "
@@ -238,8 +238,8 @@ def fid(ctx: EvalContext, o: argparse.Namespace) -> dict[str, Any]:
 
 @metric("kid", "kernel inception distance (unbiased cubic-kernel MMD^2 over subsets)",
         N_ITEMS, FEATURE_NET, CLASSIFIER, BATCH,
-        option("--subsets", type=int, default=100, help="random subsets"),
-        option("--subset-size", type=int, default=1000, help="items per subset (at most n)"),
+        option("--subsets", type=count, default=100, help="random subsets"),
+        option("--subset-size", type=count, default=1000, help="items per subset (at most n)"),
         variant=_feature_net_variant)
 def kid(ctx: EvalContext, o: argparse.Namespace) -> dict[str, Any]:
     from .fid import kid as kernel
@@ -253,7 +253,7 @@ def kid(ctx: EvalContext, o: argparse.Namespace) -> dict[str, Any]:
 # The learning-with-labels experiments (sections 4.3-4.4).
 
 @metric("classify", "test error (%) of a semi-supervised run's K+1 discriminator",
-        option("--batch-size", type=int, default=500, help="images per forward pass"))
+        option("--batch-size", type=count, default=500, help="images per forward pass"))
 def classify(ctx: EvalContext, o: argparse.Namespace) -> dict[str, Any]:
     from .semi_supervised import classification_error
 
@@ -267,7 +267,7 @@ def classify(ctx: EvalContext, o: argparse.Namespace) -> dict[str, Any]:
 
 @metric("conditional", "fraction of conditional samples the pixel classifier finds as asked: "
                        "the class, or each of the 40 attributes (held-out attribute vectors)",
-        option("--samples", type=int, default=1000, help="samples, the same number per class"),
+        option("--samples", type=count, default=1000, help="samples, the same number per class"),
         option("--classifier", metavar="PATH",
                help=CLASSIFIER.kwargs["help"]))
 def conditional(ctx: EvalContext, o: argparse.Namespace) -> dict[str, Any]:
@@ -343,7 +343,7 @@ def _diversity(ctx: EvalContext, model, per_class: int = 100) -> float | None:
                     "logit, EGBAD's alpha*l1 + (1-alpha)*fm, or ALAD's D_xx feature distance "
                     "alad; a run-batched model: the mean of its runs' l1, l2 or latent"),
         option("--alpha", type=float, default=0.9, help="egbad's weight of l1"),
-        option("--batch-size", type=int, default=ANOMALY_BATCH_SIZE,
+        option("--batch-size", type=count, default=ANOMALY_BATCH_SIZE,
                help="items per forward pass"),
         variant=lambda o: o.score, ensembles=True)
 def anomaly(ctx: EvalContext, o: argparse.Namespace) -> dict[str, Any]:
@@ -352,6 +352,8 @@ def anomaly(ctx: EvalContext, o: argparse.Namespace) -> dict[str, Any]:
 
     from .features import batches
 
+    if o.normal_class is not None and o.normal_class < 0:
+        raise AliError(f"--normal-class must be a class index (>= 0); got {o.normal_class}")
     k = ctx.cfg.data.normal_class if o.normal_class is None else o.normal_class
     if k is None or k < 0:
         raise AliError("--metric anomaly needs the normal class: give --normal-class K (or "

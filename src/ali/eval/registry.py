@@ -49,6 +49,15 @@ class Option:
         return self.kwargs.get("dest") or self.flags[0].lstrip("-").replace("-", "_")
 
 
+def count(text: str) -> int:
+    """An option's type for a count (items, a batch size, repeats): an integer of at least 1,
+    so that a bad one is refused by the command line in one line, not deep in a metric."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1; got {value}")
+    return value
+
+
 def option(*flags: str, default: Any = None, **kwargs: Any) -> Option:
     """An option for :func:`metric` (the arguments of ``ArgumentParser.add_argument``)."""
     return Option(tuple(flags), kwargs, default)
