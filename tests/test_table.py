@@ -95,6 +95,8 @@ def test_npz_and_folder_tables(tmp_path):
     ("a,b\n1,2\n3,x\n", [], "row 2 has a non-numeric value 'x'"),
     ("a,b\n1,2\n3,nan\n", [], "1 values are NaN or infinite"),
     ("a,b\n1,2\n3\n", [], "same number of values"),
+    ("", [], "holds no rows of values"),
+    ("a,b\n", [], "holds no rows of values (a header only)"),
     ("a,b\n1,2\n3,4\n", ["data.label_column=c"], "has no column 'c' (columns: a, b)"),
     ("1,2\n3,4\n", ["data.label_column=7"], "label column 7 is out of range"),
 ])

@@ -126,7 +126,9 @@ def read_csv_table(path: Path, label_column: str = "") -> tuple[np.ndarray, list
         else:
             raise DataError(f"{path} has no column {label_column!r}"
                             + (f" (columns: {', '.join(names)})" if names else " (no header)"))
-    if not rows or len({len(r) for r in rows}) != 1:
+    if not rows:
+        raise DataError(f"{path} holds no rows of values" + (" (a header only)" if header else ""))
+    if len({len(r) for r in rows}) != 1:
         raise DataError(f"{path}: the rows must all have the same number of values")
     width = len(rows[0])
     if col is not None and not -width <= col < width:
