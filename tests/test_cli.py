@@ -254,3 +254,22 @@ def test_labels_that_cannot_serve_the_model_are_one_line(args, message, capsys):
     assert main(args) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_a_relative_data_root_is_recorded_absolute(tmp_path, monkeypatch, capsys):
+    # ali eval / report read the run's data from wherever they are started
+    import numpy as np
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    np.savez(tmp_path / "a" / "x.npz", x_train=np.random.default_rng(0).integers(
+        0, 255, (64, 8, 8, 3), dtype=np.uint8))
+    monkeypatch.chdir(tmp_path / "a")
+    assert main(["train", "tiny", *TINY, "--set", "data.root=x.npz", "--out", "run"]) == 0
+    cfg = json.loads((tmp_path / "a" / "run" / "config.json").read_text())
+    assert cfg["data"]["root"] == str(tmp_path / "a" / "x.npz")
+    # resuming with the same relative root is the same run
+    assert main(["train", "tiny", "--set", "data.root=x.npz", "--set", "train.steps=5",
+                 "--out", "run", "--resume"]) == 0
+    monkeypatch.chdir(tmp_path / "b")
+    capsys.readouterr()
+    assert main(["report", str(tmp_path / "a" / "run")]) == 0, capsys.readouterr().err

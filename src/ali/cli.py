@@ -27,12 +27,21 @@ def _default_out(name: str) -> Path:
     return Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
+def _absolute_root(cfg):
+    """``cfg`` with a relative ``data.root`` made absolute: the run folder records where its
+    data is, so ``ali eval``, ``reconstruct`` and ``report`` find it from any folder."""
+    root = cfg.data.root
+    if not root or Path(root).expanduser().is_absolute():
+        return cfg
+    return apply_overrides(cfg, [f"data.root={Path(root).expanduser().resolve()}"])
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from .distributed import from_env
     from .train import run_config, train
 
     main = from_env().main      # under torchrun, only rank 0 prints and writes
-    cfg = get_config(args.name, args.overrides)
+    cfg = _absolute_root(get_config(args.name, args.overrides))
     if args.resume and args.out is None:
         raise AliError("--resume needs --out RUN_DIR (the folder of the run to continue)")
     if args.extend and not args.resume:
@@ -50,6 +59,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         if saved.name != cfg.name:
             raise AliError(f"{out} holds a run of config {saved.name!r}, not {cfg.name!r}")
         cfg = apply_overrides(saved, args.overrides)
+        if Path(saved.data.root).is_absolute():      # runs from before roots were made so
+            cfg = _absolute_root(cfg)
     RunLock(out).check()    # a training still writing the folder: say so, whatever else
     if not args.resume and (out / "checkpoints" / "latest.pt").exists():
         raise AliError(f"{out} already holds a run; pass --resume to continue it, "
