@@ -59,6 +59,16 @@ def test_stale_lock_of_a_dead_pid_is_taken_over(tmp_path):
         assert json.loads((tmp_path / LOCK).read_text())["pid"] == os.getpid()
 
 
+def test_resuming_a_folder_whose_training_has_no_checkpoint_yet_says_it_is_in_use(
+        tmp_path, capsys):
+    # the first training holds the lock but has written no checkpoint: "in use", not "not a run"
+    from ali.cli import main
+    with RunLock(tmp_path / "run"):
+        assert main(["train", "toy", "--out", str(tmp_path / "run"), "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "in use by a training" in err and err.count("\n") == 1, err
+
+
 def test_a_second_training_into_a_running_folder_refuses(tmp_path):
     run, log = tmp_path / "run", tmp_path / "first.out"
     with open(log, "w") as out, open(tmp_path / "first.err", "w") as err:

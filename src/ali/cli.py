@@ -51,6 +51,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else _default_out(cfg.name)
     from .run_folder import RunLock
 
+    RunLock(out).check()    # a training still writing the folder: say so, whatever else
     if args.resume:
         # The run's own settings, so `ali train NAME --out DIR --resume` needs no --set again;
         # --set still applies on top (e.g. more train.steps), and train() refuses changes
@@ -61,7 +62,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
         cfg = apply_overrides(saved, args.overrides)
         if Path(saved.data.root).is_absolute():      # runs from before roots were made so
             cfg = _absolute_root(cfg)
-    RunLock(out).check()    # a training still writing the folder: say so, whatever else
     if not args.resume and (out / "checkpoints" / "latest.pt").exists():
         raise AliError(f"{out} already holds a run; pass --resume to continue it, "
                        "or choose another --out")
