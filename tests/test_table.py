@@ -211,3 +211,20 @@ def test_a_table_run_refuses_image_commands(table_run, tmp_path, capsys):
     assert capsys.readouterr().err.count("\n") == 1
     with pytest.raises(AliError):
         ali.load(run).anomaly_score(torch.zeros(3, WIDTH + 1))
+
+
+def test_score_leaves_out_the_label_column_of_a_csv_laid_out_as_the_training_one(tmp_path):
+    x, y = _table(80)
+    names = np.array(["benign", "malignant"])[y]
+    _write_csv(tmp_path / "train.csv", x, names)
+    run = tmp_path / "run"
+    assert main(["train", "table", *[a for kv in [f"data.root={tmp_path / 'train.csv'}",
+                                                   "data.label_column=kind", *SMALL]
+                                     for a in ("--set", kv)], "--out", str(run)]) == 0
+    _write_csv(tmp_path / "plain.csv", x[:10])
+    for name in ("train.csv", "plain.csv"):     # with its label column, and without
+        assert main(["score", str(run), "--input", str(tmp_path / name), "--out",
+                     str(tmp_path / f"s-{name}"), "--score", "l1"]) == 0
+    with_labels, plain = (list(csv.reader(open(tmp_path / f"s-{n}")))
+                          for n in ("train.csv", "plain.csv"))
+    assert len(with_labels) == 81 and with_labels[1:11] == plain[1:]

@@ -291,14 +291,17 @@ def _cmd_score(args: argparse.Namespace) -> int:
     from .anomaly import item_shape
     from .data.inputs import read_inputs
     from .distributed import resolve_device
-    from .pretrained import load
+    from .pretrained import is_pretrained, load
+    from .train import run_config
 
     out = _out_file(args.out, Path(args.out))
     model = load(args.run_dir, resolve_device(args.device, mps=True))
     if model.conditional:
         raise AliError("ali score does not take labels: a conditional model cannot score "
                        "unlabelled items")
-    x, names = read_inputs(args.input, item_shape(model))
+    # a CSV laid out as the run's training CSV: its label column is not a feature
+    labels = "" if is_pretrained(args.run_dir) else run_config(args.run_dir).data.label_column
+    x, names = read_inputs(args.input, item_shape(model), labels)
     scores = model.anomaly_score(x, args.score, alpha=args.alpha,
                                  batch_size=args.batch_size).cpu().tolist()
     out.parent.mkdir(parents=True, exist_ok=True)

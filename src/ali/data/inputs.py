@@ -17,10 +17,13 @@ NPZ_KEYS = ("x", "x_test", "x_train")
 """The arrays an npz input is read from, in this order (or its only array)."""
 
 
-def read_inputs(path: str | Path, data_shape: tuple[int, ...]) -> tuple[Tensor, list[str]]:
+def read_inputs(path: str | Path, data_shape: tuple[int, ...],
+                label_column: str = "") -> tuple[Tensor, list[str]]:
     """(x, names): the items of ``path`` for a model taking items of ``data_shape`` (images
     (C, H, W) as uint8, resized where a folder's images differ; feature vectors (D,) as
     float32), and a name per item (the file name for a folder, else the row number).
+    ``label_column``: the training CSV's label column (``data.label_column``), left out of a
+    CSV that has it and one column more than the features.
 
     A one-line :class:`~ali.errors.DataError` for a missing or unreadable input, no items, a
     text or missing value in a CSV, or items of another width or shape.
@@ -58,7 +61,7 @@ def read_inputs(path: str | Path, data_shape: tuple[int, ...]) -> tuple[Tensor, 
     elif path.suffix == ".csv":
         if images:
             raise DataError(f"{path} is a CSV of feature vectors, but the model takes images")
-        t = _vectors(_csv(path), path)
+        t = _vectors(_csv_features(path, label_column, data_shape[0]), path)
     else:
         raise DataError(f"{path}: give an .npz file, a .csv file or a folder of images")
     if len(t) == 0:
@@ -98,6 +101,19 @@ def _npz(path: Path) -> np.ndarray:
 def _csv(path: Path) -> np.ndarray:
     """The numeric rows of a CSV; a header row of names is skipped."""
     return read_csv_table(path)[0]
+
+
+def _csv_features(path: Path, label_column: str, width: int) -> np.ndarray:
+    """The CSV's feature columns: without ``label_column`` where that leaves ``width`` of
+    them, else every column (whose errors are then the ones to report)."""
+    if label_column:
+        try:
+            x = read_csv_table(path, label_column)[0]
+        except DataError:
+            x = None
+        if x is not None and x.shape[1] == width:
+            return x
+    return _csv(path)
 
 
 def read_csv_table(path: Path, label_column: str = "") -> tuple[np.ndarray, list[str] | None]:
