@@ -186,11 +186,13 @@ def test_eval_and_score_a_table_run(table_run, tmp_path, capsys):
     np.savez(tmp_path / "text.npz", x=np.full((2, WIDTH), "1.5"))
     np.savez(tmp_path / "complex.npz", x=np.ones((2, WIDTH), np.complex64))
     np.savez(tmp_path / "none.npz", x=np.zeros((0, WIDTH), np.float32))
+    _write_csv(tmp_path / "huge.csv", np.where(np.arange(WIDTH) == 0, 1e39, x[:2]))
     for bad, needle in (("narrow.csv", "items of shape [3], but the model takes [5]"),
                         ("text.csv", "non-numeric value 'a'"),
                         ("text.npz", "feature vectors must be numbers of shape (N, D); got <U3"),
                         ("complex.npz", "must be numbers of shape (N, D); got complex64"),
-                        ("none.npz", "holds no items")):
+                        ("none.npz", "holds no items"),
+                        ("huge.csv", "2 values are beyond float32's range")):
         capsys.readouterr()
         assert main(["score", str(run), "--input", str(tmp_path / bad), "--out",
                      str(tmp_path / "b.csv"), "--device", "cpu"]) == 2

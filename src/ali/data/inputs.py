@@ -181,4 +181,7 @@ def _vectors(a: np.ndarray, path: Path) -> Tensor:
         raise DataError(f"{path}: feature vectors must be (N, D); got {list(a.shape)}")
     if not np.isfinite(a).all():
         raise DataError(f"{path}: {int((~np.isfinite(a)).sum())} values are NaN or infinite")
+    big = int((np.abs(a) > np.finfo(np.float32).max).sum())
+    if big:     # they would become infinite in the model's float32
+        raise DataError(f"{path}: {big} values are beyond float32's range (about 3.4e38)")
     return torch.from_numpy(a.astype(np.float32))
