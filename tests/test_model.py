@@ -79,6 +79,11 @@ def test_interpolate_endpoints():
     assert torch.allclose(path[-1], m.decode(m.encode(x2)), atol=1e-6)
     with pytest.raises(ArgumentError, match=r"^interpolate needs steps >= 2; got 1$"):
         m.interpolate(x1, x2, 1)
+    with pytest.raises(ArgumentError, match="the two ends of each line: 3 and 2 items"):
+        m.interpolate(x1, x2[:2], 5)
+    with pytest.raises(ArgumentError, match=r"^n must be >= 0; got -1$"):
+        m.sample(-1)
+    assert m.sample(0).shape == (0, 2)
 
 
 def test_losses_match_algorithm_1():

@@ -354,6 +354,8 @@ class GenerativeModel(nn.Module):
     def sample(self, n: int, y: Tensor | None = None) -> Tensor:
         """n samples x_tilde ~ p(x) (p(x | y) for a conditional model; y defaults to
         :meth:`default_condition`)."""
+        if n < 0:
+            raise ArgumentError(f"n must be >= 0; got {n}")
         if y is None:
             y = self.default_condition(n)
         return self.decode(self.sample_prior(n), y)
@@ -451,6 +453,9 @@ class GenerativeModel(nn.Module):
         """
         if steps < 2:
             raise ArgumentError(f"interpolate needs steps >= 2; got {steps}")
+        if len(x1) != len(x2):
+            raise ArgumentError(f"x1 and x2 are the two ends of each line: {len(x1)} and "
+                                f"{len(x2)} items")
         if self.conditional and (y1 is None or y2 is None):
             raise ConditionError("a conditional model interpolates between (x1, y1) and "
                                  "(x2, y2): give y1 and y2")
