@@ -198,6 +198,12 @@ def test_eval_and_score_a_table_run(table_run, tmp_path, capsys):
                      str(tmp_path / "b.csv"), "--device", "cpu"]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and needle in err, err
+    # a value far outside the training data overflows: written as inf, with a warning
+    _write_csv(tmp_path / "far.csv", np.where(np.arange(WIDTH) == 0, [[1e37], [0.0]], x[:2]))
+    assert main(["score", str(run), "--input", str(tmp_path / "far.csv"), "--out",
+                 str(tmp_path / "far-s.csv"), "--score", "latent"]) == 0
+    assert "1 scores are not finite" in capsys.readouterr().err
+    assert [r[1] for r in csv.reader(open(tmp_path / "far-s.csv"))][1] == "inf"
     # and eval's options, in one line too
     for args, needle in ((["--batch-size", "0"], "--batch-size: must be >= 1; got 0"),
                          (["--normal-class=-3"], "--normal-class must be a class index"),

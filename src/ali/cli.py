@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import signal
 import sys
 import time
@@ -310,6 +311,10 @@ def _cmd_score(args: argparse.Namespace) -> int:
         w.writerow(["name", args.score])
         w.writerows(zip(names, (f"{s:.6g}" for s in scores)))
     print(f"{len(names)} scores ({args.score}) -> {out}")
+    bad = sum(not math.isfinite(v) for v in scores)
+    if bad:     # written as they are: an overflow marks items far outside the training data
+        print(f"ali: warning: {bad} scores are not finite (items far outside the training "
+              "data overflow float32)", file=sys.stderr)
     return 0
 
 
