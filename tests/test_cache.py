@@ -222,6 +222,41 @@ def test_damaged_array_fails_its_checksum_and_is_rebuilt(tmp_path, capsys):
     assert torch.equal(d.train.load_all(), want)
 
 
+@pytest.mark.parametrize("damage", ["list", "files-none", "header"])
+def test_a_damaged_manifest_or_array_header_is_rebuilt_not_a_traceback(tmp_path, capsys,
+                                                                        damage):
+    import json
+    root = make_celeba_varied(tmp_path / "c")
+    d = load_dataset(cfg(root, tmp_path))
+    want = d.train.load_all()
+    (manifest,) = (tmp_path / "cache").glob("*.json")
+    if damage == "list":                                   # valid JSON, not a manifest
+        manifest.write_text("[1, 2]")
+    elif damage == "files-none":
+        m = json.loads(manifest.read_text())
+        manifest.write_text(json.dumps({**m, "files": None}))
+    else:                                                  # unverified: the header is read
+        with open(d.train.base.path, "r+b") as f:
+            f.write(b"X" * 10)
+    cache._VERIFIED.clear()
+    capsys.readouterr()
+    d = load_dataset(cfg(root, tmp_path, "data.verify=false"))
+    err = capsys.readouterr().err
+    assert "is stale" in err and "rebuilding" in err and str(root) in err, err
+    assert torch.equal(d.train.load_all(), want)
+
+
+def test_a_folder_named_relatively_or_absolutely_is_one_cache(tmp_path, monkeypatch, capsys):
+    # ali bench passes data.root as typed, ali train as an absolute path: one cache serves both
+    root = make_celeba_varied(tmp_path / "c")
+    load_dataset(cfg(root, tmp_path))
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    d = load_dataset(cfg("c", tmp_path))
+    assert "stale" not in capsys.readouterr().err and isinstance(d.train.base, CachedImages)
+    assert len(files(tmp_path)) == 2
+
+
 def test_no_space_refuses_or_falls_back_in_one_line(tmp_path, monkeypatch, capsys):
     root = make_celeba_varied(tmp_path / "c")
     usage = cache.shutil.disk_usage(tmp_path)

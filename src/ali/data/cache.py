@@ -123,23 +123,31 @@ def _transform(base: FileImages, shape: tuple[int, int, int]) -> dict[str, Any]:
 
 
 def _stats(paths: list[Path]) -> list[list[Any]]:
-    """[name, size, mtime_ns] of each file; a missing file has size -1."""
+    """[absolute name, size, mtime_ns] of each file; a missing file has size -1. Absolute, so
+    that the same folder named relatively (``ali bench``) or absolutely (``ali train``) is the
+    same source."""
     out = []
     for p in paths:
+        name = os.path.abspath(p)
         try:
             st = os.stat(p)
-            out.append([str(p), st.st_size, st.st_mtime_ns])
+            out.append([name, st.st_size, st.st_mtime_ns])
         except (OSError, ValueError):               # ValueError: a NUL in the name
-            out.append([str(p), -1, 0])
+            out.append([name, -1, 0])
     return out
+
+
+def _source(base: FileImages) -> str:
+    """The folder ``base``'s images are in (their common folder), as an absolute path."""
+    # abspath, not resolve: no file system calls (a name may not even be a valid path)
+    return os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in
+                               (base.paths[0], base.paths[-1])]) if base.paths else ""
 
 
 def _location(root: Path, base: FileImages, shape: tuple[int, int, int]) -> tuple[Path, str]:
     """(folder, stem) of the cache of ``base`` at ``shape``: keyed by the source folder and
     the transform, so another size or crop of the same images is another cache."""
-    # abspath, not resolve: no file system calls (a name may not even be a valid path)
-    src = os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in
-                              (base.paths[0], base.paths[-1])]) if base.paths else ""
+    src = _source(base)
     key = json.dumps([src, _transform(base, shape)], sort_keys=True)
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]
     c, h, w = shape
@@ -165,11 +173,16 @@ def _why_stale(manifest: dict[str, Any], folder: Path, base: FileImages,
                shape: tuple[int, int, int]) -> str:
     """Why the cache ``manifest`` describes cannot serve ``base`` at ``shape``; "" if it can
     (the checksum aside)."""
+    if not manifest:
+        return "its manifest is unreadable"
     if manifest.get("version") != VERSION:
         return "it was written by another version of ali"
     if manifest.get("transform") != _transform(base, shape):
         return "it holds another transform"
     files = manifest.get("files", [])
+    if not isinstance(files, list) or not all(isinstance(f, list) and len(f) == 3
+                                              for f in files):
+        return "its manifest's file list is damaged"
     now = _stats(base.paths)
     if len(files) != len(now):
         return f"the source has {len(now)} images, the cache {len(files)}"
@@ -194,11 +207,12 @@ def _why_stale(manifest: dict[str, Any], folder: Path, base: FileImages,
 
 def _read_manifest(path: Path) -> dict[str, Any] | None:
     try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
+        manifest = json.loads(path.read_text())
+    except (FileNotFoundError, NotADirectoryError):  # none yet, or no folder to hold one
         return None
     except (OSError, ValueError):
         return {}                                    # unreadable: stale, rebuilt
+    return manifest if isinstance(manifest, dict) else {}
 
 
 _VERIFIED: set[tuple[str, str]] = set()
@@ -216,13 +230,19 @@ def open_cache(base: FileImages, shape: tuple[int, int, int], root: Path,
         return None, ""
     why = _why_stale(manifest, folder, base, shape)
     data = folder / str(manifest.get("data", ""))
+    array = None
+    if not why:
+        # the header is read even unverified: a damaged one is a rebuild, not a traceback later
+        try:
+            array = np.load(data, mmap_mode="r")
+        except (OSError, ValueError) as e:
+            why = f"its array {data} is unreadable ({one_line(e)})"
     if not why and verify:
         key = (str(manifest_path), str(manifest.get("checksum")))
         if key not in _VERIFIED:
             try:
-                got = _digest_blocks(np.load(data, mmap_mode="r"), cores(),
-                                     int(manifest.get("block", CHUNK)))
-            except (OSError, ValueError) as e:
+                got = _digest_blocks(array, cores(), int(manifest.get("block", CHUNK)))
+            except (OSError, ValueError, TypeError) as e:
                 got = f"unreadable ({one_line(e)})"
             if got != manifest.get("checksum"):
                 why = f"its array {data} does not match its checksum"
@@ -518,7 +538,7 @@ def cached_source(source: ImageSource, cache_dir: str, verify: bool = True,
             cached, why = open_cache(base, shape, root, verify)
             if cached is None:
                 if why:
-                    print(f"data cache of {Path(base.paths[0]).parent} is stale ({why}); "
+                    print(f"data cache of {_source(base)} is stale ({why}); "
                           f"rebuilding", file=sys.stderr, flush=True)
                 cached = build_cache(base, shape, root,
                                      progress=None if distributed.from_env().rank == 0
