@@ -295,11 +295,40 @@ def test_fid_and_kid_with_a_torchscript_net(tiny_run, tmp_path, capsys):
     (["--metric", "fid", "--feature-net", "missing.pt"], "no such file"),
     (["--metric", "svm", "--labels", "1"], "fewer than the 2 classes"),
     (["--metric", "svm", "--protocol", "svhn"], "--protocol svhn needs an SVHN run"),
+    (["--metric", "svm", "--c-grid=0:0:0"], "--c-grid must look like LO:HI:N"),
+    (["--metric", "svm", "--c-grid=nan:1:2"], "--c-grid must look like LO:HI:N"),
+    (["--metric", "svm", "--c-grid=1000:1001:1"], "exp(LO) and exp(HI) finite"),
+    (["--metric", "recon", "--n", "1", "--no-classifier"], "recon needs at least 2 held-out"),
+    (["--metric", "recon", "--set", "data.image_size=16"], "the data's images are 3x16x16"),
 ])
 def test_eval_user_errors_are_one_line(tiny_run, args, message, capsys):
     assert main(["eval", str(tiny_run), *args]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+@pytest.mark.parametrize("out, message", [
+    ("x.mean()", "returned () for"),
+    ("x.flatten(1) * float('nan')", "NaN or infinite features"),
+])
+def test_a_feature_network_of_the_wrong_output_is_one_line(tiny_run, tmp_path, capsys, out,
+                                                           message):
+    class Net(torch.nn.Module):
+        def forward(self, x):
+            return eval(out)     # the test's own expressions
+
+    path = tmp_path / "net.pt"
+    torch.jit.trace(Net(), torch.rand(2, 3, 8, 8), check_trace=False).save(str(path))
+    capsys.readouterr()
+    assert main(["eval", str(tiny_run), "--metric", "fid", "--feature-net", str(path)]) == 2
+    err = capsys.readouterr().err          # after the log's progress line: the one-line error
+    assert message in err.splitlines()[-1] and "Traceback" not in err, err
+
+
+def test_knn_takes_labels_0_for_all(tiny_run, capsys):
+    assert main(["eval", str(tiny_run), "--metric", "knn", "--labels", "0", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["train_size"] == 96
 
 
 def test_eval_missing_run_is_one_line(tmp_path, capsys):

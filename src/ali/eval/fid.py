@@ -85,8 +85,20 @@ def embed(net: FeatureNet, data: Any, batch_size: int = 200,
           device: str | torch.device = "cpu") -> Tensor:
     """``net``'s features (N, D) of images ``data`` (float tensor in [0, 1], uint8 tensor or
     ImageSource), float64 on the CPU."""
-    out = [net(x.to(device)).flatten(1).double().cpu() for x in batches(data, size=batch_size)]
-    return torch.cat(out)
+    out = []
+    for x in batches(data, size=batch_size):
+        f = net(x.to(device))
+        # a custom network may return anything: (B, D...) features only, finite
+        if not isinstance(f, Tensor) or f.dim() < 2 or len(f) != len(x):
+            got = tuple(f.shape) if isinstance(f, Tensor) else type(f).__name__
+            raise AliError(f"the feature network returned {got} for {len(x)} images; it must "
+                           "return (B, D) features")
+        out.append(f.flatten(1).double().cpu())
+    feats = torch.cat(out)
+    if not torch.isfinite(feats).all():
+        raise AliError(f"the feature network returned {int((~torch.isfinite(feats)).sum())} "
+                       "NaN or infinite features")
+    return feats
 
 
 def load_feature_net(path: str | Path, device: str | torch.device = "cpu") -> FeatureNet:

@@ -53,7 +53,7 @@ def _features(ctx: EvalContext, kind: str, data: Any, labels: Any, idx=None):
 
 @metric("svm", "the paper's L2-SVM protocol on encoder features (error %, mean/std)",
         option("--features", default="encoder", **FEATURES.kwargs),
-        option("--labels", type=count, default=1000, help=LABELS_HELP),
+        option("--labels", type=int, default=1000, help=LABELS_HELP),
         option("--repeats", type=count, default=100, help="SVMs, each on a fresh subset"),
         option("--val-size", type=int,
                help="validation split for C (default 10,000 or a third of the training split)"),
@@ -75,10 +75,14 @@ def svm(ctx: EvalContext, o: argparse.Namespace) -> dict[str, Any]:
 
     try:
         lo, hi, n = o.c_grid.split(":")
-        grid = tuple(np.exp(np.linspace(float(lo), float(hi), int(n))).tolist())
+        with np.errstate(over="ignore"):
+            grid = tuple(np.exp(np.linspace(float(lo), float(hi), int(n))).tolist())
     except ValueError:
-        raise AliError(f"--c-grid must look like LO:HI:N (e.g. -20:20:50); got {o.c_grid!r}") \
-            from None
+        grid = ()
+    # LinearSVC takes a C in (0, inf): log-C bounds past about +-700 leave it
+    if not grid or not all(0 < c < float("inf") for c in grid):
+        raise AliError(f"--c-grid must look like LO:HI:N (e.g. -20:20:50), N >= 1, with "
+                       f"exp(LO) and exp(HI) finite and above 0; got {o.c_grid!r}")
     S.require_sklearn()
     protocol = o.protocol
     if protocol == "auto":
@@ -165,6 +169,9 @@ def recon(ctx: EvalContext, o: argparse.Namespace) -> dict[str, Any]:
     from .recon import reconstructions, scores
 
     x, y = _held_out(ctx, o.n)
+    if len(x) < 2:
+        raise AliError(f"recon needs at least 2 held-out items (its ratio compares pairs); got "
+                       f"{len(x)}")
     x, rec = reconstructions(ctx.model, x, o.mean, ctx.device, labels=y)
     images = x.dim() == 4
     classify = None

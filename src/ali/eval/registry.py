@@ -185,7 +185,16 @@ class EvalContext:
     def dataset(self):
         from ..data import load_dataset
 
-        return load_dataset(self.cfg.data)
+        data = load_dataset(self.cfg.data)
+        want, got = self.model.data_shape, data.data_shape
+        # images of another shape (data.root pointed elsewhere) would fail deep in a network,
+        # or worse be compared with the model's samples as if alike
+        if want is not None and got is not None and len(want) == 3 and \
+                tuple(got) != tuple(want):
+            raise AliError(f"the data's images are {'x'.join(map(str, got))}; this run's model "
+                           f"takes {'x'.join(map(str, want))} (data.image_size and "
+                           "data.channels convert them)")
+        return data
 
     @property
     def eval_dir(self) -> Path:
