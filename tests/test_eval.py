@@ -328,7 +328,23 @@ def test_a_feature_network_of_the_wrong_output_is_one_line(tiny_run, tmp_path, c
 
 def test_knn_takes_labels_0_for_all(tiny_run, capsys):
     assert main(["eval", str(tiny_run), "--metric", "knn", "--labels", "0", "--json"]) == 0
-    assert json.loads(capsys.readouterr().out.splitlines()[-1])["train_size"] == 96
+    res = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert res["train_size"] == 96 and res["label_conditioned"] is False
+
+
+def test_knn_on_a_conditional_run_says_its_features_carry_the_label(tiny_run, capsys):
+    run = tiny_run.parent / "conditional"
+    data = json.loads((tiny_run / "config.json").read_text())["data"]["root"]
+    assert main(["train", "tiny", "--set", f"data.root={data}", "--set", "train.steps=2",
+                 "--set", "model.conditional=true", "--set", "train.progress=off",
+                 "--out", str(run)]) == 0
+    for features, flag in (("mu", True), ("pixels", False)):
+        capsys.readouterr()
+        assert main(["eval", str(run), "--metric", "knn", "--features", features,
+                     "--json"]) == 0
+        assert json.loads(capsys.readouterr().out.splitlines()[-1])["label_conditioned"] is flag
+        assert main(["eval", str(run), "--metric", "knn", "--features", features]) == 0
+        assert ("features carry the label" in capsys.readouterr().err) is flag   # not --json
 
 
 def test_eval_missing_run_is_one_line(tmp_path, capsys):

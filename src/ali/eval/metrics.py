@@ -51,6 +51,17 @@ def _features(ctx: EvalContext, kind: str, data: Any, labels: Any, idx=None):
     return extract(ctx.model, ctx.nets, data, kind, idx, ctx.device, labels=labels)
 
 
+def _label_conditioned(ctx: EvalContext, features: str) -> dict[str, bool]:
+    """``label_conditioned``: whether the features came from an encoder given each example's
+    own label (a conditional run), which then carry it: a classifier on them is not a measure
+    of what the encoder learnt unsupervised, and not comparable with an unconditional run's."""
+    flag = bool(ctx.model.conditional and features != "pixels")
+    if flag:
+        ctx.log("note: this conditional encoder is given each example's own label, so its "
+                "features carry the label (label_conditioned: true)")
+    return {"label_conditioned": flag}
+
+
 @metric("svm", "the paper's L2-SVM protocol on encoder features (error %, mean/std)",
         option("--features", default="encoder", **FEATURES.kwargs),
         option("--labels", type=int, default=1000, help=LABELS_HELP),
@@ -102,7 +113,8 @@ def svm(ctx: EvalContext, o: argparse.Namespace) -> dict[str, Any]:
                 o.labels, o.repeats, o.val_size, grid, ctx.seed, o.max_iter, ctx.log, protocol)
     return {"error_mean": res.pop("error_mean"), "error_std": res.pop("error_std"),
             "labels": res.pop("labels"), "repeats": res.pop("repeats"),
-            "feature_dim": res.pop("feature_dim"), "features": o.features, **res}
+            "feature_dim": res.pop("feature_dim"), "features": o.features,
+            **_label_conditioned(ctx, o.features), **res}
 
 
 def _svhn_train(ctx: EvalContext):
@@ -142,7 +154,7 @@ def knn(ctx: EvalContext, o: argparse.Namespace) -> dict[str, Any]:
     acc = K.accuracy(f_tr, torch.as_tensor(y_tr[idx]), f_te, torch.as_tensor(y_te), o.distance)
     return {"accuracy": acc, "features": o.features, "distance": o.distance,
             "train_size": int(len(idx)), "test_size": int(len(y_te)),
-            "feature_dim": int(f_tr.shape[1])}
+            "feature_dim": int(f_tr.shape[1]), **_label_conditioned(ctx, o.features)}
 
 
 def _held_out(ctx: EvalContext, n: int | None):
