@@ -203,10 +203,10 @@ def _data_overrides(overrides: list[str]) -> list[str]:
     return overrides
 
 
-def _out_file(arg: str | None, default: Path, image: bool = False) -> Path:
-    """``--out`` (or ``default``) as a file to write, checked before any work is done: not a
-    folder, and for a picture a format Pillow writes (it would otherwise fail at the end)."""
-    out = Path(arg) if arg else default
+def _out_file(path: str | Path, image: bool = False) -> Path:
+    """``--out`` as a file to write, checked before any work is done: not a folder, and for a
+    picture a format Pillow writes (it would otherwise fail at the end)."""
+    out = Path(path)
     if out.is_dir():
         raise AliError(f"--out {out} is a folder; give a file path")
     if image:
@@ -231,7 +231,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
 
     from .viz import condition_grid, grid_scale, save_grid
 
-    out = _out_file(args.out, _default_png(args, "sample"), image=True)
+    out = _out_file(args.out or _default_png(args, "sample"), image=True)
     model, model_cfg, step, cfg = _load_for_sampling(args.run_dir, _device(args))
     torch.manual_seed(args.seed)
     if not model_cfg.images:
@@ -264,7 +264,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
 def _cmd_reconstruct(args: argparse.Namespace) -> int:
     from .viz import grid_scale, reconstruction_grid, save_grid
 
-    out = _out_file(args.out, _default_png(args, "reconstruct"), image=True)
+    out = _out_file(args.out or _default_png(args, "reconstruct"), image=True)
     model, x, y = _run_and_held_out(args, args.n, "reconstruct")
     imgs = reconstruction_grid(model, x, y)
     save_grid(imgs, out, args.nrow, grid_scale(imgs))
@@ -275,7 +275,7 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
 def _cmd_interpolate(args: argparse.Namespace) -> int:
     from .viz import grid_scale, interpolation_grid, save_grid
 
-    out = _out_file(args.out, Path(args.run_dir) / "interpolations.png", image=True)
+    out = _out_file(args.out or Path(args.run_dir) / "interpolations.png", image=True)
     model, x, y = _run_and_held_out(args, 2 * args.pairs, "interpolate")
     if len(x) < 2 * args.pairs:
         raise AliError(f"only {len(x)} held-out images; need {2 * args.pairs} for --pairs")
@@ -291,18 +291,14 @@ def _cmd_score(args: argparse.Namespace) -> int:
 
     from .anomaly import item_shape
     from .data.inputs import read_inputs
-    from .distributed import resolve_device
-    from .pretrained import is_pretrained, load
-    from .train import run_config
 
-    out = _out_file(args.out, Path(args.out))
-    model = load(args.run_dir, resolve_device(args.device, mps=True))
+    out = _out_file(args.out)
+    model, _, _, cfg = _load_for_sampling(args.run_dir, _device(args))
     if model.conditional:
         raise AliError("ali score does not take labels: a conditional model cannot score "
                        "unlabelled items")
     # a CSV laid out as the run's training CSV: its label column is not a feature
-    labels = "" if is_pretrained(args.run_dir) else run_config(args.run_dir).data.label_column
-    x, names = read_inputs(args.input, item_shape(model), labels)
+    x, names = read_inputs(args.input, item_shape(model), cfg.data.label_column if cfg else "")
     scores = model.anomaly_score(x, args.score, alpha=args.alpha,
                                  batch_size=args.batch_size).cpu().tolist()
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -340,7 +336,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from .eval.registry import EvalContext, run_metric
 
     if args.out:
-        _out_file(args.out, Path(args.out))
+        _out_file(args.out)
     overrides = [*_data_overrides(args.overrides),
                  *([f"data.root={args.root}"] if args.root else [])]
     ctx = EvalContext(Path(args.run_dir), overrides, str(_device(args)), args.seed,
@@ -361,7 +357,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from .report import write_report
 
     out = write_report(Path(args.run_dir),
-                       _out_file(args.out, Path(args.out)) if args.out else None)
+                       _out_file(args.out) if args.out else None)
     print(f"report of {args.run_dir} -> {out}")
     return 0
 

@@ -267,7 +267,7 @@ class GenerativeModel(nn.Module):
         """Whether D is a K+1 discriminator (K class logits per pair)."""
         return any(isinstance(t, KPlusOneGame) for t in self.objective.terms)
 
-    def _need_classifier(self, who: str = "") -> None:
+    def need_classifier(self, who: str = "") -> None:
         """A one-line :class:`~ali.errors.DiscriminatorError` unless the model classifies;
         ``who`` names it in the message (``ali eval`` names the run folder)."""
         if not self.semi_supervised:
@@ -280,7 +280,7 @@ class GenerativeModel(nn.Module):
     def classify(self, x: Tensor) -> Tensor:
         """Class logits (B, K) of a semi-supervised model: its K+1 discriminator on the pair
         (x, mu(x)), the encoder's mean standing in for the sampled z_hat."""
-        self._need_classifier()
+        self.need_classifier()
         return self.discriminator(x, self.encode_mean(x))
 
     # ------------------------------------------------------------------ saving

@@ -276,7 +276,7 @@ def kid(ctx: EvalContext, o: argparse.Namespace) -> dict[str, Any]:
 def classify(ctx: EvalContext, o: argparse.Namespace) -> dict[str, Any]:
     from .semi_supervised import classification_error
 
-    ctx.model._need_classifier(str(ctx.run_dir))
+    ctx.model.need_classifier(str(ctx.run_dir))
     d = ctx.dataset
     if d.test is None or d.test_labels is None or d.test_labels.ndim != 1:
         raise AliError("classify needs a held-out split with class labels (data.test_split)")

@@ -12,7 +12,7 @@ from ..model import GenerativeModel, evaluating
 def predict(model: GenerativeModel, x: Tensor, batch_size: int = 500) -> Tensor:
     """Predicted classes (N,) of images ``x`` (uint8 or float in [0, 1], or streamed): argmax of
     the discriminator's K logits on (x, mu(x)), in evaluation mode."""
-    model._need_classifier()
+    model.need_classifier()
     from .features import batches
 
     device = next(model.parameters()).device

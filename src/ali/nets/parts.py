@@ -164,15 +164,16 @@ class Conditioning(nn.Linear):
         if y.dim() == 1 and not self.attributes:
             if y.is_floating_point() or y.is_complex():
                 raise ConditionError(f"class labels y must be integers; got {y.dtype}")
-            if len(y) and not (int(y.min()) >= 0 and int(y.max()) < k):
+            lo, hi = (int(v) for v in torch.aminmax(y)) if len(y) else (0, 0)
+            if not (lo >= 0 and hi < k):
                 raise ConditionError(f"class labels y must be in 0..{k - 1} ({k} classes); "
-                                     f"got values in [{int(y.min())}, {int(y.max())}]")
+                                     f"got values in [{lo}, {hi}]")
         elif y.dim() == 2 and y.shape[1] == k and not y.is_complex():
             # written so that NaN fails too
-            if len(y) and not (float(y.min()) >= 0 and float(y.max()) <= 1):
+            lo, hi = (float(v) for v in torch.aminmax(y)) if len(y) else (0.0, 0.0)
+            if not (lo >= 0 and hi <= 1):
                 raise ConditionError(f"y's {k} entries per example must be in [0, 1] (0/1 "
-                                     f"attributes); got values in [{float(y.min()):.4g}, "
-                                     f"{float(y.max()):.4g}]")
+                                     f"attributes); got values in [{lo:.4g}, {hi:.4g}]")
         else:
             form = "" if self.attributes else f"class indices (B,) in 0..{k - 1} or "
             raise ConditionError(f"this model takes y as {form}(B, {k}) 0/1 "
