@@ -117,6 +117,10 @@ def test_bad_table_files_are_one_line(tmp_path):
     np.savez(tmp_path / "s.npz", x_train=np.array(["a", "b"]))
     with pytest.raises(DataError, match="must be numbers of shape"):
         load_dataset(_cfg(tmp_path / "s.npz").data)
+    # complex numbers too, as ali score refuses them (their imaginary part would be dropped)
+    np.savez(tmp_path / "c.npz", x_train=x.astype(np.complex64))
+    with pytest.raises(DataError, match="'x_train' must be numbers of shape .* got complex64"):
+        load_dataset(_cfg(tmp_path / "c.npz").data)
     (tmp_path / "t.txt").write_text("1,2\n")
     with pytest.raises(DataError, match="a .csv or .npz file"):
         load_dataset(_cfg(tmp_path / "t.txt").data)

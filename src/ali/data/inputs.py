@@ -52,11 +52,7 @@ def read_inputs(path: str | Path, data_shape: tuple[int, ...],
             if tuple(t.shape[1:]) != tuple(data_shape):
                 t = convert(t, data_shape[1], data_shape[0])
         else:
-            # as training reads them: strings (even of digits) and complex numbers are refused
-            if not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)
-                    or x.dtype == np.bool_):
-                raise DataError(f"{path}: feature vectors must be numbers of shape (N, D); got "
-                                f"{x.dtype} {list(x.shape)}")
+            check_features(x, path, "feature vectors")
             t = _vectors(x.astype(np.float64, copy=False), path)
     elif path.suffix == ".csv":
         if images:
@@ -96,6 +92,16 @@ def _npz(path: Path) -> np.ndarray:
         raise DataError(f"{path} holds {', '.join(keys) or 'no arrays'}; name the items "
                         f"{' or '.join(NPZ_KEYS)}")
     return arrays[key]
+
+
+def check_features(x: np.ndarray, path: Path, what: str) -> None:
+    """A one-line DataError unless ``x`` is an (N, D) array of real numbers (integers, floats
+    or booleans): strings, even of digits, and complex numbers are not feature vectors (the
+    imaginary part would be dropped with a warning). Training and ``ali score`` alike."""
+    if x.ndim != 2 or not (np.issubdtype(x.dtype, np.integer) or
+                           np.issubdtype(x.dtype, np.floating) or x.dtype == np.bool_):
+        raise DataError(f"{path}: {what} must be numbers of shape (N, D); got {x.dtype} "
+                        f"{list(x.shape)}")
 
 
 def _csv(path: Path) -> np.ndarray:

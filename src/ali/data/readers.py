@@ -30,7 +30,7 @@ from ..config import DataConfig
 from ..errors import ConfigError, DataError
 from .images import (IMAGE_EXTENSIONS, ArrayImages, FileImages, ImageSource, hwc, image_info,
                      need, one_line, verify)
-from .inputs import read_csv_table, read_npz
+from .inputs import check_features, read_csv_table, read_npz
 
 Part = tuple[Any, Tensor | None]
 
@@ -642,9 +642,7 @@ def _table_arrays(cfg: DataConfig, path: Path) -> dict[str, tuple[np.ndarray, An
         if kx not in arrays:
             continue
         x = arrays[kx]
-        if x.ndim != 2 or not (np.issubdtype(x.dtype, np.number) or x.dtype == bool):
-            raise DataError(f"{path}: {kx!r} must be numbers of shape (N, D); got {x.dtype} "
-                            f"{list(x.shape)}")
+        check_features(x, path, repr(kx))
         x = x.astype(np.float64)
         if not np.isfinite(x).all():
             raise DataError(f"{path}: {kx!r} has {int((~np.isfinite(x)).sum())} NaN or "
