@@ -186,9 +186,10 @@ def run_checkpoint_path(run_dir: Path | str) -> Path:
     if not path.is_file():
         if not run_dir.is_dir():
             raise CheckpointError(f"no run folder at {run_dir}")
-        from .pretrained import is_pretrained
+        # the weights' name, not pretrained.is_pretrained: pretrained imports this module
+        from .model import PRETRAINED_WEIGHTS
 
-        if is_pretrained(run_dir):
+        if (run_dir / PRETRAINED_WEIGHTS).is_file():
             raise CheckpointError(f"{run_dir} is a saved model (save_pretrained), not a run "
                                   "folder: this needs a run's checkpoint and data (ali sample "
                                   "and ali score take a saved model)")
