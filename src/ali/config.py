@@ -237,7 +237,8 @@ class ModelConfig:
     Small values make tiny networks of the same shape, for smoke runs and tests."""
     spectral_norm: bool = False
     """Beyond the paper: spectral normalisation (Miyato et al., 2018) of every weight of every
-    discriminator (D, a GAN's D(x), ALAD's D_xx and D_zz), for any adversarial model."""
+    discriminator (D, a GAN's D(x), ALAD's D_xx and D_zz), for any adversarial model; with
+    ``runs`` > 1, each run's weights by their own norm."""
     cycle: CycleConfig | None = None
     """ALI: ALICE's cycle term (``model.cycle.weight``); None: off."""
     r1: R1Config | None = None
@@ -264,9 +265,6 @@ class ModelConfig:
                f"model.spectral_norm must be true or false; got {self.spectral_norm!r}")
         _check(not self.spectral_norm or self.kind != "vae",
                "model.spectral_norm needs a discriminator, and model.kind=vae has none")
-        # A run-batched layer's weight holds every run's matrix: one spectral norm would mix them.
-        _check(not self.spectral_norm or self.runs == 1,
-               f"model.spectral_norm needs model.runs=1; got {self.runs}")
         _check(self.noise_dim >= 0, f"model.noise_dim must be >= 0; got {self.noise_dim}")
         _check(self.init_std > 0, f"model.init_std must be > 0; got {self.init_std}")
         _check(0 <= self.freeze_decoder_bn_at <= 1,

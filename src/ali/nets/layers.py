@@ -135,18 +135,55 @@ def init_normal_(module: nn.Module, std: float) -> None:
 SPECTRAL_NORMED = (RunLinear, nn.Linear, nn.Conv2d, nn.ConvTranspose2d)
 
 
+class RunSpectralNorm(nn.Module):
+    """Spectral normalisation of a :class:`RunLinear` weight (R, in, out), each run's (out, in)
+    matrix by its own largest singular value: torch's ``spectral_norm`` (one power iteration per
+    training forward, 15 when made) done R times in one batched product, so no run's norm
+    depends on another's weights."""
+
+    def __init__(self, weight: Tensor, eps: float = 1e-12) -> None:
+        super().__init__()
+        runs, n_in, n_out = weight.shape
+        self.eps = eps
+        # drawn as torch's are, u (out) before v (in), for each run
+        u = weight.new_empty(runs, n_out).normal_(0, 1)
+        v = weight.new_empty(runs, n_in).normal_(0, 1)
+        self.register_buffer("_u", F.normalize(u, dim=1, eps=eps))
+        self.register_buffer("_v", F.normalize(v, dim=1, eps=eps))
+        self._power_method(weight, 15)
+
+    @torch.no_grad()
+    def _power_method(self, weight: Tensor, iterations: int) -> None:
+        # in place, as torch's: the buffers must stay the module's own tensors
+        for _ in range(iterations):
+            wv = torch.bmm(self._v.unsqueeze(1), weight).squeeze(1)         # (R, out): W_r v_r
+            F.normalize(wv, dim=1, eps=self.eps, out=self._u)
+            wu = torch.bmm(weight, self._u.unsqueeze(2)).squeeze(2)         # (R, in): W_r^T u_r
+            F.normalize(wu, dim=1, eps=self.eps, out=self._v)
+
+    def forward(self, weight: Tensor) -> Tensor:
+        # weight: (R, in, out) -> (R, in, out), run r divided by sigma_r
+        if self.training:
+            self._power_method(weight, 1)
+        # clones, so that two forwards before one backward (D on real, then on fake) work
+        u, v = self._u.clone(), self._v.clone()
+        sigma = (torch.bmm(v.unsqueeze(1), weight).squeeze(1) * u).sum(1)    # (R,)
+        return weight / sigma.view(-1, 1, 1)
+
+
 def spectral_norm_(module: nn.Module) -> nn.Module:
     """Spectral normalisation (Miyato et al., 2018) of the weight of every linear, run-linear
-    and convolutional layer in ``module``, in place; returns ``module``. A
-    :class:`RunLinear`'s weight (1, in, out) is normalised as its (out, in) matrix (its last
-    dim first), so it must hold a single run."""
+    and convolutional layer in ``module``, in place; returns ``module``. A single-run
+    :class:`RunLinear`'s weight (1, in, out) is normalised as its (out, in) matrix by torch's
+    ``spectral_norm``; one of several runs by :class:`RunSpectralNorm`, each run's on its own."""
+    from torch.nn.utils import parametrize
     from torch.nn.utils.parametrizations import spectral_norm
 
     layers = [m for m in module.modules() if isinstance(m, SPECTRAL_NORMED)]
     for m in layers:
-        if isinstance(m, RunLinear):
-            if m.weight.shape[0] != 1:
-                raise ValueError("spectral norm of a run-batched layer would mix its runs")
+        if isinstance(m, RunLinear) and m.weight.shape[0] > 1:
+            parametrize.register_parametrization(m, "weight", RunSpectralNorm(m.weight))
+        elif isinstance(m, RunLinear):
             spectral_norm(m, dim=2)
         else:
             spectral_norm(m)    # a transposed conv's output dim (1) is found by torch
