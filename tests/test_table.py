@@ -240,3 +240,22 @@ def test_score_leaves_out_the_label_column_of_a_csv_laid_out_as_the_training_one
     with_labels, plain = (list(csv.reader(open(tmp_path / f"s-{n}")))
                           for n in ("train.csv", "plain.csv"))
     assert len(with_labels) == 81 and with_labels[1:11] == plain[1:]
+
+
+def test_score_reads_a_csv_once_when_the_label_column_is_absent(tmp_path, monkeypatch):
+    from ali.data import inputs
+
+    x, _ = _table(10)
+    path = _write_csv(tmp_path / "plain.csv", x)             # no 'kind' column
+    opened = []
+    reader = inputs.csv.reader
+    monkeypatch.setattr(inputs.csv, "reader", lambda f: opened.append(f) or reader(f))
+    got, names = inputs.read_inputs(path, (WIDTH,), "kind")
+    assert len(opened) == 1
+    np.testing.assert_allclose(got.numpy(), x, rtol=1e-6)
+    assert names == [str(i) for i in range(10)]
+    # the same one-line errors as before: those of every column when the label column is not
+    # there to leave out
+    (tmp_path / "bad.csv").write_text("f0,f1\n1,x\n")
+    with pytest.raises(DataError, match="row 1 has a non-numeric value 'x'"):
+        inputs.read_inputs(tmp_path / "bad.csv", (2,), "kind")

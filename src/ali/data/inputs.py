@@ -104,22 +104,18 @@ def check_features(x: np.ndarray, path: Path, what: str) -> None:
                         f"{list(x.shape)}")
 
 
-def _csv(path: Path) -> np.ndarray:
-    """The numeric rows of a CSV; a header row of names is skipped."""
-    return read_csv_table(path)[0]
-
-
 def _csv_features(path: Path, label_column: str, width: int) -> np.ndarray:
     """The CSV's feature columns: without ``label_column`` where that leaves ``width`` of
     them, else every column (whose errors are then the ones to report)."""
+    rows = _csv_rows(path)
     if label_column:
         try:
-            x = read_csv_table(path, label_column)[0]
+            x = _table_of(rows, path, label_column)[0]
         except DataError:
             x = None
         if x is not None and x.shape[1] == width:
             return x
-    return _csv(path)
+    return _table_of(rows, path, "")[0]
 
 
 def read_csv_table(path: Path, label_column: str = "") -> tuple[np.ndarray, list[str] | None]:
@@ -130,11 +126,22 @@ def read_csv_table(path: Path, label_column: str = "") -> tuple[np.ndarray, list
     A one-line :class:`~ali.errors.DataError` for a text value among the features, rows of
     different lengths, NaN or infinite values, or an unknown label column.
     """
+    return _table_of(_csv_rows(path), path, label_column)
+
+
+def _csv_rows(path: Path) -> list[list[str]]:
+    """The non-empty rows of the CSV ``path`` as text; a one-line DataError where it cannot be
+    read."""
     try:
         with open(path, newline="") as f:
-            rows = [r for r in csv.reader(f) if r]
+            return [r for r in csv.reader(f) if r]
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise DataError(f"{path} is not a readable CSV file ({type(e).__name__})") from None
+
+
+def _table_of(rows: list[list[str]], path: Path,
+              label_column: str) -> tuple[np.ndarray, list[str] | None]:
+    """:func:`read_csv_table` of the CSV ``path`` whose rows are ``rows`` (left unchanged)."""
     header = rows[0] if rows and not _numeric(rows[0]) else None
     if header is not None:
         rows = rows[1:]
