@@ -99,6 +99,9 @@ def test_npz_and_folder_tables(tmp_path):
     ("a,b\n", [], "holds no rows of values (a header only)"),
     ("a,b\n1,2\n3,4\n", ["data.label_column=c"], "has no column 'c' (columns: a, b)"),
     ("1,2\n3,4\n", ["data.label_column=7"], "label column 7 is out of range"),
+    # a header of numbers over text labels: read as data, its name '2' would be a class
+    ("0,1,2\n1,2,a\n3,4,b\n", ["data.label_column=2"],
+     "row 1 is all numbers, so it is read as data, but its label '2' is a number"),
 ])
 def test_bad_tables_are_one_line(tmp_path, content, sets, message):
     (tmp_path / "bad.csv").write_text(content)
@@ -259,3 +262,19 @@ def test_score_reads_a_csv_once_when_the_label_column_is_absent(tmp_path, monkey
     (tmp_path / "bad.csv").write_text("f0,f1\n1,x\n")
     with pytest.raises(DataError, match="row 1 has a non-numeric value 'x'"):
         inputs.read_inputs(tmp_path / "bad.csv", (2,), "kind")
+
+
+def test_a_header_of_numbers_is_a_header_where_the_label_column_names_it(tmp_path):
+    x, y = _table()
+    path = tmp_path / "t.csv"
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(range(1, WIDTH + 2))     # 1..6: the label column's name 6 is no index
+        w.writerows([*row, k] for row, k in zip(x, y))
+    d = load_dataset(_cfg(path, f"data.label_column={WIDTH + 1}", "data.test_split=",
+                          "data.split_order=stored").data)
+    assert d.train.shape == (len(x), WIDTH) and d.train_labels.tolist() == y.tolist()
+    np.testing.assert_allclose(d.train.numpy(), x, rtol=1e-6)
+    # a label column that can be an index of it: the first row is data, as before
+    d = load_dataset(_cfg(path, f"data.label_column={WIDTH}", "data.test_split=").data)
+    assert len(d.train) == len(x) + 1

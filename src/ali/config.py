@@ -371,7 +371,9 @@ class DataConfig:
     """Folder holding the dataset's official files (npz, table: the file itself)."""
     label_column: str = ""
     """table, CSV: the column of class labels, by header name or 0-based index (integers, or
-    names numbered in sorted order); empty: no labels. An npz table's labels are its y arrays."""
+    names numbered in sorted order); empty: no labels. An npz table's labels are its y arrays.
+    A first row of numbers is data, not a header, unless this names one of its values that
+    cannot be an index of it (4 of 1,2,3,4): give columns names that are not numbers."""
     n_train: int = 100_000
     """2-D datasets: training points."""
     n_test: int = 10_000

@@ -120,11 +120,18 @@ def _csv_features(path: Path, label_column: str, width: int) -> np.ndarray:
 
 def read_csv_table(path: Path, label_column: str = "") -> tuple[np.ndarray, list[str] | None]:
     """(features (N, D) float64, the label column's N values as text or None) of a CSV of
-    feature vectors. A first row that is not all numbers is a header of names (skipped).
-    ``label_column``: the column holding labels, by header name or 0-based index; "" for none.
+    feature vectors. ``label_column``: the column holding labels, by header name or 0-based
+    index (a header name first); "" for none.
+
+    A first row that is not all numbers is a header of names (skipped). A first row of numbers
+    is data, unless ``label_column`` is one of its values and cannot be a 0-based index of it
+    (``4`` of ``1,2,3,4``, or ``3.0``): then it is a header of numeric names, and the label
+    column the one so named. Any other header of numbers cannot be told from data: name the
+    columns with text (``f0,f1,f2,label``).
 
     A one-line :class:`~ali.errors.DataError` for a text value among the features, rows of
-    different lengths, NaN or infinite values, or an unknown label column.
+    different lengths, NaN or infinite values, an unknown label column, or a first row read as
+    data whose label is a number where every other row's is a class name (a header of numbers).
     """
     return _table_of(_csv_rows(path), path, label_column)
 
@@ -142,7 +149,7 @@ def _csv_rows(path: Path) -> list[list[str]]:
 def _table_of(rows: list[list[str]], path: Path,
               label_column: str) -> tuple[np.ndarray, list[str] | None]:
     """:func:`read_csv_table` of the CSV ``path`` whose rows are ``rows`` (left unchanged)."""
-    header = rows[0] if rows and not _numeric(rows[0]) else None
+    header = rows[0] if _is_header(rows, label_column) else None
     if header is not None:
         rows = rows[1:]
     col = None
@@ -150,7 +157,7 @@ def _table_of(rows: list[list[str]], path: Path,
         names = [h.strip() for h in header] if header is not None else []
         if label_column in names:
             col = names.index(label_column)
-        elif label_column.lstrip("-").isdigit():
+        elif _is_index(label_column):
             col = int(label_column)
         else:
             raise DataError(f"{path} has no column {label_column!r}"
@@ -167,6 +174,13 @@ def _table_of(rows: list[list[str]], path: Path,
         col %= width
         labels = [r[col].strip() for r in rows]
         rows = [r[:col] + r[col + 1:] for r in rows]
+        if header is None and len(labels) > 1 and not any(map(_is_number, labels[1:])):
+            # Row 1 is all numbers, its label too, among class names: a header of numbers
+            # read as data would make its name a class of one row.
+            raise DataError(f"{path}: row 1 is all numbers, so it is read as data, but its "
+                            f"label {labels[0]!r} is a number where the other rows' are class "
+                            f"names ({labels[1]!r}, ...); if row 1 is a header, name its "
+                            f"columns with text (e.g. f0,f1,label)")
     for i, r in enumerate(rows):
         if not _numeric(r):
             bad = next(v for v in r if not _is_number(v))
@@ -175,6 +189,23 @@ def _table_of(rows: list[list[str]], path: Path,
     if not np.isfinite(a).all():
         raise DataError(f"{path}: {int((~np.isfinite(a)).sum())} values are NaN or infinite")
     return a, labels
+
+
+def _is_header(rows: list[list[str]], label_column: str) -> bool:
+    """Whether the first of ``rows`` is a header (:func:`read_csv_table`'s rule)."""
+    if not rows:
+        return False
+    first = rows[0]
+    if not _numeric(first):
+        return True
+    if label_column not in (v.strip() for v in first):
+        return False
+    # The label column names a value of this row: as an index of it, the row may be data.
+    return not (_is_index(label_column) and -len(first) <= int(label_column) < len(first))
+
+
+def _is_index(text: str) -> bool:
+    return text.lstrip("-").isdigit()
 
 
 def _is_number(v: str) -> bool:
