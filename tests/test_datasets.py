@@ -604,3 +604,20 @@ def test_download_manual_datasets_explain(name, needle, capsys, monkeypatch):
     assert main(["data", "download", name, "--root", "somewhere"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and needle in err
+
+
+def test_more_workers_than_cores_decode_with_one_per_core(tmp_path, monkeypatch, capsys):
+    import ali.data
+
+    root = make_folder(tmp_path / "f", per=5, size=(8, 8))
+    # built anywhere and recorded: a config from a larger machine must still load and run here
+    d = load_dataset(data_cfg("folder", root, "data.stream=on", "data.cache=off",
+                              "data.test_split=", "data.workers=10000"))
+    monkeypatch.setattr(ali.data, "cores", lambda: 2)
+    capsys.readouterr()
+    s = make_sampler(d, batch_size=3)
+    assert isinstance(s, StreamSampler) and s.workers == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "data.workers=10000 is more than the 2 CPU cores" in err
+    assert make_sampler(d, batch_size=3, workers=2).workers == 2      # within: as asked
+    assert capsys.readouterr().err == ""

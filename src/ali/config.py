@@ -416,7 +416,8 @@ class DataConfig:
     into one tensor; auto streams celeba, imagenet64 and folders of more than 20,000 images."""
     workers: int = -1
     """DataLoader worker processes for streamed data decoded on the fly (data.cache=off): -1 =
-    one per CPU core this process may use (at most 8); 0 decodes in the training process."""
+    one per CPU core this process may use (at most 8); 0 decodes in the training process.
+    More than the cores this process may use decode with one per core (said on stderr)."""
     cache: str = "auto"
     """Decode once: auto caches streamed image files (celeba, imagenet64 folders, large
     folders), decoded and cropped once in parallel into a memory-mapped uint8 array in

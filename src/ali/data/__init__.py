@@ -15,6 +15,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import dataclasses
+import sys
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -593,7 +594,8 @@ def make_sampler(dataset: Dataset, batch_size: int, runs: int = 1, seed: int = 0
     2-D data: :class:`TensorSampler` on the device. Images in memory: :class:`ImageSampler`,
     the uint8 tensor on the device when it is at most ``device_bytes``, else in host memory.
     Streamed images: :class:`CachedSampler` when they come from a decode-once cache, else
-    :class:`StreamSampler` with ``workers`` (default ``dataset.workers``).
+    :class:`StreamSampler` with ``workers`` (default ``dataset.workers``), at most one per
+    usable core (more is said on stderr).
     ``shard=(rank, world_size)``: this process's share of each batch (multi-process training).
     """
     device = torch.device(device)
@@ -604,14 +606,29 @@ def make_sampler(dataset: Dataset, batch_size: int, runs: int = 1, seed: int = 0
     if isinstance(x, ImageSource) and isinstance(x.base, CachedImages):
         return CachedSampler(x, batch_size, runs, seed, device, labels=y, shard=shard)
     if isinstance(x, ImageSource):
-        return StreamSampler(x, batch_size, runs, seed, device,
-                             dataset.workers if workers is None else workers, labels=y,
-                             shard=shard)
+        asked = dataset.workers if workers is None else workers
+        # torch's own suggested maximum: more workers only compete for the cores (each with a
+        # copy of the file list), and a config recorded on a larger machine must still run
+        # here; the batches are the same with any number of workers.
+        used = min(asked, cores())
+        if used < asked:
+            _warn(f"data.workers={asked} is more than the {used} CPU cores this process may "
+                  f"use; decoding on the fly with {used} workers")
+        return StreamSampler(x, batch_size, runs, seed, device, used, labels=y, shard=shard)
     if x.dtype == torch.uint8:
         on_device = x.numel() <= device_bytes
         return ImageSampler(x.to(device) if on_device else x, batch_size, runs, seed, device,
                             labels=y, shard=shard)
     return TensorSampler(x.to(device), batch_size, runs, seed, labels=y, shard=shard)
+
+
+def _warn(text: str) -> None:
+    """``text`` as one line on stderr, from the first process only (torchrun's others would
+    say the same)."""
+    from .. import distributed
+
+    if distributed.from_env().rank == 0:
+        print(f"ali: warning: {text}", file=sys.stderr, flush=True)
 
 
 def _share(batch_size: int, shard: tuple[int, int]) -> slice:
