@@ -287,6 +287,10 @@ def test_eval_classify_and_conditional_metrics(classes_npz, tmp_path, capsys):
     out = json.loads(capsys.readouterr().out)
     assert 0 <= out["accuracy"] <= 1 and len(out["per_class"]) == 2
     assert out["diversity"] is not None and out["diversity"] >= 0
+    # the same number of samples per class, or the classes would weigh unequally
+    assert main(["eval", str(cond), "--metric", "conditional", "--samples", "3"]) == 2
+    err = capsys.readouterr().err
+    assert "--samples 3 is not a multiple of the 2 classes" in err and err.count("\n") == 1
     # Each metric refuses the other kind of run in one line.
     assert main(["eval", str(cond), "--metric", "classify"]) == 2
     assert "is not semi-supervised" in capsys.readouterr().err

@@ -284,13 +284,21 @@ def classify(ctx: EvalContext, o: argparse.Namespace) -> dict[str, Any]:
     return {"error": err, "n": len(d.test_labels)}
 
 
+CONDITIONAL_SAMPLES = 1000
+"""``--metric conditional``'s samples by default; for K classes, rounded down to a multiple of K
+(the same number per class)."""
+
+
 @metric("conditional", "fraction of conditional samples the pixel classifier finds as asked: "
                        "the class, or each of the 40 attributes (held-out attribute vectors)",
-        option("--samples", type=count, default=1000, help="samples, the same number per class"),
+        option("--samples", type=count,
+               help=f"samples (default {CONDITIONAL_SAMPLES}); classes: a multiple of their "
+                    "number, the same per class (the default rounded down to one)"),
         option("--classifier", metavar="PATH",
                help=CLASSIFIER.kwargs["help"]))
 def conditional(ctx: EvalContext, o: argparse.Namespace) -> dict[str, Any]:
-    """Classes: ``--samples`` samples, the classes in turn. Attributes (Figure 7): samples for
+    """Classes: ``--samples`` samples, the classes in turn, as many of each (a multiple of the
+    classes, else a one-line error). Attributes (Figure 7): samples for
     the attribute vectors of held-out images (real combinations, in turn), each attribute
     checked by the multi-label pixel classifier. ``classifier_accuracy`` is the classifier's
     accuracy on real held-out images: the ceiling of ``accuracy``."""
@@ -300,29 +308,34 @@ def conditional(ctx: EvalContext, o: argparse.Namespace) -> dict[str, Any]:
     if not model.conditional:
         raise AliError(f"{ctx.run_dir} is not a conditional run (train with --set "
                        "model.conditional=true on a dataset with classes or attributes)")
+    k = model.label_dim
     if model.attributes:
         _, labels = ctx.held_out()
         if labels is None or len(labels) == 0:
             raise AliError(f"{ctx.run_dir}: its held-out split has no attribute labels")
-        y = labels[torch.arange(o.samples) % len(labels)]                  # (N, K)
+        n = o.samples or CONDITIONAL_SAMPLES
+        y = labels[torch.arange(n) % len(labels)]                          # (N, K)
     else:
-        if o.samples < model.label_dim:
-            raise AliError(f"--samples must be at least the {model.label_dim} classes")
-        y = torch.arange(o.samples) % model.label_dim                      # (N,)
+        n = o.samples or max(k, CONDITIONAL_SAMPLES // k * k)
+        if n % k:
+            # accuracy and diversity would weigh the classes unequally
+            raise AliError(f"--samples {n} is not a multiple of the {k} classes (each class is "
+                           f"sampled as often); e.g. --samples {max(k, n // k * k)}")
+        y = torch.arange(n) % k                                            # (N,)
     clf, meta = ctx.classifier(o.classifier)
     torch.manual_seed(ctx.seed)
     hits = []
     with torch.no_grad():
-        for i in range(0, o.samples, 500):
+        for i in range(0, n, 500):
             yb = y[i:i + 500].to(ctx.device)
             hits.append(clf.predict(model.sample(len(yb), yb)).cpu() == yb.cpu())
     hit = torch.cat(hits).float()                                          # (N,) or (N, K)
-    out: dict[str, Any] = {"accuracy": float(hit.mean()), "samples": o.samples}
+    out: dict[str, Any] = {"accuracy": float(hit.mean()), "samples": n}
     if model.attributes:
         names = ctx.dataset.label_names or [str(k) for k in range(hit.shape[1])]
         out["per_attribute"] = dict(zip(names, hit.mean(0).tolist()))
     else:
-        out["per_class"] = [float(hit[y == k].mean()) for k in range(model.label_dim)]
+        out["per_class"] = [float(hit[y == c].mean()) for c in range(k)]
         out["diversity"] = _diversity(ctx, model)
     return {**out, "classifier_accuracy": meta.get("accuracy")}
 
