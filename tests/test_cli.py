@@ -48,6 +48,8 @@ def test_train_toy_with_a_small_held_out_set(tmp_path, capsys):
     (["sampel"], "invalid choice: 'sampel'"),
     (["train"], "the following arguments are required: name"),
     (["sample", "run", "--seed", "x"], "argument --seed: invalid int value: 'x'"),
+    (["sample", "run", "--condition", "all", "--rows", "0"], "--rows must be >= 1; got 0"),
+    (["sample", "run", "--condition", "all", "--rows", "-2"], "--rows must be >= 1; got -2"),
     (["toy", "--set", "model.r1_wieght=1"], "did you mean 'model.r1_weight'"),
 ])
 def test_user_errors_are_one_line(args, message, capsys):

@@ -199,6 +199,12 @@ def test_conditional_run_trains_reloads_and_samples_a_class_grid(classes_npz, tm
     w, h = Image.open(out).size
     assert w > h                                          # 2 class columns, 1 row
     assert "classes" in capsys.readouterr().out
+    # without --condition the samples take the classes in turn: a row of 3 does not hold
+    # classes 0..K-1 each, and the line says so
+    assert main(["sample", str(run), "--n", "6", "--nrow", "3", "--out", str(out)]) == 0
+    assert "6 samples, classes 0..1 in turn" in capsys.readouterr().out
+    assert main(["sample", str(run), "--n", "6", "--nrow", "2", "--out", str(out)]) == 0
+    assert "classes 0..K-1 along each row" in capsys.readouterr().out
 
 
 _CONDITIONAL = {"classes": ("model.label_dim=3",),

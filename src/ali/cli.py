@@ -253,8 +253,10 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         raise AliError("an attribute-conditional run needs --condition ATTRS [--vary ATTRS]")
     else:
         imgs, nrow = model.sample(args.n), args.nrow
-        what = (f"{args.n} samples" + (", classes 0..K-1 along each row"
-                                        if model.conditional else ""))
+        what = f"{args.n} samples"
+        if model.conditional:   # the samples take the classes in turn, row after row
+            what += (", classes 0..K-1 along each row" if nrow % model.label_dim == 0
+                     else f", classes 0..{model.label_dim - 1} in turn")
     save_grid(imgs, out, nrow, grid_scale(imgs))
     at = "" if step is None else f" at step {step}"
     print(f"{what} of {cfg.name if cfg else args.run_dir}{at} -> {out}")
@@ -595,7 +597,7 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as e:     # --help, --version, or a bad argument (one line, above)
         return e.code if isinstance(e.code, int) else EXIT_USER_ERROR
     try:
-        for key in ("n", "nrow", "pairs", "steps"):
+        for key in ("n", "nrow", "pairs", "steps", "rows"):
             if args.command in ("sample", "reconstruct", "interpolate") and \
                     getattr(args, key, 1) < 1:
                 raise AliError(f"--{key} must be >= 1; got {getattr(args, key)}")
