@@ -277,7 +277,7 @@ def test_attribute_conditional_run_and_figure7_grid(attributes_npz, tmp_path, ca
 
 # ---------------------------------------------------------------------------- ali eval
 
-def test_eval_classify_and_conditional_metrics(classes_npz, tmp_path, capsys):
+def test_eval_classify_and_conditional_metrics(classes_npz, tmp_path, capsys, monkeypatch):
     import json
 
     ssl, cond = tmp_path / "ssl", tmp_path / "cond"
@@ -302,6 +302,28 @@ def test_eval_classify_and_conditional_metrics(classes_npz, tmp_path, capsys):
     assert "is not semi-supervised" in capsys.readouterr().err
     assert main(["eval", str(ssl), "--metric", "conditional"]) == 2
     assert "is not a conditional run" in capsys.readouterr().err
+    # Fractions of counts are written as themselves (0.1, not float32's 0.10000000149011612),
+    # and a float32 measurement with float32's digits only.
+    from ali.eval.registry import EvalContext
+
+    class FirstRight:                   # finds the class asked of the first sample only
+        def predict(self, x):
+            return torch.tensor([0] + [-1] * (len(x) - 1))
+
+    monkeypatch.setattr(EvalContext, "classifier",
+                        lambda self, path=None: (FirstRight(), {"accuracy": None}))
+    assert main(["eval", str(cond), "--metric", "conditional", "--samples", "10", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["accuracy"] == 0.1 and out["per_class"] == [0.2, 0.0]
+    assert float(str(np.float32(out["diversity"]))) == out["diversity"]
+
+
+def test_classification_error_is_the_fraction_of_counts(monkeypatch):
+    from ali.eval import semi_supervised
+
+    monkeypatch.setattr(semi_supervised, "predict", lambda *a: torch.tensor([0, 1, 1]))
+    err = classification_error(None, torch.zeros(3, 2), torch.tensor([0, 1, 0]))
+    assert err == pytest.approx(100 / 3, rel=1e-12)      # not float32's 33.33333432674408
 
 
 @pytest.mark.parametrize("extra", [["model.semi_supervised=true", "data.labels=10"],

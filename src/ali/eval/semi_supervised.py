@@ -27,4 +27,5 @@ def classification_error(model: GenerativeModel, x: Tensor, y: Tensor,
     """Percentage of ``x`` whose predicted class is not ``y``."""
     if len(x) == 0:
         raise ValueError("no test images")
-    return 100.0 * float((predict(model, x, batch_size) != y.cpu()).float().mean())
+    # double: a fraction of counts written as itself, not with float32's rounding
+    return 100.0 * float((predict(model, x, batch_size) != y.cpu()).double().mean())
