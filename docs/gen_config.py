@@ -144,7 +144,10 @@ def keys_markdown() -> str:
         note = ""
         if sec in ("cycle", "r1") and name == "weight":
             note = f" (0 switches `model.{sec}` off, > 0 switches it on)"
-        elif sec is None or name != "weight":
+        elif sec is None:
+            note = (" (only where one is on; another value than 0 where neither is, "
+                    "refused on the command line)")
+        elif name != "weight":
             note = " (only where that section is on)"
         out.append(f"| `model.{key}` ({typ.__name__}) | {target}{note} |")
         covered.add(f"model.{key}")

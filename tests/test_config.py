@@ -133,3 +133,20 @@ def test_mnist_default_carries_the_cycle_term_and_its_label_presets_choose_their
                                           "model.cycle; add --set model.cycle=off"):
         get_config("mnist_ssl_100", ["model.recon_weight=0.01"])
     assert get_config("mnist_conditional").model.cycle.weight == 0.03
+
+
+def test_legacy_label_dim_without_a_labelled_section_is_refused_naming_the_real_keys():
+    # it did nothing: neither model.conditional nor model.semi_supervised was on
+    with pytest.raises(ConfigError) as e:
+        get_config("tiny", ["model.label_dim=5"])
+    assert "model.conditional.label_dim=5 or model.semi_supervised.label_dim=5" in str(e.value)
+    assert "\n" not in str(e.value)
+    with pytest.raises(ConfigError, match="neither is on"):
+        get_config("mnist_conditional", ["model.conditional=off", "model.label_dim=5"])
+    # where a labelled section is on (in either order) it sets its label_dim, as before
+    for over in (["model.label_dim=5", "model.conditional=true"],
+                 ["model.semi_supervised=true", "model.label_dim=5"]):
+        assert get_config("tiny", over).model.label_dim == 5
+    assert get_config("tiny", ["model.label_dim=0"]).model.label_dim == 0   # nothing to set
+    # a run's config.json of the flat era loads as it did, label_dim and all
+    assert Config.from_dict({"model": {"label_dim": 10, "conditional": False}}).model.label_dim == 0

@@ -733,7 +733,8 @@ _FALSE = {"false", "0", "no", "off", "none", "null"}
 # Keys of the flat model config before the variant sections: each still works, as the
 # (section, field) it now sets. recon_weight and r1_weight turn their section on (off at 0);
 # the others set a field of a section only where that section is on (they were no-ops
-# otherwise); label_dim goes to whichever labelled section is on.
+# otherwise, and a run's config.json may hold them so); label_dim goes to whichever labelled
+# section is on, and on the command line a label_dim other than 0 with neither on is refused.
 LEGACY_MODEL_KEYS = {"recon_weight": ("cycle", "weight", float),
                      "r1_weight": ("r1", "weight", float),
                      "r1_every": ("r1", "every", int),
@@ -751,6 +752,7 @@ class _ModelChanges:
         self.toggles: dict[str, bool] = {}
         self.inner: dict[str, dict[str, Any]] = {}      # set inside a section, turning it on
         self.soft: list[tuple[str | None, str, Any]] = []  # set only where the section is on
+        self.unused: list[tuple[str | None, str, Any]] = []  # of soft: no section was on
 
     def toggle(self, section: str, on: bool) -> None:
         """Switch ``section`` on (keeping its settings) or off (dropping those set so far)."""
@@ -788,10 +790,11 @@ class _ModelChanges:
             base = values[sec] if values[sec] is not None else SECTIONS[sec]()
             values[sec] = dataclasses.replace(base, **inner)
         for sec, name, value in self.soft:
-            targets = [sec] if sec else list(LABELLED_SECTIONS)
+            targets = [t for t in ([sec] if sec else LABELLED_SECTIONS) if values[t] is not None]
             for t in targets:
-                if values[t] is not None:
-                    values[t] = dataclasses.replace(values[t], **{name: value})
+                values[t] = dataclasses.replace(values[t], **{name: value})
+            if not targets:
+                self.unused.append((sec, name, value))
         return ModelConfig(**values)
 
 
@@ -901,8 +904,15 @@ def apply_overrides(cfg: Config, overrides: Iterable[str]) -> Config:
                 changes[section][name] = value
         else:
             raise ConfigError(_unknown_key_message(key))
+    new_model = model.apply(cfg.model)
+    for sec, name, value in model.unused:
+        # A label count that would do nothing is a mistake, not an old config.json.
+        _check(sec is not None or name != "label_dim" or not value,
+               f"model.label_dim={value} sets the label_dim of model.conditional or "
+               f"model.semi_supervised, and neither is on: set model.conditional.label_dim="
+               f"{value} or model.semi_supervised.label_dim={value}, which switches it on")
     # Building the new sections re-runs __post_init__: each value is validated at once.
-    return dataclasses.replace(cfg, model=model.apply(cfg.model),
+    return dataclasses.replace(cfg, model=new_model,
                                **{s: dataclasses.replace(getattr(cfg, s), **c)
                                   for s, c in changes.items() if c})
 
