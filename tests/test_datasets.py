@@ -621,3 +621,23 @@ def test_more_workers_than_cores_decode_with_one_per_core(tmp_path, monkeypatch,
     assert err.count("\n") == 1 and "data.workers=10000 is more than the 2 CPU cores" in err
     assert make_sampler(d, batch_size=3, workers=2).workers == 2      # within: as asked
     assert capsys.readouterr().err == ""
+
+
+def test_stream_and_cache_on_say_where_the_data_ignores_them(tmp_path, capsys):
+    root = make_folder(tmp_path / "f", per=5, size=(8, 8))
+    np.savez(tmp_path / "x.npz", x_train=np.zeros((4, 8, 8), dtype=np.uint8))
+    capsys.readouterr()
+    for name, root_, key, why in (
+            ("grid", "", "data.stream=on", "data.name=grid is read into memory whole"),
+            ("npz", tmp_path / "x.npz", "data.stream=on", "data.name=npz is read into memory"),
+            ("npz", tmp_path / "x.npz", "data.cache=on", "data.name=npz has no image files")):
+        d = load_dataset(data_cfg(name, root_, key, "data.test_split=", "data.n_train=8"))
+        assert len(d.train)                                  # a warning, not an error
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"{key} is ignored: {why}" in err, err
+    # where they act, or are off, nothing is said
+    for name, root_, key in (("npz", tmp_path / "x.npz", "data.stream=off"),
+                             ("npz", tmp_path / "x.npz", "data.cache=off"),
+                             ("folder", root, "data.stream=on")):
+        load_dataset(data_cfg(name, root_, key, "data.test_split=", "data.cache=off"))
+        assert capsys.readouterr().err == ""

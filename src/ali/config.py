@@ -413,7 +413,9 @@ class DataConfig:
     per class (the others get label -1); 0 keeps all."""
     stream: str = "auto"
     """Images: on decodes image files on the fly in DataLoader workers; off decodes all at load
-    into one tensor; auto streams celeba, imagenet64 and folders of more than 20,000 images."""
+    into one tensor; auto streams celeba, imagenet64 and folders of more than 20,000 images.
+    Data read into memory whole (mnist, cifar10, svhn, npz, table, grid, ring) is never
+    streamed: on is ignored there, with a warning on stderr."""
     workers: int = -1
     """DataLoader worker processes for streamed data decoded on the fly (data.cache=off): -1 =
     one per CPU core this process may use (at most 8); 0 decodes in the training process.
@@ -422,7 +424,9 @@ class DataConfig:
     """Decode once: auto caches streamed image files (celeba, imagenet64 folders, large
     folders), decoded and cropped once in parallel into a memory-mapped uint8 array in
     data.cache_dir, rebuilt when a source file changes; on caches every dataset of image files
-    (and fails when the cache cannot be written); off decodes on the fly every epoch."""
+    (and fails when the cache cannot be written); off decodes on the fly every epoch. Data with
+    no image files (mnist, cifar10, svhn, npz, table, grid, ring) has nothing to cache: on is
+    ignored there, with a warning on stderr."""
     cache_dir: str = ""
     """Folder of the decode-once caches; empty = $ALI_CACHE_DIR, else $XDG_CACHE_HOME/ali, else
     ~/.cache/ali."""

@@ -33,7 +33,7 @@ from ..config import (
 from ..errors import ConfigError, DataError
 from . import toy
 from .cache import CachedImages, cached_source, cores, default_workers
-from .images import ImageSource, collate, convert
+from .images import FileImages, ImageSource, collate, convert
 from .readers import READERS, Part, Spec
 
 DEVICE_BYTES = 4 << 30
@@ -115,6 +115,7 @@ def load_dataset(cfg: DataConfig) -> Dataset:
     if cfg.name in toy.NAMES:
         std = cfg.std or toy.DEFAULT_STD[cfg.name]
         g = torch.Generator().manual_seed(cfg.seed)
+        _warn_ignored(cfg, None)
         x, y = toy.sample(cfg.name, cfg.n_train, std, g)
         xt, yt = toy.sample(cfg.name, cfg.n_test, std, g)
         k = len(toy.centres(cfg.name))
@@ -127,6 +128,7 @@ def load_dataset(cfg: DataConfig) -> Dataset:
     spec = READERS[cfg.name](cfg)
     stream = cfg.stream == "on" or (cfg.stream == "auto" and spec.stream)
     x, y = _gather(cfg, spec, cfg.train_split, "train")
+    _warn_ignored(cfg, x)
     order = split_order(cfg, len(x))
     xt = yt = None
     if not cfg.test_split:
@@ -156,6 +158,17 @@ def load_dataset(cfg: DataConfig) -> Dataset:
     return Dataset(cfg.name, x, xt, y, yt, data_shape=shape, num_classes=spec.num_classes,
                    label_names=spec.label_names,
                    workers=default_workers() if cfg.workers < 0 else cfg.workers, config=cfg)
+
+
+def _warn_ignored(cfg: DataConfig, x: Any) -> None:
+    """A one-line warning where ``x``, the training split as read, is not what data.stream=on
+    or data.cache=on acts on (a warning, not an error: configs that set them still load)."""
+    if cfg.stream == "on" and not isinstance(x, ImageSource):
+        _warn(f"data.stream=on is ignored: data.name={cfg.name} is read into memory whole "
+              "(only celeba, imagenet64 and folders of images are streamed)")
+    if cfg.cache == "on" and not (isinstance(x, ImageSource) and isinstance(x.base, FileImages)):
+        _warn(f"data.cache=on is ignored: data.name={cfg.name} has no image files to decode "
+              "once (only celeba, folders of images and imagenet64's class folders are cached)")
 
 
 def _from_cache(cfg: DataConfig, *parts: Any) -> list[Any]:
