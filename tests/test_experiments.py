@@ -78,11 +78,20 @@ def test_every_experiment_runs_at_smoke_scale(name, tmp_path, capsys):
         from PIL import Image
         assert Image.open(f).size[0] > 50
     if name == "table1":
-        # Rerun: the finished stages are reused, not trained again.
+        # Rerun: the finished stages are reused, not trained again, also where the folder
+        # has moved since (its synthetic data with it).
         capsys.readouterr()
+        out = out.rename(tmp_path / "moved")
         assert main(["experiment", name, "--out", str(out), "--device", "cpu"]) == 0
         log = capsys.readouterr()
         assert (log.out + log.err).count("finished earlier, reused") == len(exp.stages)
+        # A rerun on other data is refused: its finished runs were trained on the first.
+        import shutil
+        other = shutil.copytree(out / "data" / "svhn", tmp_path / "other")
+        assert main(["experiment", name, "--out", str(out), "--device", "cpu",
+                     "--data-root", str(other)]) == 2
+        err = capsys.readouterr().err
+        assert "was trained with another config (data.root:" in err and err.count("\n") == 1
 
 
 def test_full_scale_estimate_times_each_stage_once_and_counts_only_steps_left(monkeypatch):

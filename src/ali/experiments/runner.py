@@ -15,7 +15,7 @@ import statistics
 from pathlib import Path
 from typing import Any, Callable
 
-from ..checkpoint import atomic_write, load_checkpoint, run_checkpoint_path
+from ..checkpoint import atomic_write, config_differences, load_checkpoint, run_checkpoint_path
 from ..config import Config, apply_overrides, get_config
 from ..errors import AliError, CheckpointError
 from .paper import (EXPERIMENTS, SCALES, SMOKE_SIZES, SMOKE_TRAIN, Experiment,
@@ -103,6 +103,37 @@ def _steps_done(run_dir: Path) -> int | None:
         return int(load_checkpoint(run_checkpoint_path(run_dir))["step"])
     except CheckpointError:
         return None
+
+
+def chosen_keys(exp: Experiment, stage: Stage) -> set[str]:
+    """The settings :func:`stage_config` chooses for ``stage``'s runs at either scale; the
+    others are the preset's, or filled in from the data when the run starts (a semi-supervised
+    model's ``label_dim``), so only these tell a run of another invocation. The seed is in the
+    run's folder name, and the device may change between runs."""
+    over = ("data.root=", "data.verify=", *stage.overrides, *SMOKE_TRAIN, *stage.smoke,
+            *(o for scale in exp.data.values() for o in scale))
+    return {o.split("=", 1)[0] for o in over}
+
+
+def check_reusable(run_dir: Path, cfg: Config, keys: set[str]) -> None:
+    """A one-line error unless the run in ``run_dir``, if any, has ``cfg``'s values of
+    ``keys`` (:func:`chosen_keys`): a rerun with another ``--data-root`` or ``--scale`` would
+    otherwise report the first one's runs as its own."""
+    try:
+        saved = load_checkpoint(run_checkpoint_path(run_dir))["config"]
+    except CheckpointError:
+        return
+    data = saved.get("data")
+    if (isinstance(data, dict) and data.get("verify") is False and not cfg.data.verify
+            and Path(str(data.get("root"))).parts[-2:] == Path(cfg.data.root).parts[-2:]):
+        # the experiment's own synthetic data, OUT/data/NAME: the same files wherever OUT is
+        # now (an --out moved or renamed since)
+        saved = {**saved, "data": {**data, "root": cfg.data.root}}
+    diff = [d for d in config_differences(saved, cfg.to_dict()) if d.split(":")[0] in keys]
+    if diff:
+        raise AliError(f"{run_dir} was trained with another config ({diff[0]}): rerun with "
+                       "the --scale and --data-root it was trained with, or choose another "
+                       "--out")
 
 
 def _finished(run_dir: Path, steps: int) -> bool | None:
@@ -299,6 +330,10 @@ def _run(exp: Experiment, scale: str, data_root: str | Path | None, out: Path, s
             raise AliError(f"--data-root {root} does not exist")
     plan = {(st.name, s): stage_config(exp, st, scale, root.resolve(), s, device, is_synthetic)
             for st in exp.stages for s in range(seeds)}
+    for st in exp.stages:
+        for s in range(seeds):
+            check_reusable(out / "runs" / f"{st.name}-seed{s}", plan[st.name, s],
+                           chosen_keys(exp, st))
     if scale == "full":
         # only what is left: a rerun of an interrupted experiment times no finished stage
         work = [(stage, cfg, cfg.train.steps - (_steps_done(out / "runs" / f"{stage}-seed{s}")
