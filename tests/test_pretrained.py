@@ -279,3 +279,25 @@ def test_encode_mean_refuses_images_of_another_size():
     with pytest.raises(DataError) as e:
         model.encode_mean(torch.rand(2, 3, 16, 16))
     assert "(N, 3, 8, 8)" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_encoding_refuses_x_of_another_shape_or_an_integer_dtype():
+    """encode, and reconstruct and interpolate through it, took 16x16 images into an 8x8 model
+    and returned a 5x5 latent map (and larger images) without a word; other shapes and uint8
+    failed deep in the networks (RuntimeError, ValueError)."""
+    model = _mnist_like()
+    x = torch.rand(2, 3, 8, 8)
+    assert model.encode(x).shape == (2, *model.latent_shape)
+    calls = {"encode": lambda v: model.encode(v), "reconstruct": lambda v: model.reconstruct(v),
+             "interpolate": lambda v: model.interpolate(v, v, 3),
+             "encode_mean": lambda v: model.encode_mean(v)}
+    for name, call in calls.items():
+        for bad in (torch.rand(2, 3, 16, 16), torch.rand(2, 1, 8, 8), torch.rand(3, 8, 8),
+                    (x * 255).to(torch.uint8)):
+            with pytest.raises(DataError) as e:
+                call(bad)
+            assert "\n" not in str(e.value), name
+    toy = build_model(tiny_toy("model.runs=2")).eval()
+    with pytest.raises(DataError, match=r"expand\(-1, 2, -1\)"):
+        toy.encode(torch.randn(5, 2))                # a run-batched model takes (B, runs, 2)
+    assert toy.encode(torch.randn(5, 2, 2)).shape == (5, 2, toy.latent_shape[-1])

@@ -175,12 +175,8 @@ class GenerativeModel(nn.Module):
         images become [0, 1]; float images must already be in [0, 1]; floats must be finite.
         One-line :class:`~ali.errors.DataError` on a mismatch."""
         x = torch.as_tensor(x)
+        self.check_shape(x)
         want = self.data_shape
-        if want is not None and tuple(x.shape[1:]) != want:
-            hint = (" (channels first: x.permute(0, 3, 1, 2))" if x.dim() == 4 and len(want) == 3
-                    and tuple(x.shape[1:]) == (*want[1:], want[0]) else "")
-            raise DataError(f"this model takes x of shape (N, {', '.join(map(str, want))}); got "
-                            f"{tuple(x.shape)}{hint}")
         images = want is None or len(want) >= 3
         if x.dtype == torch.uint8:
             return x.float() / 255 if images else self.standardized(x.float())
@@ -194,6 +190,28 @@ class GenerativeModel(nn.Module):
             raise DataError(f"image pixels must be uint8 or floats in [0, 1]; got values in "
                             f"[{float(x.min()):.4g}, {float(x.max()):.4g}] (divide by 255?)")
         return x.float() if images else self.standardized(x.float())
+
+    def check_shape(self, x: Tensor) -> None:
+        """A one-line :class:`~ali.errors.DataError` unless ``x`` is a batch of the networks'
+        data shape: convolutions would take images of another size and return a latent map of
+        another shape without a word, and other shapes fail deep in the networks."""
+        want = self.data_shape
+        if want is not None and tuple(x.shape[1:]) != want:
+            hint = (" (channels first: x.permute(0, 3, 1, 2))" if x.dim() == 4 and len(want) == 3
+                    and tuple(x.shape[1:]) == (*want[1:], want[0]) else "")
+            if self.runs > 1 and tuple(x.shape[1:]) == want[1:]:
+                hint = f" (each run's copy: x.unsqueeze(1).expand(-1, {self.runs}, -1))"
+            raise DataError(f"this model takes x of shape (N, {', '.join(map(str, want))}); got "
+                            f"{tuple(x.shape)}{hint}")
+
+    def _encoder_input(self, x: Tensor) -> Tensor:
+        """``x`` for the encoder as it is, or a one-line error: of the data shape, floating
+        point (the tensor-level methods do not convert, as :meth:`as_input` does)."""
+        self.check_shape(x)
+        if not x.is_floating_point():
+            raise DataError(f"x must be floating point here (images in [0, 1]); got {x.dtype} "
+                            "(model.features and model.anomaly_score take uint8)")
+        return x
 
     def standardized(self, x: Tensor) -> Tensor:
         """x in the units the networks take: feature vectors standardised with the training
@@ -423,20 +441,14 @@ class GenerativeModel(nn.Module):
     def encode(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         """z_hat ~ q(z | x) (q(z | x, y) when conditional), reparametrised so gradients reach
         the encoder."""
-        return self._need_encoder()(x, *self._cond(y, len(x)))
+        return self._need_encoder()(self._encoder_input(x), *self._cond(y, len(x)))
 
     def encode_mean(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         """A point estimate of z given x (mu for a Gaussian encoder), (B, *latent_shape).
 
-        Images of another size than the networks' are refused in one line (convolutions
-        would otherwise return a latent map of another shape without a word); for flat,
-        detached features of uint8 or [0, 1] images use :meth:`features`."""
-        want = self.data_shape
-        if (want is not None and len(want) == 3 and x.dim() == 4
-                and tuple(x.shape[1:]) != tuple(want)):
-            raise DataError(f"this model takes x of shape (N, {', '.join(map(str, want))}); "
-                            f"got {tuple(x.shape)}")
-        return self._need_encoder().mean(x, *self._cond(y, len(x)))
+        x of another shape than the networks' is refused in one line (:meth:`check_shape`);
+        for flat, detached features of uint8 or [0, 1] images use :meth:`features`."""
+        return self._need_encoder().mean(self._encoder_input(x), *self._cond(y, len(x)))
 
     @torch.no_grad()
     def reconstruct(self, x: Tensor, y: Tensor | None = None) -> Tensor:
