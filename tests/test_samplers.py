@@ -71,12 +71,20 @@ def test_resampling_a_trained_shape_model_and_the_models_without_a_discriminator
     for kind in ("ali", "gan", "gan_inverse", "gan_posthoc"):
         model = build_model(tiny_toy(f"model.kind={kind}", "model.runs=3")).eval()
         assert model.sample_resampled(7, oversample=4).shape == (7, 3, 2)
+        # none, as model.sample(0) (a RuntimeError: 0 candidates reshaped to (0, K, -1))
+        assert model.sample_resampled(0).shape == (0, 3, 2)
+        with pytest.raises(ArgumentError, match="n must be >= 0"):
+            model.sample_resampled(-1)       # it was a RuntimeError, as sample_prior(-1)
+        with pytest.raises(ArgumentError, match="n must be >= 0"):
+            model.sample_prior(-1)
         z = model.sample_prior(5)
         assert model.log_ratio(model.decode(z), z).shape == (5, 3)
     vae = build_model(tiny_toy("model.kind=vae", "model.encoder=gaussian")).eval()
     # An AliError (one line), still a TypeError for code written against the old error.
     with pytest.raises(DiscriminatorError, match="^VAE has no discriminator$"):
         vae.sample_resampled(4)
+    with pytest.raises(DiscriminatorError):
+        vae.sample_resampled(0)
     assert issubclass(DiscriminatorError, TypeError)
 
 

@@ -361,6 +361,8 @@ class GenerativeModel(nn.Module):
     # ------------------------------------------------------------------ p(x, z)
     def sample_prior(self, n: int) -> Tensor:
         """z ~ p(z) = N(0, I), shape (n, *latent_shape)."""
+        if n < 0:
+            raise ArgumentError(f"n must be >= 0; got {n}")
         p = next(self.parameters())
         return torch.randn((n, *self.latent_shape), device=p.device, dtype=p.dtype)
 
@@ -399,7 +401,13 @@ class GenerativeModel(nn.Module):
         candidates are decoded ``chunk * oversample`` at a time."""
         if oversample < 1 or chunk < 1:
             raise ArgumentError(f"oversample and chunk must be >= 1; got {oversample}, {chunk}")
+        if n < 0:
+            raise ArgumentError(f"n must be >= 0; got {n}")
         y = self.default_condition(n) if y is None else self.check_condition(y, n)
+        if n == 0:      # no candidates to weigh: their (0, K, -1) view cannot be shaped
+            if self.discriminator is None:
+                raise DiscriminatorError(f"{type(self).__name__} has no discriminator")
+            return self.decode(self.sample_prior(0), y)
         if n > chunk:
             return torch.cat([self.sample_resampled(min(chunk, n - i),
                                                     None if y is None else y[i:i + chunk],
