@@ -162,3 +162,19 @@ def test_synthetic_celeba_and_imagenet64_read_back_in_their_official_formats(tmp
                                                "data.verify=false", "data.cache=off"]).data)
     assert len(i.train) == 30 and len(i.test) == 10 and i.data_shape == (3, 64, 64)
     assert sorted(set(i.train_labels.tolist())) == list(range(10))      # 1-based on disk
+
+
+@pytest.mark.parametrize("seeds, runs", [(["--seeds", "1"], 1), (["--seeds", "3"], 3), ([], 2)])
+def test_figure8_seeds_are_its_runs_per_model(seeds, runs, tmp_path, monkeypatch, capsys):
+    """--seeds 1 trained 2 runs per model at smoke scale (10 at full): 1 could not be told from
+    the option's default."""
+    from ali.experiments import toy
+    asked = []
+
+    def stop(dataset, n, *a, **kw):
+        asked.append(n)
+        raise AliError("stop here")
+    monkeypatch.setattr(toy, "figure8", stop)
+    assert main(["experiment", "figure8", *seeds, "--out", str(tmp_path / "o"),
+                 "--device", "cpu"]) == 2
+    assert asked == [runs]

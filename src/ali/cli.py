@@ -440,7 +440,8 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--data-root", help="the dataset's official files (needed at full scale)")
     x.add_argument("--out", help="output folder (default runs/experiment-NAME-SCALE); rerun "
                                  "with the same folder to continue an interrupted experiment")
-    x.add_argument("--seeds", type=int, default=1, help="training seeds per stage")
+    x.add_argument("--seeds", type=int, help="training seeds per stage (default 1); figure8: "
+                                             "runs per model (default 10, 2 at smoke scale)")
     x.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
     x.set_defaults(func=_cmd_experiment)
 

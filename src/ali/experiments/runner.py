@@ -39,11 +39,12 @@ PAPER_MODES = {("grid", "ali"): (13.4, 5.8), ("grid", "gan"): (10.4, 9.2)}
 def _figure8(exp: Experiment, scale: str, out: Path, seeds: int, device: str,
              log: Callable[[str], None]) -> tuple[list[dict[str, Any]], list[str]]:
     """Figure 8 on the grid and the ring (:func:`ali.experiments.toy.figure8`): ``seeds`` runs
-    per model (default 10; 2 at smoke scale, of 30 steps)."""
+    per model (:func:`run` defaults it to :data:`FIGURE8_RUNS`; smoke scale trains
+    :data:`FIGURE8_SMOKE_STEPS` steps)."""
     from ..data import load_dataset
     from . import toy
 
-    runs = seeds if seeds > 1 else FIGURE8_RUNS[scale]
+    runs = seeds
     steps = FIGURE8_SMOKE_STEPS if scale == "smoke" else None
     rows, figures = [], []
     for dataset in FIGURE8_DATASETS:
@@ -262,10 +263,13 @@ def table(exp: Experiment, result: dict[str, Any]) -> str:
 
 
 def run(name: str, scale: str = "smoke", data_root: str | Path | None = None,
-        out: str | Path | None = None, seeds: int = 1, device: str = "auto",
+        out: str | Path | None = None, seeds: int | None = None, device: str = "auto",
         log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run experiment ``name`` at ``scale`` into ``out`` and return its ``results.json``
     (``experiment``, ``scale``, ``seeds``, ``rows``, ``figures``, ``seconds``).
+
+    ``seeds``: training seeds per stage (default 1); for figure8, runs per model (default
+    :data:`FIGURE8_RUNS` of the scale).
 
     Without ``data_root``, smoke scale first writes the experiment's synthetic dataset into
     ``out/data``; full scale needs the dataset's official files.
@@ -278,6 +282,8 @@ def run(name: str, scale: str = "smoke", data_root: str | Path | None = None,
     exp = get(name)
     if scale not in SCALES:
         raise AliError(f"--scale must be one of {', '.join(SCALES)}; got {scale!r}")
+    if seeds is None:
+        seeds = FIGURE8_RUNS[scale] if exp.protocol == "figure8" else 1
     if seeds < 1:
         raise AliError(f"--seeds must be >= 1; got {seeds}")
     ctx = distributed.from_env()
