@@ -110,6 +110,17 @@ def test_a_run_folder_loads_its_latest_checkpoint(tmp_path):
     assert all(torch.equal(v, again.state_dict()[k]) for k, v in want.state_dict().items())
     assert json.loads((tmp_path / "pre" / PRETRAINED_CONFIG).read_text())["model"] == \
         json.loads((tmp_path / "run" / "config.json").read_text())["model"]
+    got.save_pretrained(tmp_path / "pre")                # a saved folder is overwritten
+    # Saved into its run folder, it replaced the training config.json: the run then loaded
+    # as these weights, and once training went on (rewriting config.json) not at all.
+    before = (tmp_path / "run" / "config.json").read_text()
+    (tmp_path / "file").write_text("x")
+    for where in (tmp_path / "run", tmp_path / "file"):
+        with pytest.raises(CheckpointError) as e:
+            got.save_pretrained(where)
+        assert "\n" not in str(e.value)
+    assert (tmp_path / "run" / "config.json").read_text() == before
+    assert not (tmp_path / "run" / PRETRAINED_WEIGHTS).exists()
 
 
 @pytest.fixture

@@ -24,7 +24,8 @@ from torch import Tensor, nn
 
 from . import losses as L
 from .anomaly import ALPHA, BATCH_SIZE, anomaly_score
-from .errors import ArgumentError, ConditionError, DataError, DiscriminatorError, EncoderError
+from .errors import (ArgumentError, CheckpointError, ConditionError, DataError,
+                     DiscriminatorError, EncoderError)
 from .nets import family
 from .nets.parts import (ConditionedNet, Conditioning, JointDiscriminator,  # noqa: F401
                          MarginalDiscriminator, Standardize, StochasticEncoder,
@@ -313,6 +314,14 @@ class GenerativeModel(nn.Module):
         if self.config is None:
             raise TypeError("this model was not built by ali.build_model: it has no config")
         out = Path(directory)
+        if out.exists() and not out.is_dir():
+            raise CheckpointError(f"{out} is a file; save_pretrained writes a folder")
+        # A run folder's config.json is its training config: overwritten, the run no longer
+        # reads back, and ali.load would prefer these weights to its later checkpoints.
+        if (out / "checkpoints").is_dir() or ((out / PRETRAINED_CONFIG).exists()
+                                              and not (out / PRETRAINED_WEIGHTS).exists()):
+            raise CheckpointError(f"{out} holds a run or another {PRETRAINED_CONFIG}, which "
+                                  "save_pretrained would overwrite; save into another folder")
         out.mkdir(parents=True, exist_ok=True)
         save_file({k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()},
                   str(out / PRETRAINED_WEIGHTS))
