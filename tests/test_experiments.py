@@ -178,3 +178,21 @@ def test_figure8_seeds_are_its_runs_per_model(seeds, runs, tmp_path, monkeypatch
     assert main(["experiment", "figure8", *seeds, "--out", str(tmp_path / "o"),
                  "--device", "cpu"]) == 2
     assert asked == [runs]
+
+
+@pytest.mark.parametrize("command", [["experiment", "figure8"], ["experiment", "table1"],
+                                     ["toy", "--runs", "1"]])
+def test_an_out_that_cannot_be_a_folder_is_refused_before_training(command, tmp_path,
+                                                                   monkeypatch, capsys):
+    """ali toy and ali experiment figure8 trained every run, for hours at full scale, and then
+    failed to write results.json into an --out that is a file (FileExistsError)."""
+    from ali.experiments import toy
+    trained = []
+    monkeypatch.setattr(toy, "figure8", lambda *a, **kw: trained.append(a) or ({}, {}))
+    monkeypatch.setattr(toy, "run", lambda *a, **kw: trained.append(a) or ({}, {}))
+    (tmp_path / "file").write_text("x")
+    for out in (tmp_path / "file", tmp_path / "file" / "sub"):
+        assert main([*command, "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert str(tmp_path / "file") in err and err.count("\n") == 1
+    assert not trained

@@ -95,6 +95,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_toy(args: argparse.Namespace) -> int:
     from .data import load_dataset
     from .experiments import toy
+    from .run_folder import make_output_folder
 
     runs = args.runs if args.runs is not None else (2 if args.quick else 10)
     if runs < 1:
@@ -111,6 +112,7 @@ def _cmd_toy(args: argparse.Namespace) -> int:
         raise AliError(f"--models names {twice[0]!r} more than once")
     out = Path(args.out) if args.out else Path("runs") / (
         f"toy-{args.dataset}-{args.protocol}{'-quick' if args.quick else ''}")
+    make_output_folder(out)
     print(f"2-D experiment: {args.dataset}, protocol {args.protocol}, {runs} runs x "
           f"{len(models)} models{' (quick)' if args.quick else ''}", flush=True)
     t0 = time.perf_counter()

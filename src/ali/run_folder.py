@@ -161,6 +161,19 @@ class RunLock:
                 self.path.parent.rmdir()
 
 
+def make_output_folder(folder: Path) -> Path:
+    """Create ``folder``, a command's ``--out``, before any work goes into it, or a one-line
+    :class:`CheckpointError`: a command that trains for hours and writes its results at the
+    end would otherwise find out then that it cannot."""
+    if folder.exists() and not folder.is_dir():
+        raise CheckpointError(f"{folder} exists and is not a folder; choose another --out")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CheckpointError(f"cannot use --out {folder}: {one_line(e)}") from None
+    return folder
+
+
 def prepare_run_folder(run_dir: Path, record: dict[str, Any]) -> None:
     """Create ``run_dir``, write its ``config.json`` (``record``) and remove the temporary
     checkpoint files of killed writers; a one-line error when the folder cannot be used."""

@@ -308,9 +308,11 @@ def _run(exp: Experiment, scale: str, data_root: str | Path | None, out: Path, s
 
     from .. import distributed
     from ..data import synthetic
+    from ..run_folder import make_output_folder
 
     name = exp.name
     t0 = time.perf_counter()
+    make_output_folder(out)
     if exp.protocol:
         if data_root is not None:
             raise AliError(f"{name} generates its own 2-D data: --data-root does not apply")
