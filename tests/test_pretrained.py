@@ -312,3 +312,18 @@ def test_encoding_refuses_x_of_another_shape_or_an_integer_dtype():
     with pytest.raises(DataError, match=r"expand\(-1, 2, -1\)"):
         toy.encode(torch.randn(5, 2))                # a run-batched model takes (B, runs, 2)
     assert toy.encode(torch.randn(5, 2, 2)).shape == (5, 2, toy.latent_shape[-1])
+
+
+def test_decode_refuses_z_of_another_shape():
+    """A flat (N, L) z for an image model, or a z of another width, failed deep in the decoder
+    (conv_transpose2d's RuntimeError, a matmul's)."""
+    model = _mnist_like()
+    lat = model.latent_shape
+    assert model.decode(torch.randn(3, *lat)).shape == (3, 3, 8, 8)
+    with pytest.raises(DataError, match=r"got \(3, 4\) \(z.view\(-1, 4, 1, 1\)\)$"):
+        model.decode(torch.randn(3, lat[0]))
+    with pytest.raises(DataError, match=r"takes z of shape \(N, 4, 1, 1\); got \(3, 5, 1, 1\)$"):
+        model.decode(torch.randn(3, lat[0] + 1, 1, 1))
+    toy = build_model(tiny_toy("model.runs=2")).eval()
+    with pytest.raises(DataError, match=r"\(N, 2, "):
+        toy.decode(torch.randn(5, toy.latent_shape[-1]))

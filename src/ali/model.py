@@ -376,7 +376,16 @@ class GenerativeModel(nn.Module):
         return torch.randn((n, *self.latent_shape), device=p.device, dtype=p.dtype)
 
     def decode(self, z: Tensor, y: Tensor | None = None) -> Tensor:
-        """x_tilde = G(z), or G(z, y) for a conditional model."""
+        """x_tilde = G(z), or G(z, y) for a conditional model. z of another shape than
+        ``(N, *latent_shape)`` is a one-line :class:`~ali.errors.DataError` (it failed deep in
+        the networks)."""
+        if tuple(z.shape[1:]) != self.latent_shape:
+            want = ", ".join(map(str, self.latent_shape))
+            # the image models' z is (L, 1, 1): a flat (N, L) is the likely slip
+            flat = (z.dim() == 2 and set(self.latent_shape[1:]) == {1}
+                    and z.shape[1] == self.latent_shape[0])
+            hint = f" (z.view(-1, {want}))" if flat else ""
+            raise DataError(f"this model takes z of shape (N, {want}); got {tuple(z.shape)}{hint}")
         return self.decoder(z, *self._cond(y, len(z)))
 
     @torch.no_grad()
