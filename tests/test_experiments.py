@@ -196,3 +196,34 @@ def test_an_out_that_cannot_be_a_folder_is_refused_before_training(command, tmp_
         err = capsys.readouterr().err
         assert str(tmp_path / "file") in err and err.count("\n") == 1
     assert not trained
+
+
+def test_figure8_rerun_keeps_the_datasets_it_finished(tmp_path, monkeypatch, capsys):
+    """The help's 'rerun with the same folder to continue an interrupted experiment': figure8
+    trained both datasets again from the start."""
+    from ali.experiments import toy
+    trained = []
+
+    def fake(dataset, runs, steps, *a, **kw):
+        if dataset == "ring" and not trained[1:]:
+            trained.append(dataset)
+            raise KeyboardInterrupt          # interrupted after the grid was written
+        trained.append(dataset)
+        scores = {m: [1.0] * runs for m in runner.FIGURE8_METRICS}
+        return ({"dataset": dataset, "protocol": "figure8", "runs": runs, "steps": steps,
+                 "models": {"ali": scores}, "best_run": {"ali": 0}}, {})
+
+    def write(res, figs, data, out):
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "results.json").write_text(json.dumps(res))
+        (out / "figure.png").write_bytes(b"png")
+    monkeypatch.setattr(toy, "figure8", fake)
+    monkeypatch.setattr(toy, "write", write)
+    out = tmp_path / "o"
+    with pytest.raises(KeyboardInterrupt):
+        runner.run("figure8", out=out, device="cpu", log=lambda s: None)
+    assert trained == ["grid", "ring"]
+    res = runner.run("figure8", out=out, device="cpu", log=lambda s: None)
+    assert trained == ["grid", "ring", "ring"] and len(res["rows"]) == 8
+    runner.run("figure8", out=out, seeds=3, device="cpu", log=lambda s: None)
+    assert trained[3:] == ["grid", "ring"]               # other runs per model: trained again

@@ -48,10 +48,14 @@ def _figure8(exp: Experiment, scale: str, out: Path, seeds: int, device: str,
     steps = FIGURE8_SMOKE_STEPS if scale == "smoke" else None
     rows, figures = [], []
     for dataset in FIGURE8_DATASETS:
-        log(f"  {dataset}: {runs} runs per model")
-        res, figs = toy.figure8(dataset, runs, steps, device, lambda s: log("    " + s))
-        data = load_dataset(get_config("toy_paper", [f"data.name={dataset}"]).data)
-        toy.write(res, figs, data, out / dataset)
+        res = _figure8_done(out / dataset, runs, steps)
+        if res is not None:
+            log(f"  {dataset}: finished earlier, reused")
+        else:
+            log(f"  {dataset}: {runs} runs per model")
+            res, figs = toy.figure8(dataset, runs, steps, device, lambda s: log("    " + s))
+            data = load_dataset(get_config("toy_paper", [f"data.name={dataset}"]).data)
+            toy.write(res, figs, data, out / dataset)
         figures.append(str(out / dataset / "figure.png"))
         for kind, scores in res["models"].items():
             for metric in FIGURE8_METRICS:
@@ -66,6 +70,22 @@ def _figure8(exp: Experiment, scale: str, out: Path, seeds: int, device: str,
                              "paper": paper, "paper_std": paper_std, "seeds": len(v),
                              "std_times": 1, "best_run": res["best_run"][kind]})
     return rows, figures
+
+
+def _figure8_done(folder: Path, runs: int, steps: int | None) -> dict[str, Any] | None:
+    """The results of one dataset of :func:`_figure8` that an earlier call finished in
+    ``folder`` with ``runs`` runs of ``steps`` steps (None: the preset's), or None: a rerun
+    of an interrupted figure8 keeps them, as the other experiments keep their finished runs."""
+    try:
+        res = json.loads((folder / "results.json").read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    want = get_config("toy_paper").train.steps if steps is None else steps
+    if (not isinstance(res, dict) or res.get("protocol") != "figure8"
+            or (res.get("runs"), res.get("steps")) != (runs, want)
+            or not (folder / "figure.png").is_file()):
+        return None
+    return res
 
 
 PROTOCOLS: dict[str, Callable[..., tuple[list[dict[str, Any]], list[str]]]] = {

@@ -287,7 +287,8 @@ def figure8(dataset: str = "grid", runs: int = 10, steps: int | None = None,
     base = ("model.runs=1", f"data.name={dataset}", f"train.device={device}", *overrides)
     data = load_dataset(get_config("toy_paper", base).data)
     results: dict[str, Any] = {"dataset": dataset, "protocol": "figure8", "runs": runs,
-                               "models": {}, "best_run": {}}
+                               "steps": get_config("toy_paper", base).train.steps
+                               if steps is None else steps, "models": {}, "best_run": {}}
     figs: dict[str, list[dict]] = {}
     gans: list[GenerativeModel] = []
     for kind in ("ali", "gan", "gan_inverse", "gan_posthoc", "vae"):
