@@ -259,3 +259,34 @@ def test_run_images_follow_their_own_interval_not_the_log_steps(tiny_npz, tmp_pa
                  "--out", str(run)]) == 0
     assert sorted(p.name for p in (run / "images").iterdir() if p.name.startswith("samples")) \
         == ["samples-00000002.png", "samples-00000004.png", "samples-00000006.png"]
+
+
+def test_a_trained_model_given_to_train_keeps_its_data_initialisation(tiny_npz, tmp_path):
+    """ali.load, then train(cfg, model=...) to train it further: the engine set the decoder's
+    per-pixel bias back to the data's log-odds (and refitted a table model's standardisation),
+    overwriting what the model had learned. A model as built is still initialised from the
+    data."""
+    import numpy as np
+
+    from ali.config import get_config
+    from ali.nets.conv import PixelBias
+
+    cfg = get_config("tiny", [f"data.root={tiny_npz}", "train.steps=1", "train.progress=off"])
+    fresh = train(cfg, quiet=True).model
+    bias = next(m for m in fresh.decoder.modules() if isinstance(m, PixelBias)).bias
+    with torch.no_grad():
+        bias.fill_(0.5)
+    again = next(m for m in train(cfg, model=fresh, quiet=True).model.decoder.modules()
+                 if isinstance(m, PixelBias)).bias
+    assert torch.allclose(again, torch.full_like(again, 0.5), atol=2e-4)   # one Adam step
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "t.npz", x=rng.normal(3, 2, (64, 3)).astype(np.float32),
+             y=rng.integers(0, 2, 64))
+    tab = get_config("table", [f"data.root={tmp_path / 't.npz'}", "train.steps=1",
+                               "train.progress=off", "train.batch_size=16"])
+    model = train(tab, quiet=True).model
+    assert abs(float(model.scaler.mean.mean()) - 3) < 1         # fitted to the data
+    with torch.no_grad():
+        model.scaler.mean.fill_(-1.0)
+    assert torch.equal(train(tab, model=model, quiet=True).model.scaler.mean,
+                       torch.full_like(model.scaler.mean, -1.0))

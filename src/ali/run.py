@@ -126,15 +126,20 @@ def resolve_data_dim(cfg: Config, dataset: Dataset) -> Config:
 
 
 def init_from_data_(model: Any, dataset: Dataset) -> None:
-    """Data-dependent initialisation: the decoder's per-pixel bias, where it has one; a
-    feature-vector model's standardisation, from the whole training split."""
+    """Data-dependent initialisation of what is still as built: the decoder's per-pixel bias
+    (zeros), where it has one; a feature-vector model's standardisation (mean 0, std 1), from
+    the whole training split. A model given to ``train`` that has them already (``ali.load``,
+    to train further) keeps its own: set again, they would overwrite what it learned and move
+    its inputs out of the units it was trained in."""
     from .nets.conv import PixelBias, init_decoder_bias_
 
-    if any(isinstance(m, PixelBias) for m in model.decoder.modules()):
+    biases = [m.bias for m in model.decoder.modules() if isinstance(m, PixelBias)]
+    if biases and not any(bool(b.any()) for b in biases):
         x0 = first_items(dataset, DECODER_BIAS_IMAGES)
         init_decoder_bias_(model, x0)
-    if getattr(model, "scaler", None) is not None:
-        model.scaler.fit_(first_items(dataset, len(dataset.train)))
+    scaler = getattr(model, "scaler", None)
+    if scaler is not None and not scaler.mean.any() and bool((scaler.std == 1).all()):
+        scaler.fit_(first_items(dataset, len(dataset.train)))
 
 
 @dataclass
