@@ -227,3 +227,28 @@ def test_figure8_rerun_keeps_the_datasets_it_finished(tmp_path, monkeypatch, cap
     assert trained == ["grid", "ring", "ring"] and len(res["rows"]) == 8
     runner.run("figure8", out=out, seeds=3, device="cpu", log=lambda s: None)
     assert trained[3:] == ["grid", "ring"]               # other runs per model: trained again
+
+
+def test_synthetic_data_interrupted_while_written_is_written_again(tmp_path, monkeypatch):
+    """A smoke experiment interrupted while it wrote its synthetic data left the folder half
+    written; the rerun took it for the data and failed on a missing file, every time."""
+    from ali.data import synthetic
+    real = synthetic.WRITERS["svhn"]
+
+    def cut(root, *a):
+        (root / "train_32x32.mat").write_bytes(b"half")
+        raise KeyboardInterrupt
+    monkeypatch.setitem(synthetic.WRITERS, "svhn", cut)
+    out = tmp_path / "o"
+    with pytest.raises(KeyboardInterrupt):
+        runner.run("table1", out=out, device="cpu", log=lambda s: None)
+    assert not (out / "data" / "svhn").exists()
+    written = []
+    monkeypatch.setitem(synthetic.WRITERS, "svhn",
+                        lambda root, *a: written.append(sorted(root.iterdir())) or real(root, *a))
+    monkeypatch.setattr(runner, "_train", lambda *a: (_ for _ in ()).throw(AliError("stop")))
+    with pytest.raises(AliError, match="stop"):
+        runner.run("table1", out=out, device="cpu", log=lambda s: None)
+    assert written == [[]]                       # from an empty folder
+    assert {p.name for p in (out / "data" / "svhn").iterdir()} == {
+        "train_32x32.mat", "test_32x32.mat", "extra_32x32.mat"}

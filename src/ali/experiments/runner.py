@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 from pathlib import Path
 from typing import Any, Callable
@@ -350,7 +351,12 @@ def _run(exp: Experiment, scale: str, data_root: str | Path | None, out: Path, s
         root = out / "data" / exp.dataset
         if ctx.main and not root.is_dir():
             log(f"writing synthetic {exp.dataset} data into {root}")
-            synthetic.write(exp.dataset, root, *SMOKE_SIZES[exp.dataset])
+            # into a sibling renamed once complete: a rerun takes any folder here for the data,
+            # and one half written by an interrupted run lacked files for good
+            part = root.with_name(root.name + ".partial")
+            shutil.rmtree(part, ignore_errors=True)
+            synthetic.write(exp.dataset, part, *SMOKE_SIZES[exp.dataset])
+            part.rename(root)
         distributed.barrier()                    # the others read what rank 0 wrote
     else:
         root = Path(data_root)
