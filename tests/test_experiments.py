@@ -252,3 +252,22 @@ def test_synthetic_data_interrupted_while_written_is_written_again(tmp_path, mon
     assert written == [[]]                       # from an empty folder
     assert {p.name for p in (out / "data" / "svhn").iterdir()} == {
         "train_32x32.mat", "test_32x32.mat", "extra_32x32.mat"}
+
+
+def test_an_interrupted_experiment_says_how_to_continue_it(tmp_path, monkeypatch, capsys):
+    """Interrupted in a stage, the experiment passed on train's hint, 'resume with: ali train
+    svhn --out OUT/runs/svhn-seed0 --resume', which trains that stage alone."""
+    import ali.train
+    from ali.errors import TrainingInterrupted
+
+    def stop(cfg, run_dir=None, **kw):
+        raise TrainingInterrupted(f"interrupted; resume with: ali train {cfg.name} --resume",
+                                  2, 3)
+    monkeypatch.setattr(ali.train, "train", stop)
+    out = tmp_path / "my out"
+    assert main(["experiment", "table1", "--out", str(out), "--seeds", "2"]) == 128 + 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "ali train" not in err
+    assert "step 3 of svhn-seed0" in err and err.strip().endswith(
+        f"continue the experiment with: ali experiment table1 --scale smoke --out '{out}' "
+        "--seeds 2")

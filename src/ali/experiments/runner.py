@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import shutil
 import statistics
 from pathlib import Path
@@ -18,7 +19,7 @@ from typing import Any, Callable
 
 from ..checkpoint import atomic_write, config_differences, load_checkpoint, run_checkpoint_path
 from ..config import Config, apply_overrides, get_config
-from ..errors import AliError, CheckpointError
+from ..errors import AliError, CheckpointError, TrainingInterrupted
 from .paper import (EXPERIMENTS, SCALES, SMOKE_SIZES, SMOKE_TRAIN, Experiment,
                     Measure, Stage)
 
@@ -381,7 +382,17 @@ def _run(exp: Experiment, scale: str, data_root: str | Path | None, out: Path, s
     log(f"{exp.title}: {len(plan)} run(s) in {out / 'runs'}")
     for (stage, seed), cfg in plan.items():
         distributed.barrier()                    # every rank sees the same finished stages
-        _train(cfg, out / "runs" / f"{stage}-seed{seed}", log)
+        try:
+            _train(cfg, out / "runs" / f"{stage}-seed{seed}", log)
+        except TrainingInterrupted as e:
+            # train's own hint (ali train --resume of this stage) would not finish the rest
+            again = ["ali", "experiment", name, "--scale", scale, "--out", str(out),
+                     *(["--data-root", str(data_root)] if data_root is not None else []),
+                     *(["--seeds", str(seeds)] if seeds != 1 else [])]
+            raise TrainingInterrupted(
+                f"interrupted at step {e.step} of {stage}-seed{seed}, its checkpoint written; "
+                f"continue the experiment with: {shlex.join(again)}",
+                e.signum, e.step, e.result) from None
     distributed.barrier()                        # rank 0 has written every final checkpoint
     if own:
         distributed.shutdown()                   # rank 0 evaluates alone, with no group
