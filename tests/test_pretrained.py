@@ -327,3 +327,22 @@ def test_decode_refuses_z_of_another_shape():
     toy = build_model(tiny_toy("model.runs=2")).eval()
     with pytest.raises(DataError, match=r"\(N, 2, "):
         toy.decode(torch.randn(5, toy.latent_shape[-1]))
+
+
+def test_counts_that_are_not_whole_numbers_are_one_line():
+    """sample(2.5), interpolate(x, x, 2.5) and sample_resampled(oversample=2.5) were torch's
+    multi-line 'received an invalid combination of arguments' TypeErrors."""
+    import numpy as np
+
+    from ali.errors import ArgumentError
+    model = _mnist_like()
+    x = torch.rand(2, 3, 8, 8)
+    calls = [lambda: model.sample(2.5), lambda: model.sample_prior("3"),
+             lambda: model.interpolate(x, x, 2.5), lambda: model.sample_chain(2, 1.5),
+             lambda: model.sample_resampled(2, oversample=2.5),
+             lambda: model.features(x, batch_size=2.5)]
+    for call in calls:
+        with pytest.raises(ArgumentError, match=r"must be a whole number; got .*[^\n]$"):
+            call()
+    # integers of torch and numpy still count
+    assert model.sample(torch.tensor(3)).shape[0] == 3 and model.sample(np.int64(2)).shape[0] == 2

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import operator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -47,6 +48,15 @@ PRETRAINED_FORMAT = "ali-pretrained-1"
 DISCRIMINATORS = ("discriminator", "joint_discriminator", "d_xx", "d_zz")
 """The attributes that hold a model's discriminators, where it has them (D, gan_posthoc's
 joint D, ALAD's D_xx and D_zz): what ``parameters_d`` and spectral normalisation cover."""
+
+
+def whole(name: str, value: object) -> int:
+    """``value``, a count, as an int (a 0-d integer tensor or a numpy integer too), or a one-line
+    :class:`~ali.errors.ArgumentError`: a float reached torch as a multi-line TypeError."""
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise ArgumentError(f"{name} must be a whole number; got {value!r}") from None
 
 
 class GenerativeModel(nn.Module):
@@ -245,6 +255,7 @@ class GenerativeModel(nn.Module):
         """
         if kind not in FEATURE_KINDS:
             raise DataError(f"unknown features {kind!r} (known: {', '.join(FEATURE_KINDS)})")
+        batch_size = whole("batch_size", batch_size)
         if batch_size < 1:
             # a negative one would slice off the last examples without a word
             raise ArgumentError(f"batch_size must be >= 1; got {batch_size}")
@@ -370,6 +381,7 @@ class GenerativeModel(nn.Module):
     # ------------------------------------------------------------------ p(x, z)
     def sample_prior(self, n: int) -> Tensor:
         """z ~ p(z) = N(0, I), shape (n, *latent_shape)."""
+        n = whole("n", n)
         if n < 0:
             raise ArgumentError(f"n must be >= 0; got {n}")
         p = next(self.parameters())
@@ -392,6 +404,7 @@ class GenerativeModel(nn.Module):
     def sample(self, n: int, y: Tensor | None = None) -> Tensor:
         """n samples x_tilde ~ p(x) (p(x | y) for a conditional model; y defaults to
         :meth:`default_condition`)."""
+        n = whole("n", n)
         if n < 0:
             raise ArgumentError(f"n must be >= 0; got {n}")
         if y is None:
@@ -417,6 +430,8 @@ class GenerativeModel(nn.Module):
         q(x, z), whose x-marginal is the data's; ``oversample`` -> infinity makes the
         resampling exact. Runs of a run-batched model are resampled independently. The
         candidates are decoded ``chunk * oversample`` at a time."""
+        n, oversample, chunk = (whole(k, v) for k, v in
+                                (("n", n), ("oversample", oversample), ("chunk", chunk)))
         if oversample < 1 or chunk < 1:
             raise ArgumentError(f"oversample and chunk must be >= 1; got {oversample}, {chunk}")
         if n < 0:
@@ -449,6 +464,7 @@ class GenerativeModel(nn.Module):
         it moves samples drawn where the prior's mass lies outside q(z) onto the encoder's
         latent distribution, which the decoder was trained on. It inherits the reconstructions'
         biases: with ALICE's cycle term they are narrower than the data, and so are its modes."""
+        n, steps = whole("n", n), whole("steps", steps)
         if steps < 0:
             raise ArgumentError(f"steps must be >= 0; got {steps}")
         if y is None:
@@ -489,6 +505,7 @@ class GenerativeModel(nn.Module):
 
         Returns shape (steps, *x1.shape): ``out[0]`` decodes z_hat(x1), ``out[-1]`` z_hat(x2).
         """
+        steps = whole("steps", steps)
         if steps < 2:
             raise ArgumentError(f"interpolate needs steps >= 2; got {steps}")
         if len(x1) != len(x2):
