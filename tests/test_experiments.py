@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from ali.cli import main
 from ali.config import get_config
+from ali.data import load_dataset
 from ali.errors import AliError
 from ali.experiments import paper, runner
 
@@ -196,6 +198,28 @@ def test_an_out_that_cannot_be_a_folder_is_refused_before_training(command, tmp_
         err = capsys.readouterr().err
         assert str(tmp_path / "file") in err and err.count("\n") == 1
     assert not trained
+
+
+def test_a_write_interrupted_in_the_figure_leaves_no_results_to_reuse(tmp_path, monkeypatch):
+    """toy.write wrote results.json first: a kill while drawing figure.png left a folder that
+    figure8's rerun took for finished (with an earlier or truncated figure)."""
+    from ali.experiments import toy
+    data = load_dataset(get_config("toy", ["data.n_train=64", "data.n_test=64"]).data)
+    res = {"dataset": "grid", "protocol": "figure8", "runs": 1, "steps": 5,
+           "models": {"ali": {m: [1.0] for m in ("modes", "modes_hq", "hq", "recon_mode",
+                                                 "seconds")}}, "best_run": {"ali": 0}}
+    pts = {"x": np.zeros((4, 2)), "samples": np.zeros((4, 2)), "labels": np.zeros(4, int)}
+    out = tmp_path / "grid"
+    toy.write(res, {"ali": pts}, data, out)
+    assert runner._figure8_done(out, 1, 5) == res
+
+    def killed(figures, data, path):
+        path.write_bytes(b"\x89PNG half")
+        raise KeyboardInterrupt
+    monkeypatch.setattr(toy, "figure", killed)
+    with pytest.raises(KeyboardInterrupt):
+        toy.write(res, {"ali": pts}, data, out)
+    assert runner._figure8_done(out, 1, 5) is None
 
 
 def test_figure8_rerun_keeps_the_datasets_it_finished(tmp_path, monkeypatch, capsys):

@@ -30,6 +30,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from ..checkpoint import atomic_write
 from ..config import Config, get_config
 from ..data import Dataset, load_dataset
 from ..eval.toy import mode_metrics, recon_mode
@@ -447,15 +448,19 @@ def figure(figures: dict[str, dict], data: Dataset, path: Path) -> None:
                 ax.set_xlim(-lim, lim), ax.set_ylim(-lim, lim)
                 ax.scatter(centres[:, 0], centres[:, 1], s=8, c="red", marker="+", linewidths=0.8)
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=80))
     plt.close(fig)
 
 
 def write(results: dict[str, Any], figures: dict[str, dict], data: Dataset, out: Path) -> None:
-    """results.json, table.md and figure.png in ``out``."""
+    """table.md, figure.png and results.json in ``out``, each whole or not at all, results.json
+    last: a folder holding it holds a finished write (figure8's rerun keeps such a dataset)."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    (out / "table.md").write_text(table(results))
+    # an earlier write's results.json would vouch for the files this one is replacing
+    (out / "results.json").unlink(missing_ok=True)
+    atomic_write(out / "table.md", lambda f: f.write(table(results).encode()))
     figure(figures, data, out / "figure.png")
+    atomic_write(out / "results.json",
+                 lambda f: f.write((json.dumps(results, indent=2) + "\n").encode()))
 
 
