@@ -275,3 +275,14 @@ def test_a_relative_data_root_is_recorded_absolute(tmp_path, monkeypatch, capsys
     monkeypatch.chdir(tmp_path / "b")
     capsys.readouterr()
     assert main(["report", str(tmp_path / "a" / "run")]) == 0, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("text", ["[1, 2]", '"tiny"', "3", "null"])
+def test_report_of_a_folder_whose_config_json_is_not_an_object_is_one_line(
+        tmp_path, capsys, text):
+    # Valid JSON that is no config (a list, a string): an AttributeError traceback before.
+    (tmp_path / "config.json").write_text(text)
+    assert main(["report", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "is not an ali run folder" in err and err.count("\n") == 1, err
+    assert not (tmp_path / "report.html").exists()

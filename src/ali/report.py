@@ -211,6 +211,9 @@ def write_report(run_dir: Path, out: Path | None = None, render: bool = True) ->
         config = json.loads(config_path.read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise AliError(f"cannot read {config_path}: {type(e).__name__}") from None
+    if not isinstance(config, dict):
+        raise AliError(f"{run_dir} is not an ali run folder (its config.json holds a JSON "
+                       f"{type(config).__name__}, not a config's object)")
     notes = []
     if render and not (run_dir / "interpolations.png").exists() and \
             (run_dir / "checkpoints" / "latest.pt").is_file():
