@@ -37,6 +37,35 @@ def test_bench_bf16_and_toy_runs(capsys):
     assert r["precision"] == "bf16" and r["runs"] == 3 and r["flops_per_image"] > 0
 
 
+@pytest.mark.parametrize("preset", ["table", "folder"])
+def test_bench_of_the_presets_for_your_own_data_reads_what_they_leave_open_from_data_root(
+        tmp_path, capsys, preset):
+    # table's model.data_dim and folder's model.nets=auto come from the data, as in training
+    # (the one-line 'set model.data_dim' / 'set model.nets' error before, data.root given).
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    if preset == "table":
+        root = tmp_path / "t.csv"
+        root.write_text("a,b,c\n" + "".join(f"{u},{v},{w}\n" for u, v, w in rng.normal(
+            size=(200, 3))))
+    else:
+        root = tmp_path / "images"
+        root.mkdir()
+        for i in range(20):
+            Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(
+                root / f"{i}.png")
+    args = ["bench", preset, "--steps", "1", "--repeats", "1", "--batch-size", "4", "--json",
+            "--set", "train.device=cpu"]
+    assert main([*args, "--set", f"data.root={root}"]) == 0, capsys.readouterr().err
+    r = json.loads(capsys.readouterr().out)
+    assert r["data_images_per_s"] > 0 and r["bound_by"] in ("data", "step")
+    if preset == "table":   # the step of the width set by hand
+        assert main([*args, "--set", "model.data_dim=3"]) == 0
+        assert json.loads(capsys.readouterr().out)["flops_per_image"] == r["flops_per_image"]
+
+
 def test_bench_steps_follow_the_schedule_so_lazy_r1_is_timed_as_trained():
     from ali.bench import prepare
     s = prepare(tiny_toy("model.r1_weight=1", "model.r1_every=4"))
