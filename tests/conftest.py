@@ -34,3 +34,23 @@ def tiny_toy(*overrides: str):
                               "data.n_train=512", "data.n_test=256", "train.steps=4",
                               "train.batch_size=32", "train.log_every=2", "train.progress=off",
                               "train.device=cpu", *overrides])
+
+
+def own_data(folder, preset: str, n: int, size: int = 8):
+    """Data for the presets for your own data in ``folder``: ``table``'s CSV of ``n`` rows of 3
+    features, or ``folder``'s ``n`` random ``size`` x ``size`` colour PNGs; its data.root."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    if preset == "table":
+        root = folder / "t.csv"
+        root.write_text("a,b,c\n" + "".join(f"{u},{v},{w}\n" for u, v, w in rng.normal(
+            size=(n, 3))))
+        return root
+    root = folder / "images"
+    root.mkdir()
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(
+            root / f"{i}.png")
+    return root

@@ -3,6 +3,7 @@ import subprocess
 import sys
 
 import pytest
+from conftest import own_data
 
 from ali.cli import main
 
@@ -256,6 +257,22 @@ def test_labels_that_cannot_serve_the_model_are_one_line(args, message, capsys):
     assert main(args) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+@pytest.mark.parametrize("preset, by_hand", [
+    ("table", ["--set", "model.data_dim=3"]),
+    # 28x28 colour images: training picks cifar10's networks and latent size (32x32 input)
+    ("folder", ["--set", "model.nets=cifar10", "--set", "model.latent_dim=64"])])
+def test_arch_of_the_presets_for_your_own_data_builds_what_train_builds_from_data_root(
+        tmp_path, capsys, preset, by_hand):
+    # docs/images.md: ali arch prints what ali train builds with the same --sets; with
+    # data.root given, table and folder failed with 'model.data_dim is 0' / 'set model.nets'.
+    root = own_data(tmp_path, preset, 50 if preset == "table" else 4, 28)
+    assert main(["arch", preset, "--json", "--set", f"data.root={root}"]) == 0, \
+        capsys.readouterr().err
+    got = json.loads(capsys.readouterr().out)
+    assert main(["arch", preset, "--json", *by_hand]) == 0
+    assert got == json.loads(capsys.readouterr().out)
 
 
 def test_a_relative_data_root_is_recorded_absolute(tmp_path, monkeypatch, capsys):

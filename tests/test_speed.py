@@ -13,7 +13,7 @@ from ali.nets.layers import Conv2d, ConvTranspose2d, Dropout
 from ali.speed import resolve
 from ali.train import train
 
-from conftest import tiny_toy
+from conftest import own_data, tiny_toy
 
 CPU = torch.device("cpu")
 
@@ -42,20 +42,7 @@ def test_bench_of_the_presets_for_your_own_data_reads_what_they_leave_open_from_
         tmp_path, capsys, preset):
     # table's model.data_dim and folder's model.nets=auto come from the data, as in training
     # (the one-line 'set model.data_dim' / 'set model.nets' error before, data.root given).
-    import numpy as np
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    if preset == "table":
-        root = tmp_path / "t.csv"
-        root.write_text("a,b,c\n" + "".join(f"{u},{v},{w}\n" for u, v, w in rng.normal(
-            size=(200, 3))))
-    else:
-        root = tmp_path / "images"
-        root.mkdir()
-        for i in range(20):
-            Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(
-                root / f"{i}.png")
+    root = own_data(tmp_path, preset, 200 if preset == "table" else 20, 8)
     args = ["bench", preset, "--steps", "1", "--repeats", "1", "--batch-size", "4", "--json",
             "--set", "train.device=cpu"]
     assert main([*args, "--set", f"data.root={root}"]) == 0, capsys.readouterr().err

@@ -20,12 +20,12 @@ from typing import Any
 import torch
 
 from . import speed
-from .config import AUTO_NETS, Config, apply_overrides, get_config
-from .data import Dataset, load_dataset
+from .config import Config, apply_overrides, get_config
+from .data import Dataset
 from .distributed import resolve_device
 from .errors import ConfigError
 from .nets import family
-from .run import Run, build_run, resolve_data_dim, resolve_shape
+from .run import Run, build_run, resolve_from_root
 from .speed import time_chunk
 from .step import train_step
 
@@ -112,21 +112,6 @@ def prepare(cfg: Config) -> StepUnderTest:
                                                                           t.seed)))
 
 
-def from_data(cfg: Config) -> Config:
-    """``cfg`` with what its data decides and it leaves open filled in from ``data.root``, as
-    training fills it: the family of ``model.nets=auto`` (the ``folder`` preset) and an
-    ``mlp``'s ``model.data_dim`` (the ``table`` preset). Without ``data.root``, or with these
-    set, ``cfg`` as it is (the synthetic data then needs them set: a one-line error)."""
-    m = cfg.model
-    if not cfg.data.root:
-        return cfg
-    if m.nets == AUTO_NETS:
-        cfg = resolve_shape(cfg)
-    if cfg.model.nets == "mlp" and not cfg.model.data_dim:
-        cfg = resolve_data_dim(cfg, load_dataset(cfg.data))
-    return cfg
-
-
 def bench(name: str | Config, steps: int = 20, batch_size: int | None = None,
           precision: str | None = None, compile: bool | None = None, warmup: int = 3,
           repeats: int = 5, overrides: tuple[str, ...] | list[str] = ()) -> dict[str, Any]:
@@ -144,7 +129,7 @@ def bench(name: str | Config, steps: int = 20, batch_size: int | None = None,
     """
     if steps < 1 or warmup < 0 or repeats < 1:
         raise ConfigError("bench needs steps >= 1, warmup >= 0 and repeats >= 1")
-    cfg = from_data(name if isinstance(name, Config) else get_config(name, overrides))
+    cfg = resolve_from_root(name if isinstance(name, Config) else get_config(name, overrides))
     extra = [f"train.batch_size={batch_size}"] if batch_size is not None else []
     extra += [f"train.precision={precision}"] if precision is not None else []
     extra += [f"train.compile={compile}"] if compile is not None else []

@@ -330,8 +330,9 @@ def _cmd_data_download(args: argparse.Namespace) -> int:
 def _cmd_arch(args: argparse.Namespace) -> int:
     from .arch import describe, to_json, to_text
     from .data import with_known_labels
+    from .run import resolve_from_root
 
-    desc = describe(with_known_labels(get_config(args.name, args.overrides)))
+    desc = describe(with_known_labels(resolve_from_root(get_config(args.name, args.overrides))))
     print(json.dumps(to_json(desc), indent=2) if args.json else to_text(desc))
     return 0
 

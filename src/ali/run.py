@@ -125,6 +125,22 @@ def resolve_data_dim(cfg: Config, dataset: Dataset) -> Config:
     return dataclasses.replace(cfg, model=dataclasses.replace(m, data_dim=have[0]))
 
 
+def resolve_from_root(cfg: Config) -> Config:
+    """``cfg`` with what its data decides and it leaves open filled in from ``data.root``, as
+    training fills it: the family of ``model.nets=auto`` (the ``folder`` preset) and an
+    ``mlp``'s ``model.data_dim`` (the ``table`` preset), for ``ali arch`` and ``ali bench``,
+    which build the networks without training. Without ``data.root``, or with these set,
+    ``cfg`` as it is (building the networks then needs them set: a one-line error)."""
+    m = cfg.model
+    if not cfg.data.root:
+        return cfg
+    if m.nets == AUTO_NETS:
+        cfg = resolve_shape(cfg)
+    if cfg.model.nets == "mlp" and not cfg.model.data_dim:
+        cfg = resolve_data_dim(cfg, load_dataset(cfg.data))
+    return cfg
+
+
 def init_from_data_(model: Any, dataset: Dataset) -> None:
     """Data-dependent initialisation of what is still as built: the decoder's per-pixel bias
     (zeros), where it has one; a feature-vector model's standardisation (mean 0, std 1), from
