@@ -623,6 +623,20 @@ def test_more_workers_than_cores_decode_with_one_per_core(tmp_path, monkeypatch,
     assert capsys.readouterr().err == ""
 
 
+def test_a_data_root_for_the_2d_data_says_it_is_ignored(tmp_path, capsys):
+    # ali train toy --set data.root=FILE trained on the grid without a word, as if FILE had
+    # been read (ali experiment figure8 --data-root is refused: it does not apply).
+    np.savez(tmp_path / "x.npz", x_train=np.zeros((4, 2), dtype=np.float32))
+    for name in ("grid", "ring"):
+        capsys.readouterr()
+        d = load_dataset(data_cfg(name, tmp_path / "x.npz", "data.n_train=8"))
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and (f"data.root={tmp_path / 'x.npz'} is ignored: "
+                                         f"data.name={name} is 2-D data drawn") in err, err
+        same = load_dataset(data_cfg(name, "", "data.n_train=8"))     # the same points
+        assert torch.equal(d.train, same.train) and capsys.readouterr().err == ""
+
+
 def test_stream_and_cache_on_say_where_the_data_ignores_them(tmp_path, capsys):
     root = make_folder(tmp_path / "f", per=5, size=(8, 8))
     np.savez(tmp_path / "x.npz", x_train=np.zeros((4, 8, 8), dtype=np.uint8))

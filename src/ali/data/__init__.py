@@ -162,7 +162,11 @@ def load_dataset(cfg: DataConfig) -> Dataset:
 
 def _warn_ignored(cfg: DataConfig, x: Any) -> None:
     """A one-line warning where ``x``, the training split as read, is not what data.stream=on
-    or data.cache=on acts on (a warning, not an error: configs that set them still load)."""
+    or data.cache=on acts on, or where a data.root is set for 2-D data drawn at random (``x``
+    None), which reads no files (a warning, not an error: configs that set them still load)."""
+    if x is None and cfg.root:
+        _warn(f"data.root={cfg.root} is ignored: data.name={cfg.name} is 2-D data drawn at "
+              "random, not read from files")
     if cfg.stream == "on" and not isinstance(x, ImageSource):
         _warn(f"data.stream=on is ignored: data.name={cfg.name} is read into memory whole "
               "(only celeba, imagenet64 and folders of images are streamed)")
