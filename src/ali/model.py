@@ -50,13 +50,17 @@ DISCRIMINATORS = ("discriminator", "joint_discriminator", "d_xx", "d_zz")
 joint D, ALAD's D_xx and D_zz): what ``parameters_d`` and spectral normalisation cover."""
 
 
-def whole(name: str, value: object) -> int:
-    """``value``, a count, as an int (a 0-d integer tensor or a numpy integer too), or a one-line
-    :class:`~ali.errors.ArgumentError`: a float reached torch as a multi-line TypeError."""
+def whole(name: str, value: object, least: int | None = None) -> int:
+    """``value``, a count, as an int (a 0-d integer tensor or a numpy integer too) of at least
+    ``least`` where given, or a one-line :class:`~ali.errors.ArgumentError`: a float reached
+    torch as a multi-line TypeError, a negative count as a torch error or a silent slice."""
     try:
-        return operator.index(value)
+        n = operator.index(value)
     except TypeError:
         raise ArgumentError(f"{name} must be a whole number; got {value!r}") from None
+    if least is not None and n < least:
+        raise ArgumentError(f"{name} must be >= {least}; got {n}")
+    return n
 
 
 class GenerativeModel(nn.Module):
@@ -255,10 +259,8 @@ class GenerativeModel(nn.Module):
         """
         if kind not in FEATURE_KINDS:
             raise DataError(f"unknown features {kind!r} (known: {', '.join(FEATURE_KINDS)})")
-        batch_size = whole("batch_size", batch_size)
-        if batch_size < 1:
-            # a negative one would slice off the last examples without a word
-            raise ArgumentError(f"batch_size must be >= 1; got {batch_size}")
+        # a negative one would slice off the last examples without a word
+        batch_size = whole("batch_size", batch_size, 1)
         self._need_encoder()
         x = self.as_input(x)
         # checked whole: the batches alone would miss a y longer than x by a whole batch
@@ -381,9 +383,7 @@ class GenerativeModel(nn.Module):
     # ------------------------------------------------------------------ p(x, z)
     def sample_prior(self, n: int) -> Tensor:
         """z ~ p(z) = N(0, I), shape (n, *latent_shape)."""
-        n = whole("n", n)
-        if n < 0:
-            raise ArgumentError(f"n must be >= 0; got {n}")
+        n = whole("n", n, 0)
         p = next(self.parameters())
         return torch.randn((n, *self.latent_shape), device=p.device, dtype=p.dtype)
 
@@ -404,9 +404,7 @@ class GenerativeModel(nn.Module):
     def sample(self, n: int, y: Tensor | None = None) -> Tensor:
         """n samples x_tilde ~ p(x) (p(x | y) for a conditional model; y defaults to
         :meth:`default_condition`)."""
-        n = whole("n", n)
-        if n < 0:
-            raise ArgumentError(f"n must be >= 0; got {n}")
+        n = whole("n", n, 0)
         if y is None:
             y = self.default_condition(n)
         return self.decode(self.sample_prior(n), y)
@@ -430,12 +428,10 @@ class GenerativeModel(nn.Module):
         q(x, z), whose x-marginal is the data's; ``oversample`` -> infinity makes the
         resampling exact. Runs of a run-batched model are resampled independently. The
         candidates are decoded ``chunk * oversample`` at a time."""
-        n, oversample, chunk = (whole(k, v) for k, v in
-                                (("n", n), ("oversample", oversample), ("chunk", chunk)))
+        oversample, chunk = whole("oversample", oversample), whole("chunk", chunk)
         if oversample < 1 or chunk < 1:
             raise ArgumentError(f"oversample and chunk must be >= 1; got {oversample}, {chunk}")
-        if n < 0:
-            raise ArgumentError(f"n must be >= 0; got {n}")
+        n = whole("n", n, 0)
         y = self.default_condition(n) if y is None else self.check_condition(y, n)
         if n == 0:      # no candidates to weigh: their (0, K, -1) view cannot be shaped
             if self.discriminator is None:
@@ -464,9 +460,7 @@ class GenerativeModel(nn.Module):
         it moves samples drawn where the prior's mass lies outside q(z) onto the encoder's
         latent distribution, which the decoder was trained on. It inherits the reconstructions'
         biases: with ALICE's cycle term they are narrower than the data, and so are its modes."""
-        n, steps = whole("n", n), whole("steps", steps)
-        if steps < 0:
-            raise ArgumentError(f"steps must be >= 0; got {steps}")
+        n, steps = whole("n", n), whole("steps", steps, 0)
         if y is None:
             y = self.default_condition(n)
         x = self.sample(n, y)
