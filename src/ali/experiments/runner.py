@@ -24,9 +24,9 @@ from .paper import (EXPERIMENTS, SCALES, SMOKE_SIZES, SMOKE_TRAIN, Experiment,
                     Measure, Stage)
 
 FIGURE_IMAGES = 100
+"""Images in each figure grid (10 x 10)."""
 FEATURE_NETS = {"inception": "InceptionV3", "classifier": "pixel classifier"}
 """How the table names ``ali eval``'s ``--feature-net`` values (any other: a custom network)."""
-"""Images in each figure grid (10 x 10)."""
 ESTIMATE_STEPS = 6
 """Steps timed per stage for the estimate printed before a full-scale experiment."""
 
